@@ -1,0 +1,90 @@
+"""cffi builder for ``xenevtchn._core`` (out-of-line API mode).
+
+setuptools runs this through ``setup.py``'s ``cffi_modules``; nobody needs to run it by
+hand. The cdef is csrc/xen_abi.h + csrc/xenevtchn.h with their preprocessor lines
+dropped, so the headers the C compiler sees are the ones cffi sees.
+
+Running ``python -m build`` in the project root imports this file instead of the PyPA
+``build`` tool (the current directory comes first on ``sys.path``); when that happens we
+hand over to the real tool, or say clearly how to build a wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE / "csrc"
+CDEF_HEADERS = ("xen_abi.h", "xenevtchn.h")
+# Every C file except the standalone examples/tests is part of the module.
+SOURCES = sorted(p for p in CSRC.glob("*.c"))
+HEADERS = sorted(CSRC.glob("*.h"))
+
+
+def build_id() -> str:
+    """A fingerprint of everything that goes into the compiled module."""
+    h = hashlib.sha256()
+    for path in sorted([*SOURCES, *HEADERS, Path(__file__).resolve()]):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cdef_text() -> str:
+    lines: list[str] = []
+    for name in CDEF_HEADERS:
+        for line in (CSRC / name).read_text().splitlines():
+            if not line.lstrip().startswith("#"):
+                lines.append(line)
+    lines.append("extern const char xe_build_id[];")
+    return "\n".join(lines)
+
+
+def make_builder():
+    from cffi import FFI
+
+    ffibuilder = FFI()
+    ffibuilder.cdef(cdef_text())
+    ffibuilder.set_source(
+        "xenevtchn._core",
+        '#include "xenevtchn.h"\n'
+        f'const char xe_build_id[] = "{build_id()}";\n',
+        sources=[str(p.relative_to(HERE)) for p in SOURCES],
+        include_dirs=[str(CSRC.relative_to(HERE))],
+        depends=[str(p.relative_to(HERE)) for p in HEADERS],
+        extra_compile_args=["-std=c11", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra",
+                            "-Wno-unused-parameter"],
+    )
+    return ffibuilder
+
+
+def _run_pypa_build() -> None:
+    """``python -m build`` landed here: run the real ``build`` package instead."""
+    import importlib
+    import runpy
+
+    here = {str(HERE), "", "."}
+    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) not in here and p not in here]
+    sys.modules.pop("build", None)
+    try:
+        importlib.import_module("build")
+    except ImportError:
+        sys.exit(
+            "'python -m build' in the xenevtchn source tree found this project's build.py "
+            "(the cffi builder), and the PyPA 'build' package is not installed.\n"
+            "Build a wheel with:  python -m pip wheel . --no-deps -w dist\n"
+            "or install 'build' (pip install build) and run 'python -m build' again."
+        )
+    runpy.run_module("build", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    if __spec__ is not None and __spec__.name == "build":
+        _run_pypa_build()
+    else:
+        # 'python build.py': compile the module in place, for a quick look.
+        make_builder().compile(tmpdir=str(HERE / "build"), verbose=True)
+else:
+    ffibuilder = make_builder()

@@ -1,0 +1,216 @@
+/*
+ * The 2-level event-channel ABI (Xen's event_2l.c; spec section 8): pending and mask
+ * bitmaps in shared_info, a per-vCPU selector word, and the per-vCPU upcall flag.
+ * Every function works on either guest width; none allocates or blocks.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "bitops.h"
+#include "evtchn_abi.h"
+
+enum {
+    VCPU_INFO_SIZE = 64,
+    PENDING_OFFSET = 2048,        /* evtchn_pending[] in both layouts */
+    MASK_OFFSET_64 = 2048 + 512,  /* evtchn_mask[], x86_64 */
+    MASK_OFFSET_32 = 2048 + 128,  /* evtchn_mask[], x86_32 */
+    SEL_OFFSET_64 = 8,            /* vcpu_info.evtchn_pending_sel, x86_64 */
+    SEL_OFFSET_32 = 4,            /* vcpu_info.evtchn_pending_sel, x86_32 */
+};
+
+static inline void *pending_words(const struct xe_shinfo *s)
+{
+    return (char *)s->base + PENDING_OFFSET;
+}
+
+static inline void *mask_words(const struct xe_shinfo *s)
+{
+    return (char *)s->base + (s->word_bits == 64 ? MASK_OFFSET_64 : MASK_OFFSET_32);
+}
+
+static inline char *vcpu_info(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return (char *)s->base + (size_t)vcpu * VCPU_INFO_SIZE;
+}
+
+static inline void *pending_sel(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return vcpu_info(s, vcpu) + (s->word_bits == 64 ? SEL_OFFSET_64 : SEL_OFFSET_32);
+}
+
+static inline _Atomic uint8_t *upcall_pending(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return (_Atomic uint8_t *)vcpu_info(s, vcpu);
+}
+
+static inline _Atomic uint8_t *upcall_mask(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return (_Atomic uint8_t *)(vcpu_info(s, vcpu) + 1);
+}
+
+/* Xen's mark_events_pending(): bit 0 of upcall_pending; a kick only on its 0 -> 1 edge. */
+static inline int mark_events_pending(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return (atomic_fetch_or(upcall_pending(s, vcpu), 1) & 1) ? 0 : XE_SET_KICK;
+}
+
+/* ---- views ---------------------------------------------------------------------- */
+
+size_t xe_shinfo_size(int layout)
+{
+    switch (layout) {
+    case XE_LAYOUT_X86_64:
+        return sizeof(struct shared_info);
+    case XE_LAYOUT_X86_32:
+        return sizeof(struct compat_shared_info);
+    default:
+        return 0;
+    }
+}
+
+int xe_shinfo_init(struct xe_shinfo *s, void *base, int layout)
+{
+    if (!s || !base || ((uintptr_t)base % 8) != 0 || xe_shinfo_size(layout) == 0)
+        return -EINVAL;
+    s->base = base;
+    s->word_bits = layout == XE_LAYOUT_X86_64 ? 64 : 32;
+    s->nr_ports = s->word_bits * s->word_bits;
+    return 0;
+}
+
+void xe_shinfo_reset(const struct xe_shinfo *s)
+{
+    size_t size = s->word_bits == 64 ? sizeof(struct shared_info)
+                                     : sizeof(struct compat_shared_info);
+    memset(s->base, 0, size);
+    for (uint32_t v = 0; v < XE_MAX_VCPUS; v++)
+        atomic_store(upcall_mask(s, v), 1);
+}
+
+uint8_t xe_vcpu_upcall_pending(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return vcpu < XE_MAX_VCPUS ? atomic_load(upcall_pending(s, vcpu)) : 0;
+}
+
+uint8_t xe_vcpu_upcall_mask(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return vcpu < XE_MAX_VCPUS ? atomic_load(upcall_mask(s, vcpu)) : 0;
+}
+
+uint64_t xe_vcpu_pending_sel(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    if (vcpu >= XE_MAX_VCPUS)
+        return 0;
+    if (s->word_bits == 64)
+        return atomic_load((_Atomic uint64_t *)pending_sel(s, vcpu));
+    return atomic_load((_Atomic uint32_t *)pending_sel(s, vcpu));
+}
+
+void xe_vcpu_set_upcall_pending(const struct xe_shinfo *s, uint32_t vcpu, uint8_t value)
+{
+    if (vcpu < XE_MAX_VCPUS)
+        atomic_store(upcall_pending(s, vcpu), value);
+}
+
+void xe_vcpu_set_upcall_mask(const struct xe_shinfo *s, uint32_t vcpu, uint8_t value)
+{
+    if (vcpu < XE_MAX_VCPUS)
+        atomic_store(upcall_mask(s, vcpu), value);
+}
+
+/* ---- the data path ----------------------------------------------------------------- */
+
+int xe_2l_set_pending(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
+{
+    if (port >= s->nr_ports || vcpu >= XE_MAX_VCPUS)
+        return 0;
+    /* 1. An already-pending port is a coalesced event: nothing else happens at all. */
+    if (xe_test_and_set(pending_words(s), s->word_bits, port))
+        return 0;
+    int flags = XE_SET_NEWLY;
+    /* 2. Unmasked: the selector bit of the port's word, and an upcall on its 0 -> 1 edge. */
+    if (!xe_test_bit(mask_words(s), s->word_bits, port) &&
+        !xe_test_and_set(pending_sel(s, vcpu), s->word_bits, port / s->word_bits))
+        flags |= mark_events_pending(s, vcpu);
+    /* 3. The caller checks pollers (masked ports wake pollers too). */
+    return flags;
+}
+
+void xe_2l_clear_pending(const struct xe_shinfo *s, uint32_t port)
+{
+    if (port < s->nr_ports)
+        xe_test_and_clear(pending_words(s), s->word_bits, port);
+}
+
+void xe_2l_mask(const struct xe_shinfo *s, uint32_t port)
+{
+    if (port < s->nr_ports)
+        xe_test_and_set(mask_words(s), s->word_bits, port);
+}
+
+int xe_2l_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
+{
+    if (port >= s->nr_ports || vcpu >= XE_MAX_VCPUS)
+        return 0;
+    /* Only a mask bit that was still set makes the hypercall act. */
+    if (!xe_test_and_clear(mask_words(s), s->word_bits, port))
+        return 0;
+    if (xe_test_bit(pending_words(s), s->word_bits, port) &&
+        !xe_test_and_set(pending_sel(s, vcpu), s->word_bits, port / s->word_bits))
+        return mark_events_pending(s, vcpu);
+    return 0;
+}
+
+int xe_2l_is_pending(const struct xe_shinfo *s, uint32_t port)
+{
+    return port < s->nr_ports && xe_test_bit(pending_words(s), s->word_bits, port);
+}
+
+int xe_2l_is_masked(const struct xe_shinfo *s, uint32_t port)
+{
+    return port >= s->nr_ports || xe_test_bit(mask_words(s), s->word_bits, port);
+}
+
+uint64_t xe_2l_take_pending_sel(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    if (vcpu >= XE_MAX_VCPUS)
+        return 0;
+    if (s->word_bits == 64)
+        return atomic_exchange((_Atomic uint64_t *)pending_sel(s, vcpu), 0);
+    return atomic_exchange((_Atomic uint32_t *)pending_sel(s, vcpu), 0);
+}
+
+/* ---- the 2-level entry of the per-ABI table ----------------------------------------- */
+
+static int ops_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port)
+{
+    return xe_2l_set_pending(&d->si, vcpu, port);
+}
+
+static void ops_clear_pending(struct xe_domain *d, uint32_t port)
+{
+    xe_2l_clear_pending(&d->si, port);
+}
+
+static int ops_unmask(struct xe_domain *d, uint32_t vcpu, uint32_t port)
+{
+    return xe_2l_unmask(&d->si, vcpu, port);
+}
+
+static int ops_is_pending(struct xe_domain *d, uint32_t port)
+{
+    return xe_2l_is_pending(&d->si, port);
+}
+
+static int ops_is_masked(struct xe_domain *d, uint32_t port)
+{
+    return xe_2l_is_masked(&d->si, port);
+}
+
+const struct xe_abi_ops xe_abi_2l_ops = {
+    .set_pending = ops_set_pending,
+    .clear_pending = ops_clear_pending,
+    .unmask = ops_unmask,
+    .is_pending = ops_is_pending,
+    .is_masked = ops_is_masked,
+};

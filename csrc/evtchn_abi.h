@@ -1,0 +1,22 @@
+/*
+ * The per-ABI operations the generic event paths call (Xen's evtchn_port_ops): the
+ * generic code in evtchn.c never asks which ABI a domain uses. Private to csrc/.
+ */
+#ifndef XENEVTCHN_EVTCHN_ABI_H
+#define XENEVTCHN_EVTCHN_ABI_H
+
+#include "xenevtchn.h"
+
+struct xe_abi_ops {
+    /* Raise the port on vcpu; returns XE_SET_NEWLY / XE_SET_KICK flags. */
+    int (*set_pending)(struct xe_domain *d, uint32_t vcpu, uint32_t port);
+    void (*clear_pending)(struct xe_domain *d, uint32_t port);
+    /* The EVTCHNOP_unmask action; returns XE_SET_KICK when the vCPU must be kicked. */
+    int (*unmask)(struct xe_domain *d, uint32_t vcpu, uint32_t port);
+    int (*is_pending)(struct xe_domain *d, uint32_t port);
+    int (*is_masked)(struct xe_domain *d, uint32_t port);
+};
+
+extern const struct xe_abi_ops xe_abi_2l_ops;
+
+#endif

@@ -1,0 +1,131 @@
+/*
+ * xenevtchn: the C data plane of Xen's event channels.
+ *
+ * Everything here works on memory the caller owns: a shared_info page (struct xe_shinfo
+ * is only a view of it) and the port tables of struct xe_domain, which the Python control
+ * plane allocates and writes and the data path reads. Every exported name starts with
+ * xe_. The functions are lock-free, allocate nothing and may be called from any thread.
+ *
+ * A C simulator can include this header and link the static library directly; Python
+ * reaches the same functions through cffi (build.py feeds this header, minus its
+ * preprocessor lines, to cffi as the cdef).
+ */
+#ifndef XENEVTCHN_H
+#define XENEVTCHN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "xen_abi.h"
+
+enum {
+    XE_LAYOUT_X86_64 = 0,      /* 64-bit words, 4096 ports */
+    XE_LAYOUT_X86_32 = 1,      /* 32-bit words, 1024 ports (compat guests) */
+
+    XE_MAX_VCPUS = 32,         /* XEN_LEGACY_MAX_VCPUS: every vcpu_info is in shared_info */
+    XE_NR_DOMIDS = 32752,      /* DOMID_FIRST_RESERVED: ids 0..0x7FEF name domains */
+
+    /* Results of the bit-level set_pending / unmask. */
+    XE_SET_NEWLY = 1,          /* the pending bit went 0 -> 1: pollers must be checked */
+    XE_SET_KICK = 2,           /* evtchn_upcall_pending went 0 -> 1: kick the vCPU */
+
+    /* Result flag of the domain-level calls: a kick or a poll wake-up was recorded in
+     * xe_domain.kicked / .woken of some domain, so hooks may be owed. */
+    XE_EV_HOOKS = 1,
+
+    /* Channel states (Xen's ECS_*). */
+    XE_ECS_FREE = 0,
+    XE_ECS_RESERVED = 1,
+    XE_ECS_UNBOUND = 2,
+    XE_ECS_INTERDOMAIN = 3,
+    XE_ECS_PIRQ = 4,
+    XE_ECS_VIRQ = 5,
+    XE_ECS_IPI = 6,
+
+    XE_ABI_2L = 0,
+    XE_ABI_FIFO = 1
+};
+
+/* A view of one shared_info struct in memory the caller owns. */
+struct xe_shinfo {
+    void *base;                /* struct shared_info or struct compat_shared_info */
+    uint32_t word_bits;        /* 64 or 32 */
+    uint32_t nr_ports;         /* word_bits * word_bits */
+};
+
+/* One port of a domain, as the hypervisor keeps it (16 bytes). */
+struct xe_chan {
+    uint8_t state;             /* XE_ECS_* */
+    uint8_t xen_consumer;      /* non-zero: owned by a Xen-internal consumer */
+    uint16_t notify_vcpu;
+    uint16_t remote_dom;       /* UNBOUND: the domid allowed to bind; INTERDOMAIN: peer */
+    uint8_t priority;          /* FIFO queue priority */
+    uint8_t fifo_pending;      /* FIFO: raised while the port had no event word */
+    uint32_t remote_port;      /* INTERDOMAIN: the peer's port */
+    uint32_t info;             /* PIRQ: pirq number; VIRQ: virq number */
+};
+
+/* A domain's event-channel state that the data path needs. */
+struct xe_domain {
+    struct xe_shinfo si;
+    struct xe_chan *chans;     /* max_ports entries */
+    struct xe_hv *hv;
+    uint32_t max_ports;        /* entries in chans */
+    uint32_t valid_evtchns;    /* port_is_valid(p) <=> p < valid_evtchns */
+    uint32_t nr_vcpus;
+    uint16_t domid;
+    uint8_t abi;               /* XE_ABI_* */
+    uint8_t dying;
+    uint32_t poll_mask;        /* bit v: vCPU v is blocked in SCHEDOP_poll */
+    int32_t poll_evtchn[32];   /* >0: polling that port; <0: several/zero ports; 0: none */
+    uint32_t kicked;           /* bit v: vCPU v was kicked since the last xe_take_kicked */
+    uint32_t woken;            /* bit v: vCPU v left poll since the last xe_take_woken */
+};
+
+/* The hypervisor: domains by domid, so an interdomain send can reach its peer. */
+struct xe_hv {
+    struct xe_domain *domains[32752];
+};
+
+/* ---- shared_info views ---------------------------------------------------------- */
+
+size_t xe_shinfo_size(int layout);
+int xe_shinfo_init(struct xe_shinfo *s, void *base, int layout);
+void xe_shinfo_reset(const struct xe_shinfo *s);
+
+uint8_t xe_vcpu_upcall_pending(const struct xe_shinfo *s, uint32_t vcpu);
+uint8_t xe_vcpu_upcall_mask(const struct xe_shinfo *s, uint32_t vcpu);
+uint64_t xe_vcpu_pending_sel(const struct xe_shinfo *s, uint32_t vcpu);
+void xe_vcpu_set_upcall_pending(const struct xe_shinfo *s, uint32_t vcpu, uint8_t value);
+void xe_vcpu_set_upcall_mask(const struct xe_shinfo *s, uint32_t vcpu, uint8_t value);
+
+/* ---- 2-level data path (Xen's event_2l.c, spec section 8) ------------------------ */
+
+int xe_2l_set_pending(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port);
+void xe_2l_clear_pending(const struct xe_shinfo *s, uint32_t port);
+void xe_2l_mask(const struct xe_shinfo *s, uint32_t port);
+int xe_2l_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port);
+int xe_2l_is_pending(const struct xe_shinfo *s, uint32_t port);
+int xe_2l_is_masked(const struct xe_shinfo *s, uint32_t port);
+uint64_t xe_2l_take_pending_sel(const struct xe_shinfo *s, uint32_t vcpu);
+
+/* ---- domain-level paths: channel checks, delivery, pollers ----------------------- */
+
+int xe_evtchn_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port);
+int xe_evtchn_raise(struct xe_domain *d, uint32_t port);
+int xe_evtchn_send(struct xe_domain *d, uint32_t port);
+int xe_evtchn_send_many(struct xe_domain *d, const uint32_t *ports, size_t n,
+                        size_t *failed_at);
+int xe_evtchn_unmask(struct xe_domain *d, uint32_t port);
+void xe_evtchn_clear_pending(struct xe_domain *d, uint32_t port);
+int xe_evtchn_is_pending(struct xe_domain *d, uint32_t port);
+int xe_evtchn_is_masked(struct xe_domain *d, uint32_t port);
+
+void xe_poll_begin(struct xe_domain *d, uint32_t vcpu);
+void xe_poll_set_port(struct xe_domain *d, uint32_t vcpu, int32_t port);
+int xe_poll_cancel(struct xe_domain *d, uint32_t vcpu);
+int xe_poll_wake(struct xe_domain *d, uint32_t vcpu);
+int xe_vcpu_polling(struct xe_domain *d, uint32_t vcpu);
+uint32_t xe_take_kicked(struct xe_domain *d);
+uint32_t xe_take_woken(struct xe_domain *d);
+
+#endif

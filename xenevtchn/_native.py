@@ -1,0 +1,52 @@
+"""The one owner of the cffi handle: ``ffi`` and ``lib`` of the compiled C core.
+
+Everything else in the package imports them from here. When the package is imported from
+a source tree (``csrc/`` beside it), the compiled module must have been built from exactly
+those sources; a stale or missing build raises ``ImportError`` saying what to run, rather
+than silently running old C code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+_SRC_TREE = _PKG.parent
+
+try:
+    from ._core import ffi, lib  # type: ignore[import-not-found]
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    hint = (
+        f"the C core of xenevtchn is not built in {_PKG}. Install the package "
+        "(pip install .) and import it from outside the source tree, or build it in place "
+        "with pip install -e ."
+    )
+    raise ImportError(hint) from exc
+
+
+def _source_build_id() -> str | None:
+    """The fingerprint build.py would give the sources beside us, or None if none are."""
+    csrc = _SRC_TREE / "csrc"
+    builder = _SRC_TREE / "build.py"
+    if not (csrc.is_dir() and builder.is_file()):
+        return None
+    h = hashlib.sha256()
+    files = [*csrc.glob("*.c"), *csrc.glob("*.h"), builder]
+    for path in sorted(files):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+BUILD_ID: str = ffi.string(lib.xe_build_id).decode()
+
+_expected = _source_build_id()
+if _expected is not None and _expected != BUILD_ID:
+    raise ImportError(
+        f"stale C core: {_PKG / '_core'} was built from other sources than "
+        f"{_SRC_TREE / 'csrc'} (build {BUILD_ID}, sources {_expected}). "
+        "Rebuild it with: pip install -e ."
+    )
+
+__all__ = ["ffi", "lib", "BUILD_ID"]
