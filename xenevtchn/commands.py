@@ -1,0 +1,275 @@
+"""The ``EVTCHNOP_*`` commands: every check in Xen's order, with Xen's error codes.
+
+Each function runs with the hypervisor's lock held, takes the calling domain and the
+command's input fields as ints, and either returns the command's output or raises
+``EvtchnError``. Nothing here touches hypercall buffers (see ``hypercalls.py``) or
+checks Python argument types (see ``domain.py``).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from ._native import lib
+from .constants import (
+    BIND_PIRQ__WILL_SHARE,
+    DOMID_SELF,
+    IRQ_MAX_GUESTS,
+    NR_PIRQS,
+    NR_VIRQS,
+    ChannelState as S,
+    EvtchnStat,
+    VirqClass,
+    virq_class,
+)
+from .errors import EvtchnError
+from .status import EvtchnStatus
+
+if TYPE_CHECKING:
+    from .domain import Domain
+    from .hypervisor import Hypervisor
+
+
+def _fail(err: int) -> EvtchnError:
+    return EvtchnError(err)
+
+
+def lookup(caller: Domain, domid: int) -> Domain:
+    """Xen's "by any id" lookup: DOMID_SELF is the caller; unknown ids give -ESRCH."""
+    if domid == DOMID_SELF:
+        return caller
+    d = caller.hv._domains.get(domid)
+    if d is None:
+        raise _fail(errno.ESRCH)
+    return d
+
+
+def _may_target(caller: Domain, d: Domain) -> bool:
+    """XSM dummy policy TARGET: the domain itself, or a privileged (control) domain."""
+    return caller is d or caller.privileged
+
+
+def _free_port(d: Domain) -> int:
+    """get_free_port(): the lowest free port of ``d`` (-EINVAL dying, -ENOSPC full)."""
+    if d.dying:
+        raise _fail(errno.EINVAL)
+    port = d.ports.alloc()
+    if port is None:
+        raise _fail(errno.ENOSPC)
+    return port
+
+
+# ---- binding commands ------------------------------------------------------------
+
+def alloc_unbound(caller: Domain, dom: int, remote_dom: int) -> int:
+    d = lookup(caller, dom)
+    port = _free_port(d)                    # allocation comes before the privilege check
+    if not _may_target(caller, d):
+        raise _fail(errno.EPERM)
+    remote = caller.domid if remote_dom == DOMID_SELF else remote_dom
+    d.ports.bind(port, S.UNBOUND, notify=0, remote_dom=remote)
+    return port
+
+
+def bind_interdomain(caller: Domain, remote_dom: int, remote_port: int) -> int:
+    rd = lookup(caller, remote_dom)
+    lport = _free_port(caller)              # before the remote port is examined
+    rports = rd.ports
+    if not rports.is_valid(remote_port):
+        raise _fail(errno.EINVAL)
+    if rports.state[remote_port] != S.UNBOUND or rports.remote(remote_port)[0] != caller.domid:
+        raise _fail(errno.EINVAL)
+    caller.ports.bind(lport, S.INTERDOMAIN, notify=0, remote_dom=rd.domid, remote_port=remote_port)
+    rports.rebind(remote_port, S.INTERDOMAIN, remote_dom=caller.domid, remote_port=lport)
+    # The new port is always left pending: it covers events the peer sent while unbound.
+    caller.hv._after(lib.xe_evtchn_set_pending(caller._c, 0, lport))
+    return lport
+
+
+def bind_virq(caller: Domain, virq: int, vcpu: int) -> int:
+    if virq >= 1 << 31:
+        virq -= 1 << 32                     # Xen reads the field as a signed int
+    if not 0 <= virq < NR_VIRQS:
+        raise _fail(errno.EINVAL)
+    cls = virq_class(virq)
+    if cls != VirqClass.VCPU and vcpu != 0:
+        raise _fail(errno.EINVAL)
+    if vcpu >= len(caller.vcpus):
+        raise _fail(errno.ENOENT)
+    if cls == VirqClass.GLOBAL and caller.hv._virq_handler(virq) is not caller:
+        raise _fail(errno.EBUSY)
+    table = caller._virq_to_evtchn[vcpu if cls == VirqClass.VCPU else 0]
+    if table[virq]:
+        raise _fail(errno.EEXIST)
+    port = _free_port(caller)
+    caller.ports.bind(port, S.VIRQ, notify=vcpu, info=virq)
+    table[virq] = port
+    return port
+
+
+def bind_pirq(caller: Domain, pirq: int, flags: int) -> int:
+    hv = caller.hv
+    if pirq >= NR_PIRQS:
+        raise _fail(errno.EINVAL)
+    if not caller.privileged and pirq not in caller._permitted_pirqs:
+        raise _fail(errno.EPERM)
+    if pirq in caller._pirq_to_port:
+        raise _fail(errno.EEXIST)
+    port = _free_port(caller)
+    guests = hv._irq_guests.setdefault(pirq, [])
+    share = bool(flags & BIND_PIRQ__WILL_SHARE)
+    if guests:
+        if not (hv._irq_shareable[pirq] and share) or len(guests) >= IRQ_MAX_GUESTS:
+            raise _fail(errno.EBUSY)
+    else:
+        hv._irq_shareable[pirq] = share
+    guests.append(caller)
+    caller.ports.bind(port, S.PIRQ, notify=0, info=pirq)
+    caller._pirq_to_port[pirq] = port
+    return port
+
+
+def bind_ipi(caller: Domain, vcpu: int) -> int:
+    if vcpu >= len(caller.vcpus):
+        raise _fail(errno.ENOENT)
+    port = _free_port(caller)
+    caller.ports.bind(port, S.IPI, notify=vcpu)
+    return port
+
+
+# ---- close / status / bind_vcpu / unmask ---------------------------------------
+
+def close_port(d: Domain, port: int, *, by_xen: bool = False) -> None:
+    """EVTCHNOP_close (``by_xen``: as Xen closes ports of a dying domain)."""
+    pt = d.ports
+    if not pt.is_valid(port):
+        raise _fail(errno.EINVAL)
+    if pt.chans[port].xen_consumer and not by_xen:
+        raise _fail(errno.EINVAL)
+    state = pt.state[port]
+    if state in (S.FREE, S.RESERVED):
+        raise _fail(errno.EINVAL)
+    if state == S.PIRQ:
+        pirq = pt.info(port)
+        guests = d.hv._irq_guests.get(pirq, [])
+        if d in guests:
+            guests.remove(d)
+        if not guests:
+            d.hv._irq_guests.pop(pirq, None)
+            d.hv._irq_shareable.pop(pirq, None)
+        d._pirq_to_port.pop(pirq, None)
+    elif state == S.VIRQ:
+        virq = pt.info(port)
+        v = pt.notify(port) if virq_class(virq) == VirqClass.VCPU else 0
+        if d._virq_to_evtchn[v][virq] == port:
+            d._virq_to_evtchn[v][virq] = 0
+    elif state == S.INTERDOMAIN:
+        rdom, rport = pt.remote(port)
+        rd = d.hv._domains.get(rdom)
+        if rd is not None and rd.ports.state[rport] == S.INTERDOMAIN:
+            # The peer silently falls back to unbound, waiting for the closer.
+            rd.ports.rebind(rport, S.UNBOUND, remote_dom=d.domid)
+    lib.xe_evtchn_clear_pending(d._c, port)   # the mask bit is left as it is
+    pt.free(port)
+
+
+def status(caller: Domain, dom: int, port: int) -> EvtchnStatus:
+    d = lookup(caller, dom)
+    pt = d.ports
+    if not pt.is_valid(port):
+        raise _fail(errno.EINVAL)           # checked before privilege
+    if not _may_target(caller, d):
+        raise _fail(errno.EPERM)
+    state = pt.state[port]
+    vcpu = pt.notify(port)
+    if state in (S.FREE, S.RESERVED):
+        return EvtchnStatus(EvtchnStat.closed, vcpu)
+    if state == S.UNBOUND:
+        return EvtchnStatus(EvtchnStat.unbound, vcpu, dom=pt.remote(port)[0])
+    if state == S.INTERDOMAIN:
+        rdom, rport = pt.remote(port)
+        return EvtchnStatus(EvtchnStat.interdomain, vcpu, dom=rdom, port=rport)
+    if state == S.PIRQ:
+        return EvtchnStatus(EvtchnStat.pirq, vcpu, pirq=pt.info(port))
+    if state == S.VIRQ:
+        return EvtchnStatus(EvtchnStat.virq, vcpu, virq=pt.info(port))
+    return EvtchnStatus(EvtchnStat.ipi, vcpu)
+
+
+def bind_vcpu(caller: Domain, port: int, vcpu: int) -> None:
+    if vcpu >= len(caller.vcpus):
+        raise _fail(errno.ENOENT)           # the vCPU is checked before the port
+    pt = caller.ports
+    if not pt.is_valid(port):
+        raise _fail(errno.EINVAL)
+    if pt.chans[port].xen_consumer:
+        raise _fail(errno.EINVAL)
+    state = pt.state[port]
+    if state == S.VIRQ and virq_class(pt.info(port)) == VirqClass.VCPU:
+        raise _fail(errno.EINVAL)
+    if state not in (S.VIRQ, S.UNBOUND, S.INTERDOMAIN, S.PIRQ):
+        raise _fail(errno.EINVAL)
+    pt.set_notify(port, vcpu)               # only future events go to the new vCPU
+
+
+def unmask(caller: Domain, port: int) -> None:
+    rc = lib.xe_evtchn_unmask(caller._c, port)
+    if rc < 0:
+        raise _fail(-rc)
+    caller.hv._after(rc)
+
+
+def send(caller: Domain, port: int) -> None:
+    rc = lib.xe_evtchn_send(caller._c, port)
+    if rc < 0:
+        raise _fail(-rc)
+    caller.hv._after(rc)
+
+
+# ---- reset ------------------------------------------------------------------------
+
+def reset(caller: Domain, dom: int, cont: bool = False) -> None:
+    d = lookup(caller, dom)
+    if not _may_target(caller, d):
+        raise _fail(errno.EPERM)
+    if d is not caller and d._pause_count == 0:
+        raise _fail(errno.EINVAL)
+    if cont:
+        if d._reset_next == 0:
+            raise _fail(errno.EBUSY)
+    else:
+        if d._reset_next != 0:
+            raise _fail(errno.EBUSY)
+        d._reset_next = 1
+    # Runs to completion here: the continuation Xen uses every 64 ports is invisible.
+    pt = d.ports
+    port = d._reset_next
+    while pt.is_valid(port) and pt.active > 0:
+        try:
+            close_port(d, port)
+        except EvtchnError:
+            pass
+        port += 1
+    d._reset_next = 0
+    if pt.active > 0:
+        raise _fail(errno.EAGAIN)
+
+
+def destroy_ports(d: Domain) -> None:
+    """Close every port of a dying domain, highest first, with Xen's privileges."""
+    for port in range(d.ports.valid - 1, 0, -1):
+        if d.ports.state[port] not in (S.FREE, S.RESERVED):
+            close_port(d, port, by_xen=True)
+
+
+def deliver_virq(hv: Hypervisor, d: Domain, virq: int, vcpu: int) -> None:
+    """send_guest_vcpu_virq / send_guest_domain_virq: unbound VIRQs are dropped."""
+    if virq_class(virq) == VirqClass.VCPU:
+        port = d._virq_to_evtchn[vcpu][virq]
+        if port:
+            hv._after(lib.xe_evtchn_set_pending(d._c, vcpu, port))
+    else:
+        port = d._virq_to_evtchn[0][virq]
+        if port:
+            hv._after(lib.xe_evtchn_raise(d._c, port))

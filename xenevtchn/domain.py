@@ -1,0 +1,273 @@
+"""``Domain`` and ``Vcpu``: one guest as the hypervisor sees it.
+
+Every method is a hypercall made *by* this domain. The Pythonic wrappers check argument
+types and ranges first (``TypeError`` / ``ValueError``, nothing runs), then raise
+``EvtchnError`` where the raw ``event_channel_op`` would return ``-errno``.
+"""
+
+from __future__ import annotations
+
+import errno
+from array import array
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from . import commands as cmds
+from . import hypercalls
+from ._native import ffi, lib
+from .constants import (
+    DOMID_SELF,
+    EVTCHN_2L_NR_CHANNELS,
+    EVTCHN_2L_NR_CHANNELS_X86_32,
+    NR_VIRQS,
+    SCHEDOP_POLL_MAX_PORTS,
+)
+from .errors import EvtchnError
+from .port_table import PortTable
+from .shared_info import SharedInfo
+from .status import EvtchnStatus
+
+if TYPE_CHECKING:
+    from .hypervisor import Hypervisor
+
+U32 = 0xFFFFFFFF
+U16 = 0xFFFF
+
+
+def _uint(value: Any, name: str, top: int) -> int:
+    """An int argument that must fit an unsigned ABI field of maximum ``top``."""
+    if not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= top:
+        raise ValueError(f"{name} {value} does not fit its ABI field (0..{top})")
+    return int(value)
+
+
+class Vcpu:
+    """One vCPU; the upcall fields are read live from the domain's shared_info."""
+
+    __slots__ = ("domain", "id", "_s", "_c")
+
+    def __init__(self, domain: Domain, vcpu_id: int) -> None:
+        self.domain = domain
+        self.id = vcpu_id
+        self._s = domain.shared_info._s
+        self._c = domain._c
+
+    @property
+    def upcall_pending(self) -> int:
+        return int(lib.xe_vcpu_upcall_pending(self._s, self.id))
+
+    @property
+    def upcall_mask(self) -> int:
+        return int(lib.xe_vcpu_upcall_mask(self._s, self.id))
+
+    @property
+    def pending_sel(self) -> int:
+        return int(lib.xe_vcpu_pending_sel(self._s, self.id))
+
+    @property
+    def polling(self) -> bool:
+        return bool(lib.xe_vcpu_polling(self._c, self.id))
+
+    def __repr__(self) -> str:
+        return f"<Vcpu d{self.domain.domid}v{self.id}>"
+
+
+class Domain:
+    """A domain created by ``Hypervisor.create_domain``."""
+
+    def __init__(self, hv: Hypervisor, domid: int, vcpus: int, privileged: bool,
+                 max_evtchn_port: int | None, layout: str, shared_info: Any) -> None:
+        self.hv = hv
+        self.domid = domid
+        self.privileged = privileged
+        self.layout = layout
+        self.shared_info = SharedInfo(shared_info, layout)
+        self.shared_info.reset()
+        abi_ports = EVTCHN_2L_NR_CHANNELS if layout == "x86_64" else EVTCHN_2L_NR_CHANNELS_X86_32
+        self.max_evtchn_port = abi_ports - 1 if max_evtchn_port is None else max_evtchn_port
+        self._c = ffi.new("struct xe_domain *")
+        self._c.si = self.shared_info._s[0]
+        self._c.hv = hv._c
+        self._c.nr_vcpus = vcpus
+        self._c.domid = domid
+        self.ports = PortTable(self._c, abi_ports, min(abi_ports, self.max_evtchn_port + 1))
+        self.vcpus: tuple[Vcpu, ...] = tuple(Vcpu(self, i) for i in range(vcpus))
+        self.dying = False
+        self.dead = False
+        self._virq_to_evtchn = [[0] * NR_VIRQS for _ in range(vcpus)]
+        self._pirq_to_port: dict[int, int] = {}
+        self._permitted_pirqs: set[int] = set()
+        self._pause_count = 0
+        self._reset_next = 0
+        self._failed_at = ffi.new("size_t *")
+        self._bind_fast_paths()
+
+    def _bind_fast_paths(self) -> None:
+        """``send``: one C call per event, no lock (the C path reads the port table)."""
+        c_send = lib.xe_evtchn_send
+        c = self._c
+        after = self.hv._after
+
+        def send(port: int) -> None:
+            rc = c_send(c, port)
+            if rc:
+                if rc < 0:
+                    raise EvtchnError(-rc, "send")
+                after(rc)
+
+        send.__doc__ = Domain.send.__doc__
+        self.send = send  # type: ignore[method-assign]
+
+    def _kill(self) -> None:
+        """After destruction every call answers ESRCH."""
+        self.dead = True
+
+        def gone(*_args: Any, **_kw: Any) -> Any:
+            raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
+
+        self.send = gone  # type: ignore[method-assign]
+
+    def _call(self, fn, *args):
+        with self.hv._lock:
+            if self.dead:
+                raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
+            return fn(self, *args)
+
+    # ---- raw hypercalls ----------------------------------------------------------
+
+    def event_channel_op(self, cmd: int, arg: Any) -> int:
+        """``HYPERVISOR_event_channel_op(cmd, arg)``: 0 or ``-errno``; outputs in ``arg``."""
+        return hypercalls.event_channel_op(self, cmd, arg)
+
+    def event_channel_op_compat(self, op: Any) -> int:
+        """The old hypercall 16: a whole 28-byte ``struct evtchn_op``; commands 0-9."""
+        return hypercalls.event_channel_op_compat(self, op)
+
+    # ---- Pythonic wrappers ---------------------------------------------------------
+
+    def alloc_unbound(self, remote_dom: int, dom: int = DOMID_SELF) -> int:
+        """A new port in ``dom`` (default: this domain) that ``remote_dom`` may bind."""
+        return self._call(cmds.alloc_unbound, _uint(dom, "dom", U16), _uint(remote_dom, "remote_dom", U16))
+
+    def bind_interdomain(self, remote_dom: int, remote_port: int) -> int:
+        """Connect to ``remote_dom``'s unbound port; the new local port starts pending."""
+        return self._call(cmds.bind_interdomain, _uint(remote_dom, "remote_dom", U16),
+                          _uint(remote_port, "remote_port", U32))
+
+    def bind_virq(self, virq: int, vcpu: int = 0) -> int:
+        """Bind a VIRQ (per-vCPU ones on ``vcpu``; others must name vCPU 0)."""
+        return self._call(cmds.bind_virq, _uint(virq, "virq", U32), _uint(vcpu, "vcpu", U32))
+
+    def bind_pirq(self, pirq: int, flags: int = 0) -> int:
+        """Bind a physical IRQ (``flags`` may hold ``BIND_PIRQ__WILL_SHARE``)."""
+        return self._call(cmds.bind_pirq, _uint(pirq, "pirq", U32), _uint(flags, "flags", U32))
+
+    def bind_ipi(self, vcpu: int = 0) -> int:
+        """A port for inter-processor events, notifying ``vcpu`` forever."""
+        return self._call(cmds.bind_ipi, _uint(vcpu, "vcpu", U32))
+
+    def close(self, port: int) -> None:
+        """Close a port; an interdomain peer silently becomes unbound again."""
+        self._call(cmds.close_port, _uint(port, "port", U32))
+
+    def send(self, port: int) -> None:  # replaced per instance by the C fast path
+        """Notify the other end of ``port`` (interdomain), or this domain (IPI)."""
+        self._call(cmds.send, _uint(port, "port", U32))
+
+    def status(self, port: int, dom: int = DOMID_SELF) -> EvtchnStatus:
+        """What ``port`` of ``dom`` is bound to."""
+        return self._call(cmds.status, _uint(dom, "dom", U16), _uint(port, "port", U32))
+
+    def bind_vcpu(self, port: int, vcpu: int) -> None:
+        """Send future events of ``port`` to ``vcpu``."""
+        self._call(cmds.bind_vcpu, _uint(port, "port", U32), _uint(vcpu, "vcpu", U32))
+
+    def unmask(self, port: int) -> None:
+        """``EVTCHNOP_unmask``: clear the mask bit; re-raise the port if it was pending."""
+        self._call(cmds.unmask, _uint(port, "port", U32))
+
+    def reset(self, dom: int = DOMID_SELF) -> None:
+        """Close every port of ``dom`` (another domain must be paused first)."""
+        self._call(cmds.reset, _uint(dom, "dom", U16))
+
+    def send_many(self, ports: Sequence[int] | Any) -> None:
+        """Send on every port in order: a sequence of ints or a buffer of uint32.
+
+        The first port that fails raises ``EvtchnError``; the ports before it were sent.
+        """
+        if self.dead:
+            raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
+        arr, n = _uint32_array(ports)
+        if n == 0:
+            return
+        failed_at = ffi.new("size_t *")
+        rc = lib.xe_evtchn_send_many(self._c, arr, n, failed_at)
+        if rc:
+            if rc < 0:
+                i = int(failed_at[0])
+                self.hv._after(1)
+                raise EvtchnError(-rc, f"send_many: port {int(arr[i])} (index {i})")
+            self.hv._after(rc)
+
+    # ---- SCHEDOP_poll --------------------------------------------------------------
+
+    def sched_poll(self, ports: Iterable[int], timeout: int = 0, vcpu: int = 0) -> bool:
+        """SCHEDOP_poll on ``vcpu``: True if it returns at once, False once it blocks."""
+        ports = [_uint(p, "port", U32) for p in ports]
+        timeout = _uint(timeout, "timeout", 2**64 - 1)
+        if not isinstance(vcpu, int):
+            raise TypeError(f"vcpu must be an int, not {type(vcpu).__name__}")
+        return self._call(_sched_poll, ports, timeout, vcpu)
+
+    def __repr__(self) -> str:
+        state = " dead" if self.dead else ""
+        return f"<Domain {self.domid} vcpus={len(self.vcpus)} {self.layout}{state}>"
+
+
+def _uint32_array(ports: Any) -> tuple[Any, int]:
+    """A ``uint32_t *`` over ``ports`` without copying a suitable buffer."""
+    try:
+        view = memoryview(ports)
+    except TypeError:
+        view = None
+    if view is not None:
+        with view:
+            if view.itemsize != 4 or view.format not in ("I", "=I", "<I", "L", "=L", "<L"):
+                raise TypeError(f"a port buffer must hold uint32 (format 'I'), not format {view.format!r}")
+            if not view.c_contiguous:
+                raise TypeError("a port buffer must be contiguous")
+            n = view.nbytes // 4
+        return (ffi.from_buffer("uint32_t[]", ports) if n else None), n
+    try:
+        buf = array("I", ports)
+    except OverflowError:
+        raise ValueError("ports must be in 0..2**32-1") from None
+    return (ffi.from_buffer("uint32_t[]", buf) if len(buf) else None), len(buf)
+
+
+def _sched_poll(d: Domain, ports: list[int], timeout: int, vcpu: int) -> bool:
+    if not 0 <= vcpu < len(d.vcpus):
+        raise EvtchnError(errno.ENOENT, "sched_poll")
+    if len(ports) > SCHEDOP_POLL_MAX_PORTS:
+        raise EvtchnError(errno.EINVAL, "sched_poll: more than 128 ports")
+    c = d._c
+    if lib.xe_vcpu_polling(c, vcpu):
+        raise EvtchnError(errno.EBUSY, f"sched_poll: vCPU {vcpu} is already blocked in poll")
+    lib.xe_poll_begin(c, vcpu)
+    si = d.shared_info._s
+    if lib.xe_vcpu_upcall_pending(si, vcpu) and not lib.xe_vcpu_upcall_mask(si, vcpu):
+        lib.xe_poll_cancel(c, vcpu)
+        return True
+    for port in ports:
+        if not d.ports.is_valid(port) or not d.ports.usable(port):
+            lib.xe_poll_cancel(c, vcpu)
+            raise EvtchnError(errno.EINVAL, f"sched_poll: port {port}")
+        if lib.xe_evtchn_is_pending(c, port):
+            lib.xe_poll_cancel(c, vcpu)
+            return True
+    if len(ports) == 1:
+        lib.xe_poll_set_port(c, vcpu, ports[0])
+    if timeout:
+        d.hv._arm_poll_timer(d, vcpu, timeout)
+    return False

@@ -1,0 +1,252 @@
+"""``Hypervisor``: domains, global VIRQ handlers, PIRQ routing, simulated time, hooks."""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import threading
+from typing import Any, Callable
+
+from . import commands as cmds
+from ._native import ffi, lib
+from .constants import (
+    DOMID_FIRST_RESERVED,
+    LAYOUTS,
+    NR_PIRQS,
+    NR_VIRQS,
+    XEN_LEGACY_MAX_VCPUS,
+    VirqClass,
+    virq_class,
+)
+from .domain import Domain, Vcpu, _uint
+from .errors import EvtchnError
+
+Hook = Callable[[Vcpu], Any]
+
+
+class Hypervisor:
+    """A simulated Xen: create domains, then drive them through their hypercalls.
+
+    ``on_kick(vcpu)`` runs when the hypervisor raises a vCPU's ``evtchn_upcall_pending``
+    from 0 to 1; ``on_wake(vcpu)`` when a vCPU blocked in poll is woken. Both run before
+    the call that caused them returns (after a whole ``send_many`` batch).
+    """
+
+    def __init__(self) -> None:
+        self._c = ffi.new("struct xe_hv *")
+        self._lock = threading.RLock()
+        self._domains: dict[int, Domain] = {}
+        self._graveyard: list[Domain] = []  # C may still hold pointers into them
+        self._hardware_domain: Domain | None = None
+        self._virq_handlers: dict[int, Domain] = {}
+        self._irq_guests: dict[int, list[Domain]] = {}
+        self._irq_shareable: dict[int, bool] = {}
+        self._timers: list[tuple[int, int, int, int]] = []  # (deadline, domid, vcpu, seq)
+        self._timer_seq: dict[tuple[int, int], int] = {}
+        self._seq = 0
+        self.now = 0
+        self.on_kick: Hook | None = None
+        self.on_wake: Hook | None = None
+
+    # ---- domains ---------------------------------------------------------------------
+
+    def create_domain(self, vcpus: int = 1, privileged: bool = False, domid: int | None = None,
+                      max_evtchn_port: int | None = None, layout: str = "x86_64",
+                      shared_info: Any = None) -> Domain:
+        """Create a domain; see ``docs/semantics.md`` for the argument rules."""
+        if not isinstance(vcpus, int) or isinstance(vcpus, bool):
+            raise TypeError(f"vcpus must be an int, not {type(vcpus).__name__}")
+        if not 1 <= vcpus <= XEN_LEGACY_MAX_VCPUS:
+            raise ValueError(f"vcpus must be in 1..{XEN_LEGACY_MAX_VCPUS}, not {vcpus}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+        if max_evtchn_port is not None:
+            if not isinstance(max_evtchn_port, int):
+                raise TypeError("max_evtchn_port must be an int or None")
+            if max_evtchn_port < 0:
+                raise ValueError(f"max_evtchn_port must be >= 0, not {max_evtchn_port}")
+        with self._lock:
+            if domid is None:
+                domid = next(i for i in range(DOMID_FIRST_RESERVED + 1) if i not in self._domains)
+                if domid >= DOMID_FIRST_RESERVED:
+                    raise EvtchnError(errno.ENOSPC, "no free domid")
+            else:
+                domid = _uint(domid, "domid", DOMID_FIRST_RESERVED - 1)
+                if domid in self._domains:
+                    raise EvtchnError(errno.EEXIST, f"domain {domid} exists")
+            d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, shared_info)
+            self._domains[domid] = d
+            self._c.domains[domid] = d._c
+            if privileged and self._hardware_domain is None:
+                self._hardware_domain = d
+            return d
+
+    def domain(self, domid: int) -> Domain:
+        """The live domain ``domid``; ``EvtchnError(ESRCH)`` if there is none."""
+        d = self._domains.get(domid)
+        if d is None:
+            raise EvtchnError(errno.ESRCH, f"no domain {domid}")
+        return d
+
+    @property
+    def domains(self) -> tuple[Domain, ...]:
+        """Every live domain, by domid."""
+        return tuple(self._domains[k] for k in sorted(self._domains))
+
+    def destroy_domain(self, domid: int) -> None:
+        """Close every port of the domain as Xen does, then forget it."""
+        with self._lock:
+            d = self.domain(domid)
+            d.dying = True
+            for v in d.vcpus:
+                self._timer_seq.pop((domid, v.id), None)
+                lib.xe_poll_cancel(d._c, v.id)
+            cmds.destroy_ports(d)
+            for virq, h in list(self._virq_handlers.items()):
+                if h is d:
+                    del self._virq_handlers[virq]
+            if self._hardware_domain is d:
+                self._hardware_domain = None
+            del self._domains[domid]
+            self._c.domains[domid] = ffi.NULL
+            d._kill()
+            self._graveyard.append(d)
+
+    def pause_domain(self, domid: int) -> None:
+        with self._lock:
+            self.domain(domid)._pause_count += 1
+
+    def unpause_domain(self, domid: int) -> None:
+        with self._lock:
+            d = self.domain(domid)
+            if d._pause_count == 0:
+                raise EvtchnError(errno.EINVAL, f"domain {domid} is not paused")
+            d._pause_count -= 1
+
+    # ---- routing: PIRQs and VIRQs -------------------------------------------------------
+
+    def permit_pirq(self, domid: int, pirq: int) -> None:
+        """Let an unprivileged domain bind ``pirq`` (as ``xl pci-attach``/irqs= would)."""
+        pirq = _uint(pirq, "pirq", NR_PIRQS - 1)
+        with self._lock:
+            self.domain(domid)._permitted_pirqs.add(pirq)
+
+    def _virq_handler(self, virq: int) -> Domain | None:
+        return self._virq_handlers.get(virq, self._hardware_domain)
+
+    def set_virq_handler(self, virq: int, domid: int) -> None:
+        """XEN_DOMCTL_set_virq_handler: route global ``virq`` to ``domid``."""
+        with self._lock:
+            if not isinstance(virq, int) or not 0 <= virq < NR_VIRQS or virq_class(virq) != VirqClass.GLOBAL:
+                raise EvtchnError(errno.EINVAL, f"virq {virq!r} is not a global VIRQ")
+            d = self.domain(domid)
+            current = self._virq_handler(virq)
+            if current is d:
+                return
+            if d.dying:
+                raise EvtchnError(errno.EINVAL)
+            if current is not None and current._virq_to_evtchn[0][virq]:
+                raise EvtchnError(errno.EBUSY, f"domain {current.domid} still has virq {virq} bound")
+            self._virq_handlers[virq] = d
+
+    def _check_virq(self, virq: int) -> int:
+        if not isinstance(virq, int):
+            raise TypeError(f"virq must be an int, not {type(virq).__name__}")
+        if not 0 <= virq < NR_VIRQS:
+            raise EvtchnError(errno.EINVAL, f"virq {virq}")
+        return virq
+
+    def send_virq(self, domid: int, virq: int, vcpu: int = 0) -> None:
+        """Raise ``virq`` in ``domid`` (per-vCPU VIRQs on ``vcpu``)."""
+        virq = self._check_virq(virq)
+        with self._lock:
+            d = self.domain(domid)
+            if not isinstance(vcpu, int):
+                raise TypeError(f"vcpu must be an int, not {type(vcpu).__name__}")
+            if not 0 <= vcpu < len(d.vcpus):
+                raise EvtchnError(errno.ENOENT, f"vcpu {vcpu}")
+            cmds.deliver_virq(self, d, virq, vcpu)
+
+    def send_global_virq(self, virq: int) -> None:
+        """Raise a global VIRQ in its handler domain (dropped if nobody handles it)."""
+        virq = self._check_virq(virq)
+        with self._lock:
+            if virq_class(virq) != VirqClass.GLOBAL:
+                raise EvtchnError(errno.EINVAL, f"virq {virq} is not global")
+            d = self._virq_handler(virq)
+            if d is not None:
+                cmds.deliver_virq(self, d, virq, 0)
+
+    def send_pirq(self, domid: int, pirq: int) -> None:
+        """The host IRQ behind ``pirq`` fired for ``domid``."""
+        if not isinstance(pirq, int):
+            raise TypeError(f"pirq must be an int, not {type(pirq).__name__}")
+        with self._lock:
+            d = self.domain(domid)
+            if not 0 <= pirq < NR_PIRQS:
+                raise EvtchnError(errno.EINVAL, f"pirq {pirq}")
+            port = d._pirq_to_port.get(pirq)
+            if port:
+                self._after(lib.xe_evtchn_raise(d._c, port))
+
+    def inject(self, domid: int, port: int) -> None:
+        """Raise a bound port at its notify vCPU, as Xen's own paths do."""
+        port = _uint(port, "port", 0xFFFFFFFF)
+        with self._lock:
+            d = self.domain(domid)
+            rc = lib.xe_evtchn_raise(d._c, port)
+            if rc < 0:
+                raise EvtchnError(-rc, f"inject: port {port}")
+            self._after(rc)
+
+    # ---- time and poll timers -----------------------------------------------------------
+
+    def _arm_poll_timer(self, d: Domain, vcpu: int, deadline: int) -> None:
+        self._seq += 1
+        self._timer_seq[(d.domid, vcpu)] = self._seq
+        heapq.heappush(self._timers, (deadline, d.domid, vcpu, self._seq))
+        self._fire_timers()
+
+    def _fire_timers(self) -> None:
+        while self._timers and self._timers[0][0] <= self.now:
+            _, domid, vcpu, seq = heapq.heappop(self._timers)
+            if self._timer_seq.get((domid, vcpu)) != seq:
+                continue  # re-armed since, or the domain is gone
+            del self._timer_seq[(domid, vcpu)]
+            d = self._domains.get(domid)
+            if d is not None:
+                self._after(lib.xe_poll_wake(d._c, vcpu))
+
+    def advance(self, ns: int) -> None:
+        """Let ``ns`` nanoseconds of simulated time pass, firing due poll timers."""
+        if not isinstance(ns, int):
+            raise TypeError(f"ns must be an int, not {type(ns).__name__}")
+        if ns < 0:
+            raise ValueError(f"time cannot go backwards ({ns} ns)")
+        with self._lock:
+            self.now += ns
+            self._fire_timers()
+
+    # ---- hooks ---------------------------------------------------------------------------
+
+    def _after(self, flags: int) -> None:
+        """Run the hooks owed for kicks and wake-ups the C core recorded."""
+        if not flags:
+            return
+        kick, wake = self.on_kick, self.on_wake
+        for d in tuple(self._domains.values()):
+            kicked = lib.xe_take_kicked(d._c)
+            woken = lib.xe_take_woken(d._c)
+            if kick is not None:
+                for v in _bits(kicked):
+                    kick(d.vcpus[v])
+            if wake is not None:
+                for v in _bits(woken):
+                    wake(d.vcpus[v])
+
+
+def _bits(mask: int):
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low

@@ -1,0 +1,118 @@
+"""A domain's port table: Xen's per-channel records, kept where C can read them.
+
+The records are a cffi-allocated array of ``struct xe_chan`` that the C data path reads
+lock-free (the send fast path routes through it). Only this class writes them, under the
+hypervisor's lock. A bytearray mirror of the states lets allocation find the lowest free
+port with one C-speed ``find``.
+
+Write order matters to a concurrent C reader: a binding writes every field before the
+state, a free writes the state first.
+"""
+
+from __future__ import annotations
+
+from ._native import ffi
+from .constants import EVTCHNS_PER_BUCKET, ChannelState
+
+FREE = ChannelState.FREE
+RESERVED = ChannelState.RESERVED
+
+
+class PortTable:
+    """Per-port state of one domain, with Xen's allocation and validity rules."""
+
+    __slots__ = ("chans", "state", "limit", "valid", "active", "_cdom")
+
+    def __init__(self, cdom, max_ports: int, limit: int) -> None:
+        """``max_ports``: the ABI's port count; ``limit``: ports must be < limit."""
+        self.chans = ffi.new("struct xe_chan[]", max_ports)
+        self.state = bytearray(max_ports)
+        self.limit = limit
+        self._cdom = cdom
+        cdom.chans = self.chans
+        cdom.max_ports = max_ports
+        self.valid = EVTCHNS_PER_BUCKET  # the first bucket exists from creation
+        cdom.valid_evtchns = self.valid
+        self.active = 0
+        self._write(0, RESERVED)  # port 0 is never handed out
+
+    # ---- Xen's port_is_valid and get_free_port ---------------------------------
+
+    def is_valid(self, port: int) -> bool:
+        return 0 <= port < self.valid
+
+    def alloc(self) -> int | None:
+        """get_free_port(): the lowest free port, or None (Xen's -ENOSPC).
+
+        Like Xen, a port past the valid range gets its bucket at once, so the range
+        stays grown even if the command then fails and the port stays free.
+        """
+        port = self.state.find(FREE, 0, self.valid)
+        if port < 0:
+            port = self.valid  # the next bucket, all free
+        if port >= self.limit:
+            return None
+        self._cover(port)
+        return port
+
+    def _cover(self, port: int) -> None:
+        """Grow valid_evtchns bucket by bucket until ``port`` is covered."""
+        if port >= self.valid:
+            self.valid = (port // EVTCHNS_PER_BUCKET + 1) * EVTCHNS_PER_BUCKET
+            self._cdom.valid_evtchns = self.valid
+
+    # ---- state changes ---------------------------------------------------------
+
+    def _write(self, port: int, state: int, *, notify: int | None = None,
+               remote_dom: int = 0, remote_port: int = 0, info: int = 0) -> None:
+        c = self.chans[port]
+        if state == FREE:
+            c.state = FREE
+            c.notify_vcpu = 0
+            c.xen_consumer = 0
+            c.remote_dom = 0
+            c.remote_port = 0
+            c.info = 0
+        else:
+            c.remote_dom = remote_dom
+            c.remote_port = remote_port
+            c.info = info
+            if notify is not None:
+                c.notify_vcpu = notify
+            c.state = state
+        self.state[port] = state
+
+    def bind(self, port: int, state: int, *, notify: int | None = None,
+             remote_dom: int = 0, remote_port: int = 0, info: int = 0) -> None:
+        """Take a free port (from ``find_free``) into ``state``."""
+        self._cover(port)
+        if self.state[port] == FREE:
+            self.active += 1
+        self._write(port, state, notify=notify, remote_dom=remote_dom,
+                    remote_port=remote_port, info=info)
+
+    def rebind(self, port: int, state: int, *, remote_dom: int = 0, remote_port: int = 0) -> None:
+        """Change a bound port's state in place, keeping its notify vCPU and priority."""
+        self._write(port, state, remote_dom=remote_dom, remote_port=remote_port)
+
+    def free(self, port: int) -> None:
+        if self.state[port] != FREE:
+            self.active -= 1
+        self._write(port, FREE)
+
+    def set_notify(self, port: int, vcpu: int) -> None:
+        self.chans[port].notify_vcpu = vcpu
+
+    def notify(self, port: int) -> int:
+        return int(self.chans[port].notify_vcpu)
+
+    def remote(self, port: int) -> tuple[int, int]:
+        c = self.chans[port]
+        return int(c.remote_dom), int(c.remote_port)
+
+    def info(self, port: int) -> int:
+        return int(self.chans[port].info)
+
+    def usable(self, port: int) -> bool:
+        """Xen's evtchn_usable: guest-owned and beyond RESERVED."""
+        return self.state[port] > RESERVED and not self.chans[port].xen_consumer
