@@ -128,6 +128,8 @@ def writable_bytes(arg: Any, what: str) -> tuple[Any, int]:
 
 def run(d: Domain, cmd: int, ptr: Any, nbytes: int) -> int:
     """Dispatch one command on a buffer already borrowed; returns 0 or -errno."""
+    if d.dead:
+        return -errno.ESRCH   # a destroyed domain makes no hypercalls
     entry = COMMANDS.get(cmd)
     if entry is None:
         return -errno.ENOSYS
@@ -153,6 +155,8 @@ def event_channel_op(d: Domain, cmd: int, arg: Any) -> int:
 
 def event_channel_op_compat(d: Domain, op: Any) -> int:
     ptr, nbytes = writable_bytes(op, "op")
+    if d.dead:
+        return -errno.ESRCH
     if nbytes < COMPAT_OP_SIZE:
         return -errno.EFAULT
     cmd = int(ffi.cast("int32_t *", ptr)[0])

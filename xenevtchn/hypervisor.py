@@ -38,6 +38,7 @@ class Hypervisor:
         self._domains: dict[int, Domain] = {}
         self._graveyard: list[Domain] = []  # C may still hold pointers into them
         self._hardware_domain: Domain | None = None
+        self._hardware_domain_created = False  # only the first privileged domain is it
         self._virq_handlers: dict[int, Domain] = {}
         self._irq_guests: dict[int, list[Domain]] = {}
         self._irq_shareable: dict[int, bool] = {}
@@ -54,7 +55,7 @@ class Hypervisor:
                       max_evtchn_port: int | None = None, layout: str = "x86_64",
                       shared_info: Any = None) -> Domain:
         """Create a domain; see ``docs/semantics.md`` for the argument rules."""
-        if not isinstance(vcpus, int) or isinstance(vcpus, bool):
+        if not isinstance(vcpus, int):
             raise TypeError(f"vcpus must be an int, not {type(vcpus).__name__}")
         if not 1 <= vcpus <= XEN_LEGACY_MAX_VCPUS:
             raise ValueError(f"vcpus must be in 1..{XEN_LEGACY_MAX_VCPUS}, not {vcpus}")
@@ -77,8 +78,9 @@ class Hypervisor:
             d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, shared_info)
             self._domains[domid] = d
             self._c.domains[domid] = d._c
-            if privileged and self._hardware_domain is None:
+            if privileged and not self._hardware_domain_created:
                 self._hardware_domain = d
+                self._hardware_domain_created = True
             return d
 
     def domain(self, domid: int) -> Domain:
@@ -136,10 +138,12 @@ class Hypervisor:
 
     def set_virq_handler(self, virq: int, domid: int) -> None:
         """XEN_DOMCTL_set_virq_handler: route global ``virq`` to ``domid``."""
+        if not isinstance(virq, int):
+            raise TypeError(f"virq must be an int, not {type(virq).__name__}")
         with self._lock:
-            if not isinstance(virq, int) or not 0 <= virq < NR_VIRQS or virq_class(virq) != VirqClass.GLOBAL:
-                raise EvtchnError(errno.EINVAL, f"virq {virq!r} is not a global VIRQ")
-            d = self.domain(domid)
+            d = self.domain(domid)  # the domctl looks the domain up first
+            if not 0 <= virq < NR_VIRQS or virq_class(virq) != VirqClass.GLOBAL:
+                raise EvtchnError(errno.EINVAL, f"virq {virq} is not a global VIRQ")
             current = self._virq_handler(virq)
             if current is d:
                 return
@@ -158,12 +162,12 @@ class Hypervisor:
 
     def send_virq(self, domid: int, virq: int, vcpu: int = 0) -> None:
         """Raise ``virq`` in ``domid`` (per-vCPU VIRQs on ``vcpu``)."""
-        virq = self._check_virq(virq)
+        if not isinstance(vcpu, int):
+            raise TypeError(f"vcpu must be an int, not {type(vcpu).__name__}")
         with self._lock:
             d = self.domain(domid)
-            if not isinstance(vcpu, int):
-                raise TypeError(f"vcpu must be an int, not {type(vcpu).__name__}")
-            if not 0 <= vcpu < len(d.vcpus):
+            virq = self._check_virq(virq)
+            if virq_class(virq) == VirqClass.VCPU and not 0 <= vcpu < len(d.vcpus):
                 raise EvtchnError(errno.ENOENT, f"vcpu {vcpu}")
             cmds.deliver_virq(self, d, virq, vcpu)
 
@@ -233,16 +237,23 @@ class Hypervisor:
         """Run the hooks owed for kicks and wake-ups the C core recorded."""
         if not flags:
             return
-        kick, wake = self.on_kick, self.on_wake
+        calls = []
         for d in tuple(self._domains.values()):
             kicked = lib.xe_take_kicked(d._c)
             woken = lib.xe_take_woken(d._c)
-            if kick is not None:
-                for v in _bits(kicked):
-                    kick(d.vcpus[v])
-            if wake is not None:
-                for v in _bits(woken):
-                    wake(d.vcpus[v])
+            calls += [(self.on_kick, d.vcpus[v]) for v in _bits(kicked)]
+            calls += [(self.on_wake, d.vcpus[v]) for v in _bits(woken)]
+        first_error: BaseException | None = None
+        for hook, vcpu in calls:
+            if hook is None:
+                continue
+            try:
+                hook(vcpu)
+            except Exception as exc:  # every owed hook runs; the first error is raised
+                if first_error is None:
+                    first_error = exc
+        if first_error is not None:
+            raise first_error
 
 
 def _bits(mask: int):

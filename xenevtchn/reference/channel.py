@@ -1,0 +1,55 @@
+"""The hypervisor-private record of one event channel (spec §1.1)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from xenevtchn.constants import ChannelState
+
+if TYPE_CHECKING:
+    from .domain import Domain
+
+ECS_FREE = ChannelState.FREE
+ECS_RESERVED = ChannelState.RESERVED
+ECS_UNBOUND = ChannelState.UNBOUND
+ECS_INTERDOMAIN = ChannelState.INTERDOMAIN
+ECS_PIRQ = ChannelState.PIRQ
+ECS_VIRQ = ChannelState.VIRQ
+ECS_IPI = ChannelState.IPI
+
+
+class Channel:
+    """One port's state. The union ``u`` of Xen is spread over optional attributes.
+
+    No Xen-internal consumers exist in this model (``xen_consumer`` is always 0), so a
+    channel is *usable* exactly when its state is above RESERVED.
+    """
+
+    __slots__ = ("state", "notify_vcpu", "remote_domid", "remote_dom", "remote_port", "pirq", "virq")
+
+    def __init__(self) -> None:
+        self.state: ChannelState = ECS_FREE
+        self.notify_vcpu: int = 0
+        self.remote_domid: int = 0  # UNBOUND: the domid allowed to bind
+        self.remote_dom: Domain | None = None  # INTERDOMAIN: the peer domain
+        self.remote_port: int = 0  # INTERDOMAIN: the peer port
+        self.pirq: int = 0  # PIRQ
+        self.virq: int = 0  # VIRQ
+
+    @property
+    def usable(self) -> bool:
+        """Xen's ``evtchn_usable``: not FREE/RESERVED (and not Xen-attached)."""
+        return self.state > ECS_RESERVED
+
+    def reset_to_free(self) -> None:
+        """State FREE, notify vCPU 0, union cleared (the record part of ``evtchn_free``)."""
+        self.state = ECS_FREE
+        self.notify_vcpu = 0
+        self.remote_domid = 0
+        self.remote_dom = None
+        self.remote_port = 0
+        self.pirq = 0
+        self.virq = 0
+
+    def __repr__(self) -> str:
+        return f"Channel({self.state.name}, notify_vcpu={self.notify_vcpu})"

@@ -1,0 +1,267 @@
+"""The EVTCHNOP_* commands, each with Xen's checks in Xen's order (spec §4).
+
+Every function takes the calling domain first, returns the command's output (if any)
+and raises ``EvtchnError(errno)`` on failure. Argument values are the raw ABI field
+values (already unsigned and in range for their field).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from xenevtchn.constants import (
+    BIND_PIRQ__WILL_SHARE,
+    DOMID_SELF,
+    NR_PIRQS,
+    NR_VIRQS,
+    EvtchnStat,
+    VirqClass,
+    virq_class,
+)
+from xenevtchn.errors import EvtchnError
+
+from . import event_2l
+from .channel import (
+    ECS_FREE,
+    ECS_INTERDOMAIN,
+    ECS_IPI,
+    ECS_PIRQ,
+    ECS_RESERVED,
+    ECS_UNBOUND,
+    ECS_VIRQ,
+)
+from .status import EvtchnStatus
+
+if TYPE_CHECKING:
+    from .domain import Domain
+
+
+def _fail(code: int) -> EvtchnError:
+    return EvtchnError(code)
+
+
+def target_allowed(caller: Domain, subject: Domain) -> bool:
+    """The XSM dummy TARGET rule: the subject itself, or a privileged caller."""
+    return caller is subject or caller.privileged
+
+
+def lookup_domain(caller: Domain, domid: int) -> Domain:
+    """Domain lookup "by any id": DOMID_SELF is the caller; unknown ids are ``ESRCH``."""
+    if domid == DOMID_SELF:
+        return caller
+    return caller.hypervisor.get_domain(domid)
+
+
+# -- EVTCHNOP_alloc_unbound (§4.1) ------------------------------------------------------
+def alloc_unbound(caller: Domain, dom: int, remote_dom: int) -> int:
+    d = lookup_domain(caller, dom)
+    port = d.get_free_port()  # before the privilege check
+    if not target_allowed(caller, d):
+        raise _fail(errno.EPERM)
+    channel = d.claim_port(port, ECS_UNBOUND)
+    channel.remote_domid = caller.domid if remote_dom == DOMID_SELF else remote_dom
+    return port
+
+
+# -- EVTCHNOP_bind_interdomain (§4.2) ---------------------------------------------------
+def bind_interdomain(caller: Domain, remote_dom: int, remote_port: int) -> int:
+    rd = lookup_domain(caller, remote_dom)
+    lport = caller.get_free_port()  # before the remote port is examined
+    if not rd.port_is_valid(remote_port):
+        raise _fail(errno.EINVAL)
+    rchn = rd.channels[remote_port]
+    if rchn.state != ECS_UNBOUND or rchn.remote_domid != caller.domid:
+        raise _fail(errno.EINVAL)
+    lchn = caller.claim_port(lport, ECS_INTERDOMAIN)
+    lchn.remote_dom, lchn.remote_port = rd, remote_port
+    rchn.state = ECS_INTERDOMAIN
+    rchn.remote_dom, rchn.remote_port, rchn.remote_domid = caller, lport, 0
+    # The new local port is always left pending (covers events sent while unbound).
+    event_2l.raise_event(caller, lchn.notify_vcpu, lport)
+    return lport
+
+
+# -- EVTCHNOP_bind_virq (§4.3) ----------------------------------------------------------
+def bind_virq(caller: Domain, virq: int, vcpu: int) -> int:
+    if virq >= NR_VIRQS:  # also covers negative values of the signed int
+        raise _fail(errno.EINVAL)
+    kind = virq_class(virq)
+    if kind != VirqClass.VCPU and vcpu != 0:
+        raise _fail(errno.EINVAL)
+    v = caller.get_vcpu(vcpu)
+    if kind == VirqClass.GLOBAL and caller.hypervisor.global_virq_handler(virq) is not caller:
+        raise _fail(errno.EBUSY)
+    if v.virq_to_evtchn[virq]:
+        raise _fail(errno.EEXIST)
+    port = caller.get_free_port()
+    channel = caller.claim_port(port, ECS_VIRQ, notify_vcpu=vcpu)
+    channel.virq = virq
+    v.virq_to_evtchn[virq] = port
+    return port
+
+
+# -- EVTCHNOP_bind_pirq (§4.4) ----------------------------------------------------------
+def bind_pirq(caller: Domain, pirq: int, flags: int) -> int:
+    if pirq >= NR_PIRQS:
+        raise _fail(errno.EINVAL)
+    if not caller.privileged and pirq not in caller.permitted_pirqs:
+        raise _fail(errno.EPERM)
+    if pirq in caller.pirq_to_port:
+        raise _fail(errno.EEXIST)
+    port = caller.get_free_port()
+    # PIRQ p is host IRQ p; sharing rules may refuse with EBUSY (the port stays FREE).
+    caller.hypervisor.bind_host_irq(caller, pirq, bool(flags & BIND_PIRQ__WILL_SHARE))
+    channel = caller.claim_port(port, ECS_PIRQ)
+    channel.pirq = pirq
+    caller.pirq_to_port[pirq] = port
+    return port
+
+
+# -- EVTCHNOP_close (§4.5) --------------------------------------------------------------
+def close(caller: Domain, port: int) -> None:
+    close_port(caller, port)
+
+
+def close_port(d: Domain, port: int) -> None:
+    """``evtchn_close`` of ``d``'s ``port`` (also used by reset and destruction)."""
+    if not d.port_is_valid(port):
+        raise _fail(errno.EINVAL)
+    channel = d.channels[port]
+    state = channel.state
+    if state in (ECS_FREE, ECS_RESERVED):
+        raise _fail(errno.EINVAL)
+    if state == ECS_PIRQ:
+        d.hypervisor.unbind_host_irq(d, channel.pirq)
+        del d.pirq_to_port[channel.pirq]
+    elif state == ECS_VIRQ:
+        for v in d.vcpus:
+            if v.virq_to_evtchn[channel.virq] == port:
+                v.virq_to_evtchn[channel.virq] = 0
+    elif state == ECS_INTERDOMAIN:
+        # The peer (maybe in d itself) silently becomes UNBOUND naming the closer.
+        rd, rport = channel.remote_dom, channel.remote_port
+        assert rd is not None
+        peer = rd.channels[rport]
+        peer.state = ECS_UNBOUND
+        peer.remote_domid, peer.remote_dom, peer.remote_port = d.domid, None, 0
+    # UNBOUND and IPI need nothing beyond the free.
+    d.free_port(port)
+
+
+# -- EVTCHNOP_send (§4.6) ---------------------------------------------------------------
+def send(caller: Domain, port: int) -> None:
+    if not caller.port_is_valid(port):
+        raise _fail(errno.EINVAL)
+    channel = caller.channels[port]
+    state = channel.state
+    if state == ECS_INTERDOMAIN:
+        rd, rport = channel.remote_dom, channel.remote_port
+        assert rd is not None
+        event_2l.raise_event(rd, rd.channels[rport].notify_vcpu, rport)
+    elif state == ECS_IPI:
+        event_2l.raise_event(caller, channel.notify_vcpu, port)
+    elif state != ECS_UNBOUND:  # UNBOUND: silently dropped
+        raise _fail(errno.EINVAL)
+
+
+def send_many(caller: Domain, ports: list[int]) -> None:
+    """EVTCHNOP_send on each port in order, stopping at the first failure."""
+    for port in ports:
+        send(caller, port)
+
+
+# -- EVTCHNOP_status (§4.7) -------------------------------------------------------------
+def status(caller: Domain, dom: int, port: int) -> EvtchnStatus:
+    d = lookup_domain(caller, dom)
+    if not d.port_is_valid(port):  # before the privilege check
+        raise _fail(errno.EINVAL)
+    if not target_allowed(caller, d):
+        raise _fail(errno.EPERM)
+    channel = d.channels[port]
+    state, vcpu = channel.state, channel.notify_vcpu
+    if state == ECS_UNBOUND:
+        return EvtchnStatus(EvtchnStat.unbound, vcpu, dom=channel.remote_domid)
+    if state == ECS_INTERDOMAIN:
+        assert channel.remote_dom is not None
+        return EvtchnStatus(
+            EvtchnStat.interdomain, vcpu, dom=channel.remote_dom.domid, port=channel.remote_port
+        )
+    if state == ECS_PIRQ:
+        return EvtchnStatus(EvtchnStat.pirq, vcpu, pirq=channel.pirq)
+    if state == ECS_VIRQ:
+        return EvtchnStatus(EvtchnStat.virq, vcpu, virq=channel.virq)
+    if state == ECS_IPI:
+        return EvtchnStatus(EvtchnStat.ipi, vcpu)
+    return EvtchnStatus(EvtchnStat.closed, vcpu)  # FREE or RESERVED
+
+
+# -- EVTCHNOP_bind_vcpu (§4.8) ----------------------------------------------------------
+def bind_vcpu(caller: Domain, port: int, vcpu: int) -> None:
+    caller.get_vcpu(vcpu)  # before the port
+    if not caller.port_is_valid(port):
+        raise _fail(errno.EINVAL)
+    channel = caller.channels[port]
+    state = channel.state
+    if state == ECS_VIRQ:
+        if virq_class(channel.virq) == VirqClass.VCPU:
+            raise _fail(errno.EINVAL)
+    elif state not in (ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ):  # IPI, FREE, RESERVED
+        raise _fail(errno.EINVAL)
+    # Only future notifications move; nothing already pending is touched.
+    channel.notify_vcpu = vcpu
+
+
+# -- EVTCHNOP_unmask (§4.9) -------------------------------------------------------------
+def unmask(caller: Domain, port: int) -> None:
+    if not caller.port_is_valid(port):
+        raise _fail(errno.EINVAL)
+    if caller.channels[port].usable:
+        event_2l.unmask(caller, port)
+
+
+# -- EVTCHNOP_bind_ipi (§4.10) ----------------------------------------------------------
+def bind_ipi(caller: Domain, vcpu: int) -> int:
+    caller.get_vcpu(vcpu)
+    port = caller.get_free_port()
+    caller.claim_port(port, ECS_IPI, notify_vcpu=vcpu)
+    return port
+
+
+# -- EVTCHNOP_reset / EVTCHNOP_reset_cont (§4.11) ---------------------------------------
+def _reset_target(caller: Domain, dom: int) -> Domain:
+    d = lookup_domain(caller, dom)
+    if not target_allowed(caller, d):
+        raise _fail(errno.EPERM)
+    if d is not caller and d.pause_count == 0:
+        raise _fail(errno.EINVAL)
+    return d
+
+
+def reset(caller: Domain, dom: int) -> None:
+    d = _reset_target(caller, dom)
+    if d.reset_next:
+        raise _fail(errno.EBUSY)
+    d.reset_next = 1
+    _continue_reset(d)
+
+
+def reset_cont(caller: Domain, dom: int) -> None:
+    d = _reset_target(caller, dom)
+    if not d.reset_next:  # no reset in progress: a guest calling cmd 14 gets EBUSY
+        raise _fail(errno.EBUSY)
+    _continue_reset(d)
+
+
+def _continue_reset(d: Domain) -> None:
+    """Close every port as the guest would, from the recorded cursor (no preemption)."""
+    port = d.reset_next
+    while d.port_is_valid(port) and d.active_evtchns > 0:
+        try:
+            close_port(d, port)
+        except EvtchnError:
+            pass  # FREE (and Xen-attached) ports cannot be closed
+        port += 1
+    d.reset_next = 0
+    if d.active_evtchns > 0:
+        raise _fail(errno.EAGAIN)

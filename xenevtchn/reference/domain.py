@@ -1,0 +1,274 @@
+"""A domain as the hypervisor sees it: vCPUs, port table, and its hypercall entry points.
+
+The command logic lives in :mod:`.commands` (EVTCHNOP_*) and :mod:`.poll` (SCHEDOP_poll);
+this module holds the per-domain state and the Python-facing methods that validate
+arguments, run a command as this domain, and raise ``EvtchnError`` on failure.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from xenevtchn.constants import DOMID_SELF, EVTCHNS_PER_BUCKET, NR_VIRQS
+from xenevtchn.errors import EvtchnError
+
+from . import commands, hypercall, poll
+from .channel import ECS_FREE, ECS_RESERVED, Channel
+from .shared_info import SharedInfo
+from .status import EvtchnStatus
+from .validate import port_list, u16, u32, u64, as_int
+
+if TYPE_CHECKING:
+    from .hypervisor import Hypervisor
+
+
+class Vcpu:
+    """One vCPU: its ``vcpu_info`` flags (read live from shared_info) and poll state."""
+
+    __slots__ = ("_domain", "id", "virq_to_evtchn", "poll_evtchn", "poll_deadline")
+
+    def __init__(self, domain: Domain, vcpu_id: int) -> None:
+        self._domain = domain
+        self.id: int = vcpu_id
+        self.virq_to_evtchn: list[int] = [0] * NR_VIRQS  # port per VIRQ, 0 = unbound
+        self.poll_evtchn: int = 0  # >0 one port, <0 several or none, 0 not polling
+        self.poll_deadline: int | None = None  # armed poll timer (absolute ns)
+
+    @property
+    def domain(self) -> Domain:
+        """The domain this vCPU belongs to."""
+        return self._domain
+
+    @property
+    def upcall_pending(self) -> int:
+        """``vcpu_info.evtchn_upcall_pending``."""
+        return self._domain.shared_info.upcall_pending(self.id)
+
+    @property
+    def upcall_mask(self) -> int:
+        """``vcpu_info.evtchn_upcall_mask``."""
+        return self._domain.shared_info.upcall_mask(self.id)
+
+    @property
+    def pending_sel(self) -> int:
+        """``vcpu_info.evtchn_pending_sel``."""
+        return self._domain.shared_info.pending_sel(self.id)
+
+    @property
+    def polling(self) -> bool:
+        """Blocked in SCHEDOP_poll (its bit in the domain's ``poll_mask``)."""
+        return bool(self._domain.poll_mask >> self.id & 1)
+
+    def unblock(self) -> None:
+        """End a poll, if any: clear the poll state and queue ``on_wake``."""
+        d = self._domain
+        bit = 1 << self.id
+        if d.poll_mask & bit:
+            d.poll_mask &= ~bit
+            self.poll_evtchn = 0
+            hv = d.hypervisor
+            hv.queue_hook(hv.on_wake, self)
+
+    def __repr__(self) -> str:
+        return f"<Vcpu d{self._domain.domid}v{self.id}>"
+
+
+class Domain:
+    """A domain created by :meth:`Hypervisor.create_domain`; every call runs as it."""
+
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        domid: int,
+        vcpus: int,
+        privileged: bool,
+        max_evtchn_port: int,
+        shared_info: SharedInfo,
+    ) -> None:
+        self.hypervisor = hypervisor
+        self._domid = domid
+        self._privileged = privileged
+        self._shared_info = shared_info
+        self._vcpus = tuple(Vcpu(self, i) for i in range(vcpus))
+        self.max_evtchn_port = max_evtchn_port
+        # Port table: one bucket of 64 records at creation, port 0 RESERVED (§2.3, §11).
+        self.channels: list[Channel] = [Channel() for _ in range(EVTCHNS_PER_BUCKET)]
+        self.channels[0].state = ECS_RESERVED
+        self.active_evtchns = 0  # channels not FREE, port 0 not counted
+        self._free_hint = 1  # every port below it is known not to be FREE
+        self.pirq_to_port: dict[int, int] = {}
+        self.permitted_pirqs: set[int] = set()
+        self.pause_count = 0
+        self.poll_mask = 0  # bit v set while vCPU v is blocked in poll
+        self.reset_next = 0  # EVTCHNOP_reset progress cursor, 0 = none in progress
+        self.dying = False
+        self.destroyed = False
+
+    # -- public attributes ----------------------------------------------------------------
+    @property
+    def domid(self) -> int:
+        """The domain id."""
+        return self._domid
+
+    @property
+    def privileged(self) -> bool:
+        """Whether the domain has the control domain's rights."""
+        return self._privileged
+
+    @property
+    def vcpus(self) -> tuple[Vcpu, ...]:
+        """The vCPUs, indexed by id."""
+        return self._vcpus
+
+    @property
+    def shared_info(self) -> SharedInfo:
+        """The domain's shared_info."""
+        return self._shared_info
+
+    @property
+    def layout(self) -> str:
+        """``"x86_64"`` or ``"x86_32"``."""
+        return self._shared_info.layout.name
+
+    @property
+    def valid_evtchns(self) -> int:
+        """Ports covered by storage buckets: ``port_is_valid(p)`` iff ``p < valid_evtchns``."""
+        return len(self.channels)
+
+    def __repr__(self) -> str:
+        return f"<Domain {self._domid}{' privileged' if self._privileged else ''}>"
+
+    # -- port table (spec §2) -------------------------------------------------------------
+    def port_is_valid(self, port: int) -> bool:
+        """Xen's ``port_is_valid``: bucket-granular, not "allocated"."""
+        return 0 <= port < len(self.channels)
+
+    def get_vcpu(self, vcpu_id: int) -> Vcpu:
+        """The vCPU ``vcpu_id``, or ``EvtchnError(ENOENT)``."""
+        if not 0 <= vcpu_id < len(self._vcpus):
+            raise EvtchnError(errno.ENOENT)
+        return self._vcpus[vcpu_id]
+
+    def get_free_port(self) -> int:
+        """Xen's ``get_free_port`` (§2.2): the lowest FREE port, growing buckets as needed.
+
+        The port is only found (and its bucket allocated), not claimed: a command whose
+        later checks fail simply leaves it FREE.
+        """
+        if self.dying:
+            raise EvtchnError(errno.EINVAL)
+        limit = min(self.max_evtchn_port + 1, self._shared_info.layout.nr_ports)
+        channels = self.channels
+        for port in range(self._free_hint, limit):
+            if port >= len(channels):  # not covered yet: add a bucket; the port is free
+                channels.extend(Channel() for _ in range(EVTCHNS_PER_BUCKET))
+                self._free_hint = port
+                return port
+            if channels[port].state == ECS_FREE:
+                self._free_hint = port
+                return port
+        raise EvtchnError(errno.ENOSPC)
+
+    def claim_port(self, port: int, state: int, notify_vcpu: int = 0) -> Channel:
+        """Make FREE ``port`` (from :meth:`get_free_port`) a channel in ``state``."""
+        channel = self.channels[port]
+        channel.state = state  # type: ignore[assignment]
+        channel.notify_vcpu = notify_vcpu
+        self.active_evtchns += 1
+        return channel
+
+    def free_port(self, port: int) -> None:
+        """``evtchn_free``: clear pending (usable only), state FREE, notify vCPU 0.
+
+        The 2-level mask bit is left alone.
+        """
+        channel = self.channels[port]
+        if channel.usable:
+            self._shared_info.clear_pending(port)
+        self.active_evtchns -= 1
+        channel.reset_to_free()
+        if port < self._free_hint:
+            self._free_hint = port
+
+    # -- running calls as this domain -------------------------------------------------------
+    def _call(self, what: str, command: Callable[..., Any], *args: Any) -> Any:
+        """Run ``command(self, *args)``; raise ``EvtchnError`` named ``what``; run hooks."""
+        if self.destroyed:
+            raise EvtchnError(errno.ESRCH, what)
+        hv = self.hypervisor
+        try:
+            return command(self, *args)
+        except EvtchnError as exc:
+            raise EvtchnError(exc.errno, what) from None
+        finally:
+            if hv.hooks_queued:
+                hv.run_hooks()
+
+    # -- raw hypercalls --------------------------------------------------------------------
+    def event_channel_op(self, cmd: int, arg: object) -> int:
+        """``HYPERVISOR_event_channel_op(cmd, arg)``: 0 or ``-errno``."""
+        return hypercall.event_channel_op(self, cmd, arg)
+
+    def event_channel_op_compat(self, op: object) -> int:
+        """The legacy hypercall 16 on a whole 28-byte ``struct evtchn_op``."""
+        return hypercall.event_channel_op_compat(self, op)
+
+    # -- Pythonic wrappers ------------------------------------------------------------------
+    def alloc_unbound(self, remote_dom: int, dom: int = DOMID_SELF) -> int:
+        """EVTCHNOP_alloc_unbound: a port in ``dom`` that ``remote_dom`` may bind."""
+        args = (u16(dom, "dom"), u16(remote_dom, "remote_dom"))
+        return self._call("alloc_unbound", commands.alloc_unbound, *args)
+
+    def bind_interdomain(self, remote_dom: int, remote_port: int) -> int:
+        """EVTCHNOP_bind_interdomain: connect to ``remote_dom``'s unbound port."""
+        args = (u16(remote_dom, "remote_dom"), u32(remote_port, "remote_port"))
+        return self._call("bind_interdomain", commands.bind_interdomain, *args)
+
+    def bind_virq(self, virq: int, vcpu: int = 0) -> int:
+        """EVTCHNOP_bind_virq."""
+        args = (u32(virq, "virq"), u32(vcpu, "vcpu"))
+        return self._call("bind_virq", commands.bind_virq, *args)
+
+    def bind_pirq(self, pirq: int, flags: int = 0) -> int:
+        """EVTCHNOP_bind_pirq."""
+        args = (u32(pirq, "pirq"), u32(flags, "flags"))
+        return self._call("bind_pirq", commands.bind_pirq, *args)
+
+    def bind_ipi(self, vcpu: int = 0) -> int:
+        """EVTCHNOP_bind_ipi."""
+        return self._call("bind_ipi", commands.bind_ipi, u32(vcpu, "vcpu"))
+
+    def close(self, port: int) -> None:
+        """EVTCHNOP_close."""
+        self._call("close", commands.close, u32(port, "port"))
+
+    def send(self, port: int) -> None:
+        """EVTCHNOP_send."""
+        self._call("send", commands.send, u32(port, "port"))
+
+    def status(self, port: int, dom: int = DOMID_SELF) -> EvtchnStatus:
+        """EVTCHNOP_status."""
+        args = (u16(dom, "dom"), u32(port, "port"))
+        return self._call("status", commands.status, *args)
+
+    def bind_vcpu(self, port: int, vcpu: int) -> None:
+        """EVTCHNOP_bind_vcpu."""
+        self._call("bind_vcpu", commands.bind_vcpu, u32(port, "port"), u32(vcpu, "vcpu"))
+
+    def unmask(self, port: int) -> None:
+        """EVTCHNOP_unmask."""
+        self._call("unmask", commands.unmask, u32(port, "port"))
+
+    def reset(self, dom: int = DOMID_SELF) -> None:
+        """EVTCHNOP_reset."""
+        self._call("reset", commands.reset, u16(dom, "dom"))
+
+    def send_many(self, ports: Sequence[int] | object) -> None:
+        """EVTCHNOP_send on each port in order; the first failure raises (earlier sent)."""
+        self._call("send", commands.send_many, port_list(ports))
+
+    def sched_poll(self, ports: Sequence[int] | object, timeout: int = 0, vcpu: int = 0) -> bool:
+        """SCHEDOP_poll on vCPU ``vcpu``: True if it returns at once, False if now blocked."""
+        args = (port_list(ports), u64(timeout, "timeout"), as_int(vcpu, "vcpu"))
+        return self._call("sched_poll", poll.sched_poll, *args)

@@ -1,0 +1,185 @@
+"""The guest-visible ``struct shared_info`` of the 2-level ABI, over a caller's buffer.
+
+Only the parts the event-channel model touches are decoded: the per-vCPU ``vcpu_info``
+flags and selector, and the ``evtchn_pending`` / ``evtchn_mask`` bitmaps (spec §1.4,
+§12). Every bitmap is little-endian, so bit ``n`` of a bitmap or selector word always
+lives at byte ``n // 8``, bit ``n % 8``: all bit operations below work on single bytes,
+whatever the word size of the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xenevtchn.constants import PAGE_SIZE, SHARED_INFO_SIZE, XEN_LEGACY_MAX_VCPUS
+
+VCPU_INFO_SIZE = 64  # stride of shared_info.vcpu_info[] in both layouts
+UPCALL_PENDING_OFFSET = 0  # evtchn_upcall_pending, a byte of vcpu_info
+UPCALL_MASK_OFFSET = 1  # evtchn_upcall_mask, a byte of vcpu_info
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the 2-level event-channel fields sit for one guest word size."""
+
+    name: str
+    size: int  # sizeof(struct shared_info)
+    word_bits: int  # W: bits per evtchn_pending word / selector
+    nr_ports: int  # W * W ports exist in the 2-level ABI
+    pending_offset: int  # evtchn_pending[]
+    mask_offset: int  # evtchn_mask[]
+    sel_offset: int  # evtchn_pending_sel inside vcpu_info
+    sel_size: int  # bytes of evtchn_pending_sel (xen_ulong_t)
+
+
+LAYOUTS: dict[str, Layout] = {
+    "x86_64": Layout("x86_64", SHARED_INFO_SIZE["x86_64"], 64, 4096, 2048, 2560, 8, 8),
+    "x86_32": Layout("x86_32", SHARED_INFO_SIZE["x86_32"], 32, 1024, 2048, 2176, 4, 4),
+}
+
+
+def writable_bytes(buffer: object, what: str = "buffer") -> memoryview:
+    """Return a writable, C-contiguous, one-dimensional byte view of ``buffer``.
+
+    Raises ``TypeError`` for a non-buffer, a read-only buffer or a non-contiguous one.
+    """
+    try:
+        view = memoryview(buffer)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be a writable buffer, not {type(buffer).__name__}") from None
+    if view.readonly:
+        raise TypeError(f"{what} must be a writable buffer (this one is read-only)")
+    if not view.c_contiguous:
+        raise TypeError(f"{what} must be a C-contiguous buffer")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _check_port(port: int) -> int:
+    if not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if port < 0:
+        raise ValueError(f"port must be >= 0, not {port}")
+    return port
+
+
+class SharedInfo:
+    """A domain's ``shared_info`` living in a writable buffer (Xen's byte layout).
+
+    ``SharedInfo(buffer=None, layout="x86_64")`` only wraps the buffer (a fresh zeroed
+    4096-byte page when ``None``); :meth:`initialise` does what Xen's domain builder does.
+    The methods not in the public API (``test_and_set_pending`` ...) are the hypervisor's
+    primitive bit operations used by the model.
+    """
+
+    def __init__(self, buffer: object = None, layout: str = "x86_64") -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, not {layout!r}")
+        self.layout: Layout = LAYOUTS[layout]
+        if buffer is None:
+            buffer = bytearray(PAGE_SIZE)
+        view = writable_bytes(buffer, "shared_info")
+        if view.nbytes < self.layout.size:
+            raise ValueError(
+                f"shared_info buffer holds {view.nbytes} bytes; the {layout} layout needs "
+                f"at least {self.layout.size}"
+            )
+        self._view = view
+
+    # -- public API ---------------------------------------------------------------------
+    @property
+    def buffer(self) -> memoryview:
+        """Writable byte view of the whole underlying buffer."""
+        return self._view
+
+    def is_pending(self, port: int) -> bool:
+        """The ``evtchn_pending`` bit of ``port`` (ports beyond the ABI: not pending)."""
+        port = _check_port(port)
+        if port >= self.layout.nr_ports:
+            return False
+        return bool(self._view[self.layout.pending_offset + (port >> 3)] >> (port & 7) & 1)
+
+    def is_masked(self, port: int) -> bool:
+        """The ``evtchn_mask`` bit of ``port`` (ports beyond the ABI: masked)."""
+        port = _check_port(port)
+        if port >= self.layout.nr_ports:
+            return True
+        return bool(self._view[self.layout.mask_offset + (port >> 3)] >> (port & 7) & 1)
+
+    def __repr__(self) -> str:
+        return f"SharedInfo(layout={self.layout.name!r}, nbytes={self._view.nbytes})"
+
+    # -- domain builder -----------------------------------------------------------------
+    def initialise(self) -> None:
+        """Zero the struct and set ``evtchn_upcall_mask = 1`` in all 32 ``vcpu_info``."""
+        view = self._view
+        view[: self.layout.size] = bytes(self.layout.size)
+        for vcpu in range(XEN_LEGACY_MAX_VCPUS):
+            view[vcpu * VCPU_INFO_SIZE + UPCALL_MASK_OFFSET] = 1
+
+    # -- hypervisor primitives (ports are known to be < nr_ports) -----------------------
+    def test_and_set_pending(self, port: int) -> bool:
+        """Set the pending bit of ``port``; return whether it was already set."""
+        i = self.layout.pending_offset + (port >> 3)
+        bit = 1 << (port & 7)
+        old = self._view[i]
+        if old & bit:
+            return True
+        self._view[i] = old | bit
+        return False
+
+    def test_pending(self, port: int) -> bool:
+        """The pending bit of ``port`` (no argument checks)."""
+        return bool(self._view[self.layout.pending_offset + (port >> 3)] >> (port & 7) & 1)
+
+    def test_mask(self, port: int) -> bool:
+        """The mask bit of ``port`` (no argument checks)."""
+        return bool(self._view[self.layout.mask_offset + (port >> 3)] >> (port & 7) & 1)
+
+    def clear_pending(self, port: int) -> None:
+        """Clear the pending bit of ``port``."""
+        i = self.layout.pending_offset + (port >> 3)
+        self._view[i] &= ~(1 << (port & 7)) & 0xFF
+
+    def test_and_clear_mask(self, port: int) -> bool:
+        """Clear the mask bit of ``port``; return whether it was set."""
+        i = self.layout.mask_offset + (port >> 3)
+        bit = 1 << (port & 7)
+        old = self._view[i]
+        if not old & bit:
+            return False
+        self._view[i] = old & ~bit & 0xFF
+        return True
+
+    def test_and_set_sel(self, vcpu: int, word: int) -> bool:
+        """Set bit ``word`` of ``vcpu``'s ``evtchn_pending_sel``; return its old value."""
+        i = vcpu * VCPU_INFO_SIZE + self.layout.sel_offset + (word >> 3)
+        bit = 1 << (word & 7)
+        old = self._view[i]
+        if old & bit:
+            return True
+        self._view[i] = old | bit
+        return False
+
+    def test_and_set_upcall_pending(self, vcpu: int) -> bool:
+        """Set bit 0 of ``vcpu``'s ``evtchn_upcall_pending``; return its old value."""
+        i = vcpu * VCPU_INFO_SIZE + UPCALL_PENDING_OFFSET
+        old = self._view[i]
+        if old & 1:
+            return True
+        self._view[i] = old | 1
+        return False
+
+    def upcall_pending(self, vcpu: int) -> int:
+        """``vcpu_info[vcpu].evtchn_upcall_pending`` (a byte)."""
+        return self._view[vcpu * VCPU_INFO_SIZE + UPCALL_PENDING_OFFSET]
+
+    def upcall_mask(self, vcpu: int) -> int:
+        """``vcpu_info[vcpu].evtchn_upcall_mask`` (a byte)."""
+        return self._view[vcpu * VCPU_INFO_SIZE + UPCALL_MASK_OFFSET]
+
+    def pending_sel(self, vcpu: int) -> int:
+        """``vcpu_info[vcpu].evtchn_pending_sel`` (a 64- or 32-bit word)."""
+        start = vcpu * VCPU_INFO_SIZE + self.layout.sel_offset
+        return int.from_bytes(self._view[start : start + self.layout.sel_size], "little")
