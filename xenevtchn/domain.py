@@ -202,12 +202,16 @@ class Domain:
         if n == 0:
             return
         failed_at = ffi.new("size_t *")
-        rc = lib.xe_evtchn_send_many(self._c, arr, n, failed_at)
+        try:
+            rc = lib.xe_evtchn_send_many(self._c, arr, n, failed_at)
+            bad_port = int(arr[failed_at[0]]) if rc < 0 else 0
+        finally:
+            ffi.release(arr)  # hand the caller's buffer back now, not at some GC
         if rc:
             if rc < 0:
                 i = int(failed_at[0])
                 self.hv._after(1)
-                raise EvtchnError(-rc, f"send_many: port {int(arr[i])} (index {i})")
+                raise EvtchnError(-rc, f"send_many: port {bad_port} (index {i})")
             self.hv._after(rc)
 
     # ---- SCHEDOP_poll --------------------------------------------------------------

@@ -150,16 +150,24 @@ def event_channel_op(d: Domain, cmd: int, arg: Any) -> int:
     if not isinstance(cmd, int):
         raise TypeError(f"cmd must be an int, not {type(cmd).__name__}")
     ptr, nbytes = writable_bytes(arg, "arg")
-    return run(d, cmd, ptr, nbytes)
+    try:
+        return run(d, cmd, ptr, nbytes)
+    finally:
+        if nbytes:
+            ffi.release(ptr)  # the caller's buffer is theirs again when we return
 
 
 def event_channel_op_compat(d: Domain, op: Any) -> int:
     ptr, nbytes = writable_bytes(op, "op")
-    if d.dead:
-        return -errno.ESRCH
-    if nbytes < COMPAT_OP_SIZE:
-        return -errno.EFAULT
-    cmd = int(ffi.cast("int32_t *", ptr)[0])
-    if not 0 <= cmd <= COMPAT_MAX_CMD:
-        return -errno.ENOSYS
-    return run(d, cmd, ptr + 4, COMPAT_OP_SIZE - 4)
+    try:
+        if d.dead:
+            return -errno.ESRCH
+        if nbytes < COMPAT_OP_SIZE:
+            return -errno.EFAULT
+        cmd = int(ffi.cast("int32_t *", ptr)[0])
+        if not 0 <= cmd <= COMPAT_MAX_CMD:
+            return -errno.ENOSYS
+        return run(d, cmd, ptr + 4, COMPAT_OP_SIZE - 4)
+    finally:
+        if nbytes:
+            ffi.release(ptr)

@@ -42,6 +42,9 @@ def _writable_cdata(buffer: Any, need: int) -> tuple[Any, int]:
         raise ValueError(f"shared_info buffer holds {nbytes} bytes; this layout needs at least {need}")
     cdata = ffi.from_buffer(buffer, require_writable=True)
     if int(ffi.cast("uintptr_t", cdata)) % 8:
+        # Give the buffer export back now: left to the garbage collector, it can be torn
+        # down in a cycle (through this exception's traceback) after the exporter itself.
+        ffi.release(cdata)
         raise ValueError("shared_info buffer must be 8-byte aligned (its words are accessed atomically)")
     return cdata, nbytes
 
