@@ -6,47 +6,8 @@
 #include <errno.h>
 #include <string.h>
 
-#include "bitops.h"
 #include "evtchn_abi.h"
-
-enum {
-    VCPU_INFO_SIZE = 64,
-    PENDING_OFFSET = 2048,        /* evtchn_pending[] in both layouts */
-    MASK_OFFSET_64 = 2048 + 512,  /* evtchn_mask[], x86_64 */
-    MASK_OFFSET_32 = 2048 + 128,  /* evtchn_mask[], x86_32 */
-    SEL_OFFSET_64 = 8,            /* vcpu_info.evtchn_pending_sel, x86_64 */
-    SEL_OFFSET_32 = 4,            /* vcpu_info.evtchn_pending_sel, x86_32 */
-};
-
-static inline void *pending_words(const struct xe_shinfo *s)
-{
-    return (char *)s->base + PENDING_OFFSET;
-}
-
-static inline void *mask_words(const struct xe_shinfo *s)
-{
-    return (char *)s->base + (s->word_bits == 64 ? MASK_OFFSET_64 : MASK_OFFSET_32);
-}
-
-static inline char *vcpu_info(const struct xe_shinfo *s, uint32_t vcpu)
-{
-    return (char *)s->base + (size_t)vcpu * VCPU_INFO_SIZE;
-}
-
-static inline void *pending_sel(const struct xe_shinfo *s, uint32_t vcpu)
-{
-    return vcpu_info(s, vcpu) + (s->word_bits == 64 ? SEL_OFFSET_64 : SEL_OFFSET_32);
-}
-
-static inline _Atomic uint8_t *upcall_pending(const struct xe_shinfo *s, uint32_t vcpu)
-{
-    return (_Atomic uint8_t *)vcpu_info(s, vcpu);
-}
-
-static inline _Atomic uint8_t *upcall_mask(const struct xe_shinfo *s, uint32_t vcpu)
-{
-    return (_Atomic uint8_t *)(vcpu_info(s, vcpu) + 1);
-}
+#include "shinfo_layout.h"
 
 /* Xen's mark_events_pending(): bit 0 of upcall_pending; a kick only on its 0 -> 1 edge. */
 static inline int mark_events_pending(const struct xe_shinfo *s, uint32_t vcpu)

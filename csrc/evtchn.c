@@ -12,28 +12,16 @@
 #include <stdatomic.h>
 
 #include "evtchn_abi.h"
+#include "shinfo_layout.h"
 
 #define A32(field) ((_Atomic uint32_t *)&(field))
 #define AI32(field) ((_Atomic int32_t *)&(field))
-#define A8(field) ((_Atomic uint8_t *)&(field))
 
 /* Only the 2-level ABI exists so far; d->abi selects the FIFO table once it lands. */
 static inline const struct xe_abi_ops *ops(const struct xe_domain *d)
 {
     (void)d;
     return &xe_abi_2l_ops;
-}
-
-static inline int port_is_valid(struct xe_domain *d, uint32_t port)
-{
-    return port < atomic_load_explicit(A32(d->valid_evtchns), memory_order_acquire);
-}
-
-/* Xen's evtchn_usable(): guest-owned and in a bound or unbound state. */
-static inline int chan_usable(struct xe_chan *c)
-{
-    return atomic_load_explicit(A8(c->xen_consumer), memory_order_relaxed) == 0 &&
-           atomic_load_explicit(A8(c->state), memory_order_acquire) > XE_ECS_RESERVED;
 }
 
 /* End vCPU v's poll if it is in one; report whether it was. */
@@ -70,11 +58,28 @@ static int check_pollers(struct xe_domain *d, uint32_t port)
     return ev;
 }
 
+/* A port bound through a libxenevtchn handle is taken the moment it is raised, as the
+ * kernel driver's lateeoi ack does: masked, pending cleared, queued, the fd signalled.
+ * (2-level words; the FIFO ABI will need its own.) */
+static int deliver_user(struct xe_domain *d, uint32_t port)
+{
+    const struct xe_shinfo *s = &d->si;
+    if (xe_test_and_set(pending_words(s), s->word_bits, port))
+        return 0;                                   /* coalesced */
+    if (!xe_test_bit(mask_words(s), s->word_bits, port))
+        xe_user_take(d, port);
+    return check_pollers(d, port);                  /* pending went 0 -> 1 */
+}
+
 /* evtchn_port_set_pending(): skipped for channels that are not usable. */
 static inline int deliver(struct xe_domain *d, uint32_t vcpu, uint32_t port)
 {
-    if (!chan_usable(&d->chans[port]) || vcpu >= d->nr_vcpus)
+    struct xe_chan *c = &d->chans[port];
+    if (!chan_usable(c) || vcpu >= d->nr_vcpus)
         return 0;
+    struct xe_user *u = __atomic_load_n(&c->user, __ATOMIC_ACQUIRE);
+    if (u)
+        return deliver_user(d, port);
     int f = ops(d)->set_pending(d, vcpu, port);
     if (!f)
         return 0;

@@ -19,4 +19,21 @@ struct xe_abi_ops {
 
 extern const struct xe_abi_ops xe_abi_2l_ops;
 
+#include <stdatomic.h>
+
+#define A8(field) ((_Atomic uint8_t *)&(field))
+
+static inline int port_is_valid(struct xe_domain *d, uint32_t port)
+{
+    return port < atomic_load_explicit((_Atomic uint32_t *)&d->valid_evtchns,
+                                       memory_order_acquire);
+}
+
+/* Xen's evtchn_usable(): guest-owned and in a bound or unbound state. */
+static inline int chan_usable(struct xe_chan *c)
+{
+    return atomic_load_explicit(A8(c->xen_consumer), memory_order_relaxed) == 0 &&
+           atomic_load_explicit(A8(c->state), memory_order_acquire) > XE_ECS_RESERVED;
+}
+
 #endif

@@ -52,7 +52,17 @@ struct xe_shinfo {
     uint32_t nr_ports;         /* word_bits * word_bits */
 };
 
-/* One port of a domain, as the hypervisor keeps it (16 bytes). */
+/* A libxenevtchn handle's queue of delivered ports (the kernel driver's ring). */
+struct xe_user {
+    uint32_t *ring;            /* cap entries: at least one per port, so it never fills */
+    uint32_t cap;
+    uint32_t prod;
+    uint32_t cons;
+    int32_t fd;                /* eventfd (semaphore mode) signalled per queued port, or -1 */
+    uint32_t lock;             /* spinlock word */
+};
+
+/* One port of a domain, as the hypervisor keeps it (24 bytes). */
 struct xe_chan {
     uint8_t state;             /* XE_ECS_* */
     uint8_t xen_consumer;      /* non-zero: owned by a Xen-internal consumer */
@@ -62,6 +72,7 @@ struct xe_chan {
     uint8_t fifo_pending;      /* FIFO: raised while the port had no event word */
     uint32_t remote_port;      /* INTERDOMAIN: the peer's port */
     uint32_t info;             /* PIRQ: pirq number; VIRQ: virq number */
+    struct xe_user *user;      /* bound through a libxenevtchn handle, or NULL */
 };
 
 /* A domain's event-channel state that the data path needs. */
@@ -84,6 +95,26 @@ struct xe_domain {
 /* The hypervisor: domains by domid, so an interdomain send can reach its peer. */
 struct xe_hv {
     struct xe_domain *domains[32752];
+};
+
+/* One Linux 2-level handle_events pass on one vCPU, in progress; the fairness cursor
+ * (cursor_word, cursor_bit) persists across passes. */
+struct xe_scan {
+    uint64_t pending_words;    /* the selector taken at the start of the pass */
+    uint64_t bits;             /* snapshot of the word being visited */
+    uint32_t vcpu;
+    uint32_t cursor_word;
+    uint32_t cursor_bit;
+    uint32_t start_w;
+    uint32_t start_b;
+    uint32_t w;
+    uint32_t b;
+    uint32_t i;
+    uint32_t in_word;          /* a word visit is in progress */
+    uint32_t end_visit;        /* the port just returned ended its word visit */
+    uint32_t commit;           /* the port just returned still owes its cursor update */
+    uint32_t next_word;        /* ... to (next_word, next_bit) */
+    uint32_t next_bit;
 };
 
 /* ---- shared_info views ---------------------------------------------------------- */
@@ -127,5 +158,23 @@ int xe_poll_wake(struct xe_domain *d, uint32_t vcpu);
 int xe_vcpu_polling(struct xe_domain *d, uint32_t vcpu);
 uint32_t xe_take_kicked(struct xe_domain *d);
 uint32_t xe_take_woken(struct xe_domain *d);
+
+/* ---- the guest side (Linux's events_2l.c, Mini-OS's events.c) ------------------------ */
+
+int32_t xe_2l_take_timer(struct xe_domain *d, uint32_t vcpu, uint32_t port);
+void xe_2l_scan_begin(struct xe_domain *d, struct xe_scan *s);
+int32_t xe_2l_scan_next(struct xe_domain *d, struct xe_scan *s);
+void xe_2l_scan_end(struct xe_scan *s);
+size_t xe_2l_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, size_t cap);
+void xe_minios_scan_begin(struct xe_domain *d, struct xe_scan *s);
+int32_t xe_minios_scan_next(struct xe_domain *d, struct xe_scan *s);
+size_t xe_minios_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, size_t cap);
+int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port);
+
+/* libxenevtchn handles: take a raised port for its handle, and the handle's queue. */
+int xe_user_take(struct xe_domain *d, uint32_t port);
+int xe_user_unmask(struct xe_domain *d, uint32_t port);
+int64_t xe_user_pop(struct xe_user *u);
+uint32_t xe_user_queued(struct xe_user *u);
 
 #endif

@@ -10,6 +10,8 @@ from __future__ import annotations
 from .constants import *  # noqa: F403 - the constants are part of the public API
 from .domain import Domain, Vcpu
 from .errors import EvtchnError
+from .guest import LinuxGuest, MiniOSGuest
+from .handle import XenEvtchn
 from .hypervisor import Hypervisor
 from .shared_info import SharedInfo
 from .status import EvtchnStatus

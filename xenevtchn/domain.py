@@ -22,6 +22,7 @@ from .constants import (
     SCHEDOP_POLL_MAX_PORTS,
 )
 from .errors import EvtchnError
+from .guest import GUESTS
 from .port_table import PortTable
 from .shared_info import SharedInfo
 from .status import EvtchnStatus
@@ -77,7 +78,8 @@ class Domain:
     """A domain created by ``Hypervisor.create_domain``."""
 
     def __init__(self, hv: Hypervisor, domid: int, vcpus: int, privileged: bool,
-                 max_evtchn_port: int | None, layout: str, shared_info: Any) -> None:
+                 max_evtchn_port: int | None, layout: str, shared_info: Any,
+                 guest: str = "linux") -> None:
         self.hv = hv
         self.domid = domid
         self.privileged = privileged
@@ -100,7 +102,8 @@ class Domain:
         self._permitted_pirqs: set[int] = set()
         self._pause_count = 0
         self._reset_next = 0
-        self._failed_at = ffi.new("size_t *")
+        self._handles: list[Any] = []  # XenEvtchn handles: C may point at their queues
+        self.guest = GUESTS[guest](self)
         self._bind_fast_paths()
 
     def _bind_fast_paths(self) -> None:

@@ -20,6 +20,7 @@ from .constants import (
 )
 from .domain import Domain, Vcpu, _uint
 from .errors import EvtchnError
+from .guest import GUESTS
 
 Hook = Callable[[Vcpu], Any]
 
@@ -53,8 +54,13 @@ class Hypervisor:
 
     def create_domain(self, vcpus: int = 1, privileged: bool = False, domid: int | None = None,
                       max_evtchn_port: int | None = None, layout: str = "x86_64",
-                      shared_info: Any = None) -> Domain:
-        """Create a domain; see ``docs/semantics.md`` for the argument rules."""
+                      shared_info: Any = None, guest: str = "linux") -> Domain:
+        """Create a domain; see ``docs/semantics.md`` for the argument rules.
+
+        ``guest`` picks the guest kernel behind ``d.guest``: ``"linux"`` or ``"minios"``.
+        """
+        if guest not in GUESTS:
+            raise ValueError(f"guest must be one of {sorted(GUESTS)}, not {guest!r}")
         if not isinstance(vcpus, int):
             raise TypeError(f"vcpus must be an int, not {type(vcpus).__name__}")
         if not 1 <= vcpus <= XEN_LEGACY_MAX_VCPUS:
@@ -75,7 +81,7 @@ class Hypervisor:
                 domid = _uint(domid, "domid", DOMID_FIRST_RESERVED - 1)
                 if domid in self._domains:
                     raise EvtchnError(errno.EEXIST, f"domain {domid} exists")
-            d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, shared_info)
+            d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, shared_info, guest)
             self._domains[domid] = d
             self._c.domains[domid] = d._c
             if privileged and not self._hardware_domain_created:
@@ -85,6 +91,8 @@ class Hypervisor:
 
     def domain(self, domid: int) -> Domain:
         """The live domain ``domid``; ``EvtchnError(ESRCH)`` if there is none."""
+        if not isinstance(domid, int):
+            raise TypeError(f"domid must be an int, not {type(domid).__name__}")
         d = self._domains.get(domid)
         if d is None:
             raise EvtchnError(errno.ESRCH, f"no domain {domid}")

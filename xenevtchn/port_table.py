@@ -21,11 +21,12 @@ RESERVED = ChannelState.RESERVED
 class PortTable:
     """Per-port state of one domain, with Xen's allocation and validity rules."""
 
-    __slots__ = ("chans", "state", "limit", "valid", "active", "_cdom")
+    __slots__ = ("chans", "chans_len", "state", "limit", "valid", "active", "_cdom")
 
     def __init__(self, cdom, max_ports: int, limit: int) -> None:
         """``max_ports``: the ABI's port count; ``limit``: ports must be < limit."""
         self.chans = ffi.new("struct xe_chan[]", max_ports)
+        self.chans_len = max_ports
         self.state = bytearray(max_ports)
         self.limit = limit
         self._cdom = cdom
@@ -68,6 +69,7 @@ class PortTable:
         c = self.chans[port]
         if state == FREE:
             c.state = FREE
+            c.user = ffi.NULL
             c.notify_vcpu = 0
             c.xen_consumer = 0
             c.remote_dom = 0

@@ -1,0 +1,271 @@
+/*
+ * The guest's side of the 2-level ABI: Linux's upcall scan (events_2l.c, with its
+ * per-vCPU fairness cursor), Mini-OS's simpler scan, the guest's local unmask, and the
+ * queue of a libxenevtchn handle (the /dev/xen/evtchn ring).
+ *
+ * The scans are iterators: each call returns the next port to handle with its pending
+ * bit already cleared (Linux acks before the handler runs), so a Python handler can run
+ * between ports while the word and bit work stays here.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <unistd.h>
+
+#include "evtchn_abi.h"
+#include "shinfo_layout.h"
+
+static inline uint64_t low_mask_from(uint32_t b)
+{
+    return b >= 64 ? 0 : ~UINT64_C(0) << b;
+}
+
+/* Is `port` one Linux would handle on `vcpu`: a mapped (usable) channel notifying that
+ * vCPU, and not taken by a libxenevtchn handle? */
+static inline int handled_here(struct xe_domain *d, uint32_t vcpu, uint32_t port)
+{
+    if (!port_is_valid(d, port))
+        return 0;
+    struct xe_chan *c = &d->chans[port];
+    return chan_usable(c) && c->notify_vcpu == vcpu &&
+           __atomic_load_n(&c->user, __ATOMIC_ACQUIRE) == NULL;
+}
+
+/* Linux's active(): pending & ~mask & bound to this vCPU, read live, one word. */
+static uint64_t active_bits(struct xe_domain *d, uint32_t vcpu, uint32_t w)
+{
+    const struct xe_shinfo *s = &d->si;
+    uint32_t W = s->word_bits;
+    uint64_t cand = xe_load_word(pending_words(s), W, w) & ~xe_load_word(mask_words(s), W, w);
+    uint64_t out = 0;
+    while (cand) {
+        uint32_t bit = (uint32_t)__builtin_ctzll(cand);
+        cand &= cand - 1;
+        if (handled_here(d, vcpu, w * W + bit))
+            out |= UINT64_C(1) << bit;
+    }
+    return out;
+}
+
+int32_t xe_2l_take_timer(struct xe_domain *d, uint32_t vcpu, uint32_t port)
+{
+    const struct xe_shinfo *s = &d->si;
+    if (port == 0 || port >= s->nr_ports || !handled_here(d, vcpu, port) ||
+        !xe_2l_is_pending(s, port) || xe_2l_is_masked(s, port))
+        return -1;
+    xe_2l_clear_pending(s, port);
+    return (int32_t)port;
+}
+
+void xe_2l_scan_begin(struct xe_domain *d, struct xe_scan *s)
+{
+    s->pending_words = xe_2l_take_pending_sel(&d->si, s->vcpu);
+    s->start_w = s->cursor_word;
+    s->start_b = s->cursor_bit;
+    s->w = s->start_w;
+    s->i = 0;
+    s->in_word = 0;
+    s->end_visit = 0;
+    s->commit = 0;
+}
+
+/* The cursor moves past a port once its handler has returned (Linux's order). */
+static inline void commit_cursor(struct xe_scan *s)
+{
+    if (s->commit) {
+        s->cursor_word = s->next_word;
+        s->cursor_bit = s->next_bit;
+        s->commit = 0;
+    }
+}
+
+static inline void finish_visit(struct xe_scan *s, uint32_t W)
+{
+    /* The start word stays selected after its first visit: it is visited again last. */
+    if (!(s->w == s->start_w && s->i == 0))
+        s->pending_words &= ~(UINT64_C(1) << s->w);
+    s->w = (s->w + 1) % W;
+    s->i++;
+    s->in_word = 0;
+    s->end_visit = 0;
+}
+
+int32_t xe_2l_scan_next(struct xe_domain *d, struct xe_scan *s)
+{
+    uint32_t W = d->si.word_bits;
+    commit_cursor(s);
+    if (s->end_visit)
+        finish_visit(s, W);
+    while (s->pending_words) {
+        if (!s->in_word) {
+            uint64_t cand = s->pending_words & low_mask_from(s->w);
+            if (!cand) {            /* wrap to word 0; the wrap counts as an iteration */
+                s->w = 0;
+                s->i++;
+                continue;
+            }
+            s->w = (uint32_t)__builtin_ctzll(cand);
+            s->bits = active_bits(d, s->vcpu, s->w);   /* one snapshot per visit */
+            s->b = (s->w == s->start_w && s->i == 0) ? s->start_b : 0;
+            s->in_word = 1;
+        }
+        uint64_t m = s->bits & low_mask_from(s->b);
+        if (!m) {
+            finish_visit(s, W);
+            continue;
+        }
+        uint32_t bit = (uint32_t)__builtin_ctzll(m);
+        uint32_t port = s->w * W + bit;
+        s->b = (bit + 1) % W;
+        s->next_word = s->b ? s->w : (s->w + 1) % W;
+        s->next_bit = s->b;
+        s->commit = 1;
+        s->end_visit = s->b == 0;  /* the bit index wrapped: this visit ends */
+        xe_2l_clear_pending(&d->si, port);
+        return (int32_t)port;
+    }
+    return -1;
+}
+
+void xe_2l_scan_end(struct xe_scan *s)
+{
+    commit_cursor(s);
+}
+
+size_t xe_2l_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, size_t cap)
+{
+    size_t n = 0;
+    int32_t port;
+    while (n < cap && (port = xe_2l_scan_next(d, s)) >= 0)
+        out[n++] = (uint32_t)port;
+    return n;
+}
+
+void xe_minios_scan_begin(struct xe_domain *d, struct xe_scan *s)
+{
+    s->pending_words = xe_2l_take_pending_sel(&d->si, s->vcpu);
+}
+
+int32_t xe_minios_scan_next(struct xe_domain *d, struct xe_scan *s)
+{
+    const struct xe_shinfo *si = &d->si;
+    uint32_t W = si->word_bits;
+    while (s->pending_words) {
+        uint32_t w = (uint32_t)__builtin_ctzll(s->pending_words);
+        uint64_t m = xe_load_word(pending_words(si), W, w) & ~xe_load_word(mask_words(si), W, w);
+        if (!m) {                  /* the word reads empty: on to the next one */
+            s->pending_words &= ~(UINT64_C(1) << w);
+            continue;
+        }
+        uint32_t port = w * W + (uint32_t)__builtin_ctzll(m);
+        xe_2l_clear_pending(si, port);
+        return (int32_t)port;
+    }
+    return -1;
+}
+
+size_t xe_minios_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, size_t cap)
+{
+    size_t n = 0;
+    int32_t port;
+    while (n < cap && (port = xe_minios_scan_next(d, s)) >= 0)
+        out[n++] = (uint32_t)port;
+    return n;
+}
+
+int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
+{
+    if (port >= s->nr_ports || vcpu >= XE_MAX_VCPUS)
+        return 0;
+    /* Clear the mask first, then look at pending: an event racing in is not missed. */
+    xe_test_and_clear(mask_words(s), s->word_bits, port);
+    if (!xe_test_bit(pending_words(s), s->word_bits, port))
+        return 0;
+    /* Re-fire the swallowed edge locally; the guest writes its own upcall flag. */
+    if (xe_test_and_set(pending_sel(s, vcpu), s->word_bits, port / s->word_bits))
+        return 0;
+    atomic_store(upcall_pending(s, vcpu), 1);
+    return 1;
+}
+
+/* ---- libxenevtchn handles ------------------------------------------------------------- */
+
+static inline void user_lock(struct xe_user *u)
+{
+    while (__atomic_exchange_n(&u->lock, 1, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(&u->lock, __ATOMIC_RELAXED))
+            ;
+}
+
+static inline void user_unlock(struct xe_user *u)
+{
+    __atomic_store_n(&u->lock, 0, __ATOMIC_RELEASE);
+}
+
+int xe_user_take(struct xe_domain *d, uint32_t port)
+{
+    const struct xe_shinfo *s = &d->si;
+    if (!port_is_valid(d, port) || port >= s->nr_ports)
+        return 0;
+    struct xe_user *u = __atomic_load_n(&d->chans[port].user, __ATOMIC_ACQUIRE);
+    if (!u)
+        return 0;
+    xe_test_and_set(mask_words(s), s->word_bits, port);
+    user_lock(u);
+    /* A full queue leaves the port pending and masked: the next unmask takes it. */
+    if (u->prod - u->cons >= u->cap ||
+        !xe_test_and_clear(pending_words(s), s->word_bits, port)) {
+        user_unlock(u);
+        return 0;
+    }
+    u->ring[u->prod % u->cap] = port;
+    u->prod++;
+    user_unlock(u);
+    if (u->fd >= 0) {
+        uint64_t one = 1;
+        ssize_t rc;
+        do
+            rc = write(u->fd, &one, sizeof one);
+        while (rc < 0 && errno == EINTR);
+    }
+    return 1;
+}
+
+int xe_user_unmask(struct xe_domain *d, uint32_t port)
+{
+    const struct xe_shinfo *s = &d->si;
+    if (!port_is_valid(d, port) || port >= s->nr_ports)
+        return 0;
+    /* The driver's lateeoi: unmask, and a port raised meanwhile is taken again. */
+    xe_test_and_clear(mask_words(s), s->word_bits, port);
+    if (!xe_test_bit(pending_words(s), s->word_bits, port))
+        return 0;
+    return xe_user_take(d, port);
+}
+
+int64_t xe_user_pop(struct xe_user *u)
+{
+    user_lock(u);
+    if (u->cons == u->prod) {
+        user_unlock(u);
+        return -1;
+    }
+    uint32_t port = u->ring[u->cons % u->cap];
+    u->cons++;
+    user_unlock(u);
+    if (u->fd >= 0) {
+        uint64_t v;
+        ssize_t rc;
+        do
+            rc = read(u->fd, &v, sizeof v);
+        while (rc < 0 && errno == EINTR);
+    }
+    return port;
+}
+
+uint32_t xe_user_queued(struct xe_user *u)
+{
+    user_lock(u);
+    uint32_t n = u->prod - u->cons;
+    user_unlock(u);
+    return n;
+}

@@ -1,0 +1,57 @@
+/*
+ * Where the 2-level words live inside a shared_info of either layout. Private to csrc/.
+ */
+#ifndef XENEVTCHN_SHINFO_LAYOUT_H
+#define XENEVTCHN_SHINFO_LAYOUT_H
+
+#include "bitops.h"
+#include "xenevtchn.h"
+
+enum {
+    VCPU_INFO_SIZE = 64,
+    PENDING_OFFSET = 2048,        /* evtchn_pending[] in both layouts */
+    MASK_OFFSET_64 = 2048 + 512,  /* evtchn_mask[], x86_64 */
+    MASK_OFFSET_32 = 2048 + 128,  /* evtchn_mask[], x86_32 */
+    SEL_OFFSET_64 = 8,            /* vcpu_info.evtchn_pending_sel, x86_64 */
+    SEL_OFFSET_32 = 4,            /* vcpu_info.evtchn_pending_sel, x86_32 */
+};
+
+XE_INLINE void *pending_words(const struct xe_shinfo *s)
+{
+    return (char *)s->base + PENDING_OFFSET;
+}
+
+XE_INLINE void *mask_words(const struct xe_shinfo *s)
+{
+    return (char *)s->base + (s->word_bits == 64 ? MASK_OFFSET_64 : MASK_OFFSET_32);
+}
+
+XE_INLINE char *vcpu_info(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return (char *)s->base + (size_t)vcpu * VCPU_INFO_SIZE;
+}
+
+XE_INLINE void *pending_sel(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return vcpu_info(s, vcpu) + (s->word_bits == 64 ? SEL_OFFSET_64 : SEL_OFFSET_32);
+}
+
+XE_INLINE _Atomic uint8_t *upcall_pending(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return (_Atomic uint8_t *)vcpu_info(s, vcpu);
+}
+
+XE_INLINE _Atomic uint8_t *upcall_mask(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return (_Atomic uint8_t *)(vcpu_info(s, vcpu) + 1);
+}
+
+/* Read word w of a bitmap as a 64-bit value (either width). */
+XE_INLINE uint64_t xe_load_word(void *words, uint32_t word_bits, uint32_t w)
+{
+    if (word_bits == 64)
+        return atomic_load((_Atomic uint64_t *)words + w);
+    return atomic_load((_Atomic uint32_t *)words + w);
+}
+
+#endif

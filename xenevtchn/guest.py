@@ -1,0 +1,155 @@
+"""``d.guest``: the guest kernel's side of a domain's event channels.
+
+``LinuxGuest`` handles upcalls as Linux's 2-level code does (fairness cursor per vCPU,
+VIRQ_TIMER first, clear-before-handle, repeat while the upcall flag is set again);
+``MiniOSGuest`` as Mini-OS does (ascending, each word re-read until empty). The word and
+bit work runs in C (``csrc/guest_2l.c``); only handler calls are Python.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from ._native import ffi, lib
+from .constants import VIRQ_TIMER, XEN_LEGACY_MAX_VCPUS
+from .errors import EvtchnError
+
+if TYPE_CHECKING:
+    from .domain import Domain
+
+Handler = Callable[[int], object]
+_CHUNK = 4096  # ports taken from C per call when no handler runs in between
+
+
+class _Guest:
+    mode = ""
+
+    def __init__(self, domain: Domain) -> None:
+        self._d = domain
+        self._si = domain.shared_info
+        self._scans = [ffi.new("struct xe_scan *", {"vcpu": v}) for v in range(len(domain.vcpus))]
+        self._out = ffi.new("uint32_t[]", _CHUNK)
+
+    # ---- argument checks -----------------------------------------------------------
+
+    def _port(self, port: int) -> int:
+        if not isinstance(port, int):
+            raise TypeError(f"port must be an int, not {type(port).__name__}")
+        if not 0 <= port < self._si.nr_ports:
+            raise ValueError(f"port {port} is outside 0..{self._si.nr_ports - 1}")
+        return port
+
+    def _vcpu(self, vcpu: int) -> int:
+        if not isinstance(vcpu, int):
+            raise TypeError(f"vcpu must be an int, not {type(vcpu).__name__}")
+        if not 0 <= vcpu < len(self._d.vcpus):
+            raise ValueError(f"vcpu {vcpu} does not exist (domain has {len(self._d.vcpus)})")
+        return vcpu
+
+    def _alive(self) -> None:
+        if self._d.dead:
+            raise EvtchnError(3, f"domain {self._d.domid} was destroyed")
+
+    # ---- mask / unmask -------------------------------------------------------------
+
+    def mask(self, port: int) -> None:
+        """Set the port's mask bit (the guest's own write)."""
+        self._alive()
+        lib.xe_2l_mask(self._si._s, self._port(port))
+
+    def _local_unmask(self, port: int, vcpu: int) -> None:
+        lib.xe_2l_guest_unmask(self._si._s, vcpu, port)
+
+    # ---- the upcall ----------------------------------------------------------------
+
+    def do_upcall(self, vcpu: int = 0, handler: Handler | None = None) -> list[int]:
+        """Run the event upcall on ``vcpu``; returns the ports handled, in order."""
+        self._alive()
+        vcpu = self._vcpu(vcpu)
+        if handler is not None and not callable(handler):
+            raise TypeError("handler must be callable or None")
+        si, scan, c = self._si._s, self._scans[vcpu], self._d._c
+        handled: list[int] = []
+        while True:
+            lib.xe_vcpu_set_upcall_pending(si, vcpu, 0)
+            self._pass(c, vcpu, scan, handler, handled)
+            if not lib.xe_vcpu_upcall_pending(si, vcpu):
+                return handled
+
+    def _pass(self, c, vcpu, scan, handler, handled) -> None:
+        raise NotImplementedError
+
+
+class LinuxGuest(_Guest):
+    """A PV Linux guest, 2-level ABI (``drivers/xen/events/events_2l.c``)."""
+
+    mode = "linux"
+
+    def unmask(self, port: int, vcpu: int | None = None) -> None:
+        """Unmask as Linux does on ``vcpu`` (default: the port's own notify vCPU).
+
+        On the port's own vCPU: the local fast path (clear mask, then re-fire a pending
+        port through the selector and upcall flag). From any other vCPU: the
+        ``EVTCHNOP_unmask`` hypercall, which re-raises it on the notify vCPU.
+        """
+        self._alive()
+        port = self._port(port)
+        notify = self._d.ports.notify(port) if self._d.ports.is_valid(port) else 0
+        vcpu = notify if vcpu is None else self._vcpu(vcpu)
+        if vcpu == notify:
+            self._local_unmask(port, vcpu)
+        else:
+            self._d.unmask(port)
+
+    def cursor(self, vcpu: int = 0) -> tuple[int, int]:
+        """The vCPU's fairness cursor (word, bit): where the next scan starts."""
+        s = self._scans[self._vcpu(vcpu)]
+        return int(s.cursor_word), int(s.cursor_bit)
+
+    def _pass(self, c, vcpu, scan, handler, handled) -> None:
+        timer = self._d._virq_to_evtchn[vcpu][VIRQ_TIMER]
+        if timer:
+            port = lib.xe_2l_take_timer(c, vcpu, timer)
+            if port >= 0:
+                handled.append(port)
+                if handler is not None:
+                    handler(port)
+        lib.xe_2l_scan_begin(c, scan)
+        if handler is None:
+            out = self._out
+            while n := lib.xe_2l_scan_fill(c, scan, out, _CHUNK):
+                handled += ffi.unpack(out, n)
+        else:
+            nxt = lib.xe_2l_scan_next
+            while (port := nxt(c, scan)) >= 0:
+                handled.append(port)
+                handler(port)
+        lib.xe_2l_scan_end(scan)
+
+
+class MiniOSGuest(_Guest):
+    """A Mini-OS guest: ascending order from port 0, each word re-read until empty."""
+
+    mode = "minios"
+
+    def unmask(self, port: int, vcpu: int | None = None) -> None:
+        """Mini-OS always unmasks locally (on ``vcpu``, default vCPU 0)."""
+        self._alive()
+        port = self._port(port)
+        self._local_unmask(port, 0 if vcpu is None else self._vcpu(vcpu))
+
+    def _pass(self, c, vcpu, scan, handler, handled) -> None:
+        lib.xe_minios_scan_begin(c, scan)
+        if handler is None:
+            out = self._out
+            while n := lib.xe_minios_scan_fill(c, scan, out, _CHUNK):
+                handled += ffi.unpack(out, n)
+        else:
+            nxt = lib.xe_minios_scan_next
+            while (port := nxt(c, scan)) >= 0:
+                handled.append(port)
+                handler(port)
+
+
+GUESTS = {"linux": LinuxGuest, "minios": MiniOSGuest}
+assert XEN_LEGACY_MAX_VCPUS == 32
