@@ -163,6 +163,10 @@ int xe_evtchn_unmask(struct xe_domain *d, uint32_t port)
     struct xe_chan *c = &d->chans[port];
     if (!chan_usable(c))
         return 0;
+    if (__atomic_load_n(&c->user, __ATOMIC_ACQUIRE)) {
+        xe_user_unmask(d, port);   /* the re-fired event is the handle's: queued */
+        return 0;
+    }
     uint32_t v = c->notify_vcpu;
     if (v >= d->nr_vcpus)
         return 0;

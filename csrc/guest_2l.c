@@ -20,14 +20,23 @@ static inline uint64_t low_mask_from(uint32_t b)
 }
 
 /* Is `port` one Linux would handle on `vcpu`: a mapped (usable) channel notifying that
- * vCPU, and not taken by a libxenevtchn handle? */
+ * vCPU? (Ports of libxenevtchn handles count: the evtchn driver's handler takes them.) */
 static inline int handled_here(struct xe_domain *d, uint32_t vcpu, uint32_t port)
 {
     if (!port_is_valid(d, port))
         return 0;
     struct xe_chan *c = &d->chans[port];
-    return chan_usable(c) && c->notify_vcpu == vcpu &&
-           __atomic_load_n(&c->user, __ATOMIC_ACQUIRE) == NULL;
+    return chan_usable(c) && c->notify_vcpu == vcpu;
+}
+
+/* A port of a libxenevtchn handle: the driver's ack takes it (masked, queued). */
+static inline int taken_by_handle(struct xe_domain *d, uint32_t port)
+{
+    if (!port_is_valid(d, port) ||
+        __atomic_load_n(&d->chans[port].user, __ATOMIC_ACQUIRE) == NULL)
+        return 0;
+    xe_user_take(d, port);
+    return 1;
 }
 
 /* Linux's active(): pending & ~mask & bound to this vCPU, read live, one word. */
@@ -120,6 +129,12 @@ int32_t xe_2l_scan_next(struct xe_domain *d, struct xe_scan *s)
         s->next_bit = s->b;
         s->commit = 1;
         s->end_visit = s->b == 0;  /* the bit index wrapped: this visit ends */
+        if (taken_by_handle(d, port)) {     /* not the kernel's to list; move on */
+            commit_cursor(s);
+            if (s->end_visit)
+                finish_visit(s, W);
+            continue;
+        }
         xe_2l_clear_pending(&d->si, port);
         return (int32_t)port;
     }
@@ -157,6 +172,8 @@ int32_t xe_minios_scan_next(struct xe_domain *d, struct xe_scan *s)
             continue;
         }
         uint32_t port = w * W + (uint32_t)__builtin_ctzll(m);
+        if (taken_by_handle(d, port))
+            continue;
         xe_2l_clear_pending(si, port);
         return (int32_t)port;
     }

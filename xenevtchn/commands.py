@@ -9,7 +9,7 @@ checks Python argument types (see ``domain.py``).
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ._native import lib
 from .constants import (
@@ -72,7 +72,10 @@ def alloc_unbound(caller: Domain, dom: int, remote_dom: int) -> int:
     return port
 
 
-def bind_interdomain(caller: Domain, remote_dom: int, remote_port: int) -> int:
+def bind_interdomain(caller: Domain, remote_dom: int, remote_port: int,
+                     owner: Callable[[int], None] | None = None) -> int:
+    """``owner(port)``, if given, runs before Xen raises the new port (libxenevtchn's
+    driver has the port masked and registered by then)."""
     rd = lookup(caller, remote_dom)
     lport = _free_port(caller)              # before the remote port is examined
     rports = rd.ports
@@ -82,6 +85,8 @@ def bind_interdomain(caller: Domain, remote_dom: int, remote_port: int) -> int:
         raise _fail(errno.EINVAL)
     caller.ports.bind(lport, S.INTERDOMAIN, notify=0, remote_dom=rd.domid, remote_port=remote_port)
     rports.rebind(remote_port, S.INTERDOMAIN, remote_dom=caller.domid, remote_port=lport)
+    if owner is not None:
+        owner(lport)
     # The new port is always left pending: it covers events the peer sent while unbound.
     caller.hv._after(lib.xe_evtchn_set_pending(caller._c, 0, lport))
     return lport

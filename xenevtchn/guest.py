@@ -58,7 +58,11 @@ class _Guest:
         lib.xe_2l_mask(self._si._s, self._port(port))
 
     def _local_unmask(self, port: int, vcpu: int) -> None:
-        lib.xe_2l_guest_unmask(self._si._s, vcpu, port)
+        d = self._d
+        if d.ports.is_valid(port) and d.ports.chans[port].user != ffi.NULL:
+            lib.xe_user_unmask(d._c, port)  # a handle's port: re-fired into its queue
+        else:
+            lib.xe_2l_guest_unmask(self._si._s, vcpu, port)
 
     # ---- the upcall ----------------------------------------------------------------
 
@@ -99,7 +103,10 @@ class LinuxGuest(_Guest):
         if vcpu == notify:
             self._local_unmask(port, vcpu)
         else:
-            self._d.unmask(port)
+            try:
+                self._d.unmask(port)
+            except EvtchnError:
+                pass  # Linux ignores the hypercall's answer (e.g. EINVAL past the valid range)
 
     def cursor(self, vcpu: int = 0) -> tuple[int, int]:
         """The vCPU's fairness cursor (word, bit): where the next scan starts."""

@@ -12,8 +12,10 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
+from . import commands as cmds
 from ._native import ffi, lib
 from .constants import DOMID_SELF
+from .domain import _uint
 from .errors import EvtchnError
 
 if TYPE_CHECKING:
@@ -71,7 +73,15 @@ class XenEvtchn:
     def bind_interdomain(self, remote_domid: int, remote_port: int) -> int:
         """Connect to a peer's unbound port; expect an immediate first event."""
         self._open()
-        return self._adopt(self._d.bind_interdomain(remote_domid, remote_port))
+        d = self._d
+
+        def claim(port: int) -> None:  # the driver's view: masked, ours, then unmasked
+            lib.xe_2l_mask(d.shared_info._s, port)
+            d.ports.chans[port].user = self._u
+
+        port = d._call(cmds.bind_interdomain, _uint(remote_domid, "remote_domid", 0xFFFF),
+                       _uint(remote_port, "remote_port", 0xFFFFFFFF), claim)
+        return self._adopt(port)
 
     def bind_virq(self, virq: int) -> int:
         self._open()
@@ -108,6 +118,8 @@ class XenEvtchn:
             except EvtchnError:
                 pass  # closed already, by the domain or a reset
         self._ports.clear()
+        while lib.xe_user_pop(self._u) >= 0:
+            pass  # the ring goes with the file
         os.close(self._fd)
         self._fd = None
 

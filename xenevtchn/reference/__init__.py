@@ -1,7 +1,9 @@
 """Pure-Python reference model of Xen's event-channel hypervisor (2-level ABI).
 
-Written from ``shared/spec/xen-hypervisor.md`` and ``docs/semantics.md`` only; it is the
-test oracle and benchmark baseline for the native implementation.
+Written from ``shared/spec/xen-hypervisor.md``, ``shared/spec/guest-side.md`` and
+``docs/semantics.md`` only; it is the test oracle and benchmark baseline for the native
+implementation. The guest side is ``d.guest`` (:mod:`.guest`) and :class:`XenEvtchn`
+(libxenevtchn, :mod:`.xenevtchn_handle`).
 
     >>> from xenevtchn import reference as ref
     >>> hv = ref.Hypervisor()
@@ -15,9 +17,11 @@ from xenevtchn.constants import *  # noqa: F401,F403 - re-export every constant
 from xenevtchn.errors import EvtchnError
 
 from .domain import Domain, Vcpu
+from .guest import Guest, LinuxGuest, MiniOSGuest
 from .hypervisor import Hypervisor
 from .shared_info import SharedInfo
 from .status import EvtchnStatus
+from .xenevtchn_handle import XenEvtchn
 
 _CONSTANT_NAMES = [
     name
@@ -32,5 +36,9 @@ __all__ = [
     "SharedInfo",
     "EvtchnStatus",
     "EvtchnError",
+    "XenEvtchn",
+    "Guest",
+    "LinuxGuest",
+    "MiniOSGuest",
     *_CONSTANT_NAMES,
 ]

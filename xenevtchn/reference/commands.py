@@ -35,6 +35,7 @@ from .status import EvtchnStatus
 
 if TYPE_CHECKING:
     from .domain import Domain
+    from .xenevtchn_handle import XenEvtchn
 
 
 def _fail(code: int) -> EvtchnError:
@@ -65,7 +66,15 @@ def alloc_unbound(caller: Domain, dom: int, remote_dom: int) -> int:
 
 
 # -- EVTCHNOP_bind_interdomain (§4.2) ---------------------------------------------------
-def bind_interdomain(caller: Domain, remote_dom: int, remote_port: int) -> int:
+def bind_interdomain(
+    caller: Domain, remote_dom: int, remote_port: int, owner: XenEvtchn | None = None
+) -> int:
+    """``owner``: the ``XenEvtchn`` handle binding the port (libxenevtchn), or None.
+
+    A handle's new port is masked and registered before Xen raises it, as the Linux
+    guest has it masked until the evtchn driver unmasks it; the handle's unmask right
+    after the bind then takes the pending event (no selector bit, no upcall).
+    """
     rd = lookup_domain(caller, remote_dom)
     lport = caller.get_free_port()  # before the remote port is examined
     if not rd.port_is_valid(remote_port):
@@ -77,6 +86,9 @@ def bind_interdomain(caller: Domain, remote_dom: int, remote_port: int) -> int:
     lchn.remote_dom, lchn.remote_port = rd, remote_port
     rchn.state = ECS_INTERDOMAIN
     rchn.remote_dom, rchn.remote_port, rchn.remote_domid = caller, lport, 0
+    if owner is not None:
+        caller.shared_info.set_mask(lport)
+        caller.handle_ports[lport] = owner
     # The new local port is always left pending (covers events sent while unbound).
     event_2l.raise_event(caller, lchn.notify_vcpu, lport)
     return lport

@@ -15,12 +15,14 @@ from xenevtchn.errors import EvtchnError
 
 from . import commands, hypercall, poll
 from .channel import ECS_FREE, ECS_RESERVED, Channel
+from .guest import Guest, make_guest
 from .shared_info import SharedInfo
 from .status import EvtchnStatus
 from .validate import port_list, u16, u32, u64, as_int
 
 if TYPE_CHECKING:
     from .hypervisor import Hypervisor
+    from .xenevtchn_handle import XenEvtchn
 
 
 class Vcpu:
@@ -85,6 +87,7 @@ class Domain:
         privileged: bool,
         max_evtchn_port: int,
         shared_info: SharedInfo,
+        guest: str = "linux",
     ) -> None:
         self.hypervisor = hypervisor
         self._domid = domid
@@ -104,6 +107,9 @@ class Domain:
         self.reset_next = 0  # EVTCHNOP_reset progress cursor, 0 = none in progress
         self.dying = False
         self.destroyed = False
+        # Ports bound through a XenEvtchn handle (libxenevtchn), and their handle.
+        self.handle_ports: dict[int, XenEvtchn] = {}
+        self._guest: Guest = make_guest(self, guest)
 
     # -- public attributes ----------------------------------------------------------------
     @property
@@ -125,6 +131,11 @@ class Domain:
     def shared_info(self) -> SharedInfo:
         """The domain's shared_info."""
         return self._shared_info
+
+    @property
+    def guest(self) -> Guest:
+        """The guest kernel's view of this domain (``"linux"`` or ``"minios"``)."""
+        return self._guest
 
     @property
     def layout(self) -> str:
@@ -181,8 +192,11 @@ class Domain:
     def free_port(self, port: int) -> None:
         """``evtchn_free``: clear pending (usable only), state FREE, notify vCPU 0.
 
-        The 2-level mask bit is left alone.
+        The 2-level mask bit is left alone. A port bound through a ``XenEvtchn`` handle
+        stops belonging to it, however it was closed.
         """
+        if self.handle_ports:
+            self.handle_ports.pop(port, None)
         channel = self.channels[port]
         if channel.usable:
             self._shared_info.clear_pending(port)

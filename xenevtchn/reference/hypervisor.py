@@ -20,6 +20,7 @@ from xenevtchn.errors import EvtchnError
 from . import commands, event_2l, poll
 from .channel import ECS_RESERVED
 from .domain import Domain, Vcpu
+from .guest import GUEST_MODES
 from .shared_info import SharedInfo
 from .validate import as_int, int_in_range
 
@@ -84,8 +85,13 @@ class Hypervisor:
         max_evtchn_port: int | None = None,
         layout: str = "x86_64",
         shared_info: object = None,
+        guest: str = "linux",
     ) -> Domain:
-        """Create a domain (see docs/semantics.md "Hypervisor" for every rule)."""
+        """Create a domain (see docs/semantics.md "Hypervisor" for every rule).
+
+        ``guest`` picks the guest kernel behind ``d.guest``: ``"linux"`` (PV Linux) or
+        ``"minios"`` (else ``ValueError``).
+        """
         vcpus = int_in_range(vcpus, "vcpus", 1, XEN_LEGACY_MAX_VCPUS)
         if domid is not None:
             domid = int_in_range(domid, "domid", 0, DOMID_FIRST_RESERVED - 1)
@@ -97,13 +103,17 @@ class Hypervisor:
             raise ValueError(f"max_evtchn_port must be None or an int >= 0, not {max_evtchn_port!r}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+        if guest not in GUEST_MODES:
+            raise ValueError(f"guest must be one of {GUEST_MODES}, not {guest!r}")
         info = SharedInfo(shared_info, layout)
         if domid is None:
             domid = self._lowest_free_domid()
         elif domid in self._domains:
             raise EvtchnError(errno.EEXIST, "create_domain")
         info.initialise()
-        d = Domain(self, domid, vcpus, bool(privileged), min(int(max_evtchn_port), 2**31 - 1), info)
+        d = Domain(
+            self, domid, vcpus, bool(privileged), min(int(max_evtchn_port), 2**31 - 1), info, guest
+        )
         self._domains[domid] = d
         if d.privileged and not self._hardware_domain_assigned:
             self._hardware_domain = d

@@ -183,3 +183,38 @@ class SharedInfo:
         """``vcpu_info[vcpu].evtchn_pending_sel`` (a 64- or 32-bit word)."""
         start = vcpu * VCPU_INFO_SIZE + self.layout.sel_offset
         return int.from_bytes(self._view[start : start + self.layout.sel_size], "little")
+
+    # -- guest primitives (the guest kernel's own reads and atomic writes) --------------
+    def set_mask(self, port: int) -> None:
+        """Set the mask bit of ``port`` (the guest's ``mask_evtchn``)."""
+        self._view[self.layout.mask_offset + (port >> 3)] |= 1 << (port & 7)
+
+    def clear_mask(self, port: int) -> None:
+        """Clear the mask bit of ``port`` (the guest's local unmask)."""
+        i = self.layout.mask_offset + (port >> 3)
+        self._view[i] &= ~(1 << (port & 7)) & 0xFF
+
+    def _word(self, offset: int, word: int) -> int:
+        size = self.layout.word_bits >> 3
+        start = offset + word * size
+        return int.from_bytes(self._view[start : start + size], "little")
+
+    def pending_word(self, word: int) -> int:
+        """``evtchn_pending[word]`` (bit ``b`` is port ``word * W + b``)."""
+        return self._word(self.layout.pending_offset, word)
+
+    def mask_word(self, word: int) -> int:
+        """``evtchn_mask[word]``."""
+        return self._word(self.layout.mask_offset, word)
+
+    def exchange_sel(self, vcpu: int, value: int = 0) -> int:
+        """``xchg(vcpu_info[vcpu].evtchn_pending_sel, value)``: return the old word."""
+        start = vcpu * VCPU_INFO_SIZE + self.layout.sel_offset
+        end = start + self.layout.sel_size
+        old = int.from_bytes(self._view[start:end], "little")
+        self._view[start:end] = value.to_bytes(self.layout.sel_size, "little")
+        return old
+
+    def clear_upcall_pending(self, vcpu: int) -> None:
+        """``vcpu_info[vcpu].evtchn_upcall_pending = 0`` (the first thing an upcall does)."""
+        self._view[vcpu * VCPU_INFO_SIZE + UPCALL_PENDING_OFFSET] = 0
