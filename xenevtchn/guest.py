@@ -8,10 +8,11 @@ bit work runs in C (``csrc/guest_2l.c``); only handler calls are Python.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Callable
 
 from ._native import ffi, lib
-from .constants import VIRQ_TIMER, XEN_LEGACY_MAX_VCPUS
+from .constants import VIRQ_TIMER
 from .errors import EvtchnError
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class _Guest:
 
     def _alive(self) -> None:
         if self._d.dead:
-            raise EvtchnError(3, f"domain {self._d.domid} was destroyed")
+            raise EvtchnError(errno.ESRCH, f"domain {self._d.domid} was destroyed")
 
     # ---- mask / unmask -------------------------------------------------------------
 
@@ -159,4 +160,3 @@ class MiniOSGuest(_Guest):
 
 
 GUESTS = {"linux": LinuxGuest, "minios": MiniOSGuest}
-assert XEN_LEGACY_MAX_VCPUS == 32
