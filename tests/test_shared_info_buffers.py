@@ -384,7 +384,7 @@ def test_shared_memory_other_process(layout):
             shm.close()
             """
         )
-        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-P", "-c", child], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == [str(SET_NEWLY | SET_KICK), str(SET_NEWLY)]
         assert si.is_pending(W) and si.is_pending(W + 1)
@@ -593,7 +593,7 @@ def test_refused_buffer_errors_survive_gc(case):
     """A refused buffer's exception may be kept (``pytest.raises``, ``except ... as e``
     stored away) and later garbage-collected as part of a reference cycle: that must not
     crash the interpreter. Run in a child process so a crash is a test failure here."""
-    out = subprocess.run([sys.executable, "-c", _GC_CHILD, case], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-P", "-c", _GC_CHILD, case], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"ok {case}", (
         f"child exited {out.returncode}\nstdout: {out.stdout}\nstderr: {out.stderr[-3000:]}"
