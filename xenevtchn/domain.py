@@ -78,13 +78,13 @@ class Domain:
     """A domain created by ``Hypervisor.create_domain``."""
 
     def __init__(self, hv: Hypervisor, domid: int, vcpus: int, privileged: bool,
-                 max_evtchn_port: int | None, layout: str, shared_info: Any,
+                 max_evtchn_port: int | None, layout: str, shared_info: SharedInfo,
                  guest: str = "linux") -> None:
         self.hv = hv
         self.domid = domid
         self.privileged = privileged
         self.layout = layout
-        self.shared_info = SharedInfo(shared_info, layout)
+        self.shared_info = shared_info
         self.shared_info.reset()
         abi_ports = EVTCHN_2L_NR_CHANNELS if layout == "x86_64" else EVTCHN_2L_NR_CHANNELS_X86_32
         self.max_evtchn_port = abi_ports - 1 if max_evtchn_port is None else max_evtchn_port

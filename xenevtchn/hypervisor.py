@@ -21,6 +21,7 @@ from .constants import (
 from .domain import Domain, Vcpu, _uint
 from .errors import EvtchnError
 from .guest import GUESTS
+from .shared_info import SharedInfo
 
 Hook = Callable[[Vcpu], Any]
 
@@ -72,6 +73,7 @@ class Hypervisor:
                 raise TypeError("max_evtchn_port must be an int or None")
             if max_evtchn_port < 0:
                 raise ValueError(f"max_evtchn_port must be >= 0, not {max_evtchn_port}")
+        si = SharedInfo(shared_info, layout)  # the buffer is an argument: checked first
         with self._lock:
             if domid is None:
                 domid = next(i for i in range(DOMID_FIRST_RESERVED + 1) if i not in self._domains)
@@ -81,7 +83,7 @@ class Hypervisor:
                 domid = _uint(domid, "domid", DOMID_FIRST_RESERVED - 1)
                 if domid in self._domains:
                     raise EvtchnError(errno.EEXIST, f"domain {domid} exists")
-            d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, shared_info, guest)
+            d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, si, guest)
             self._domains[domid] = d
             self._c.domains[domid] = d._c
             if privileged and not self._hardware_domain_created:
