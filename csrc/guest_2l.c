@@ -146,13 +146,20 @@ void xe_2l_scan_end(struct xe_scan *s)
     commit_cursor(s);
 }
 
-size_t xe_2l_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, size_t cap)
+/* Up to cap ports of a scan into out, for callers with no handler to run between. */
+static size_t scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, size_t cap,
+                        int32_t (*next)(struct xe_domain *, struct xe_scan *))
 {
     size_t n = 0;
     int32_t port;
-    while (n < cap && (port = xe_2l_scan_next(d, s)) >= 0)
+    while (n < cap && (port = next(d, s)) >= 0)
         out[n++] = (uint32_t)port;
     return n;
+}
+
+size_t xe_2l_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, size_t cap)
+{
+    return scan_fill(d, s, out, cap, xe_2l_scan_next);
 }
 
 void xe_minios_scan_begin(struct xe_domain *d, struct xe_scan *s)
@@ -182,11 +189,7 @@ int32_t xe_minios_scan_next(struct xe_domain *d, struct xe_scan *s)
 
 size_t xe_minios_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, size_t cap)
 {
-    size_t n = 0;
-    int32_t port;
-    while (n < cap && (port = xe_minios_scan_next(d, s)) >= 0)
-        out[n++] = (uint32_t)port;
-    return n;
+    return scan_fill(d, s, out, cap, xe_minios_scan_next);
 }
 
 int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)

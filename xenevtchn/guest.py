@@ -84,6 +84,17 @@ class _Guest:
     def _pass(self, c, vcpu, scan, handler, handled) -> None:
         raise NotImplementedError
 
+    def _drain(self, c, scan, handler, handled, fill, nxt) -> None:
+        """Take the scan's ports: in C-sized batches, or one by one around ``handler``."""
+        if handler is None:
+            out = self._out
+            while n := fill(c, scan, out, _CHUNK):
+                handled += ffi.unpack(out, n)
+        else:
+            while (port := nxt(c, scan)) >= 0:
+                handled.append(port)
+                handler(port)
+
 
 class LinuxGuest(_Guest):
     """A PV Linux guest, 2-level ABI (``drivers/xen/events/events_2l.c``)."""
@@ -123,15 +134,7 @@ class LinuxGuest(_Guest):
                 if handler is not None:
                     handler(port)
         lib.xe_2l_scan_begin(c, scan)
-        if handler is None:
-            out = self._out
-            while n := lib.xe_2l_scan_fill(c, scan, out, _CHUNK):
-                handled += ffi.unpack(out, n)
-        else:
-            nxt = lib.xe_2l_scan_next
-            while (port := nxt(c, scan)) >= 0:
-                handled.append(port)
-                handler(port)
+        self._drain(c, scan, handler, handled, lib.xe_2l_scan_fill, lib.xe_2l_scan_next)
         lib.xe_2l_scan_end(scan)
 
 
@@ -148,15 +151,7 @@ class MiniOSGuest(_Guest):
 
     def _pass(self, c, vcpu, scan, handler, handled) -> None:
         lib.xe_minios_scan_begin(c, scan)
-        if handler is None:
-            out = self._out
-            while n := lib.xe_minios_scan_fill(c, scan, out, _CHUNK):
-                handled += ffi.unpack(out, n)
-        else:
-            nxt = lib.xe_minios_scan_next
-            while (port := nxt(c, scan)) >= 0:
-                handled.append(port)
-                handler(port)
+        self._drain(c, scan, handler, handled, lib.xe_minios_scan_fill, lib.xe_minios_scan_next)
 
 
 GUESTS = {"linux": LinuxGuest, "minios": MiniOSGuest}
