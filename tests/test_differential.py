@@ -5,7 +5,9 @@ A Hypothesis ``RuleBasedStateMachine`` builds the same set of domains in two hyp
 and applies identical operations to both: every wrapper hypercall, raw
 ``event_channel_op``/``event_channel_op_compat`` calls with random commands and bytes,
 hypervisor-side event sources (VIRQ, PIRQ, inject), SCHEDOP_poll with simulated time,
-guest-side writes into the shared_info page, pause/reset and domain destroy/create.
+guest-side writes into the shared_info page (single bits, and whole upcall drains),
+pause/reset, domain destroy/create (also into caller-owned, garbage-filled buffers), calls
+on destroyed domains, and event sources run while the hooks raise.
 
 After every step it compares:
 
@@ -16,6 +18,11 @@ After every step it compares:
 * every vCPU's ``.polling``;
 * ``status()`` of a sample of ports (0..70 plus some high ones) in every domain, as seen by
   a privileged domain (or by the domain itself when none exists).
+
+Exception types are compared exactly, with the one exception docs/semantics.md makes:
+``d.send`` may raise ``OverflowError`` where the reference says ``ValueError``.
+Below the machine, a few fixed lockstep scenarios replay sequences that long random runs
+found (and that the short CI profile would rarely reach).
 
 CI runs a fixed, database-free, derandomized profile (reproducible). Scale it up with
 ``XENEVTCHN_DIFF_EXAMPLES=<n>`` (examples; default below) and optionally
@@ -50,7 +57,6 @@ SEL_OFF = {"x86_64": (8, 8), "x86_32": (4, 4)}  # (offset in vcpu_info, size)
 HIGH_PORTS = [63, 64, 65, 70, 71, 127, 128, 129, 1023, 1024, 4095, 4096, 2**32 - 1]
 SAMPLE_PORTS = list(range(0, 71)) + [71, 100, 127, 128, 191, 192, 1023, 1024, 4095, 4096, 2**32 - 1]
 ODD_DOMIDS = [DOMID_SELF, 7, 12, 0x7FEF, 0x7FF1, 0x7FF2, 0x7FF4, 0x7FFF, 0xFFFF]
-
 
 
 class HookBoom(Exception):
@@ -90,19 +96,19 @@ def _norm_value(v):
     return ("other", type(v).__name__, repr(v))
 
 
-def outcome(side, fn):
-    """Run fn(); return a comparable description of what happened."""
+def outcome(side, fn, range_equiv=False):
+    """Run fn(); return a comparable description of what happened. ``range_equiv``:
+    ValueError and OverflowError are one outcome ("a number that does not fit") -- only
+    for ``d.send``, the one-C-call fast path, which docs/semantics.md ("Entry points")
+    lets raise cffi's OverflowError where every other wrapper must say ValueError."""
     try:
         r = fn()
     except side.m.EvtchnError as e:
         assert isinstance(e, OSError), f"{side.name}: EvtchnError is not an OSError"
         assert isinstance(e.errno, int) and e.errno > 0, f"{side.name}: bad errno {e.errno!r}"
         return ("EvtchnError", e.errno)
-    except (ValueError, OverflowError):
-        # One outcome: a number that does not fit. d.send, the one-C-call fast path, lets
-        # cffi's OverflowError through where the checked wrappers say ValueError
-        # (docs/semantics.md; API.md allows both).
-        return ("out of range",)
+    except (ValueError, OverflowError) as e:
+        return ("out of range",) if range_equiv else (type(e).__name__,)
     except ALLOWED_EXC as e:
         return (type(e).__name__,)
     except Exception as e:  # any other exception is a bug on that side
@@ -198,13 +204,13 @@ class Differential(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ helpers
 
-    def both(self, fn, hooks="seq"):
+    def both(self, fn, hooks="seq", range_equiv=False):
         """Apply fn(side) to both sides; compare outcomes and hook calls."""
         STATS["calls"] += 1
         self.N.log.clear()
         self.R.log.clear()
-        rn = outcome(self.N, lambda: fn(self.N))
-        rr = outcome(self.R, lambda: fn(self.R))
+        rn = outcome(self.N, lambda: fn(self.N), range_equiv)
+        rr = outcome(self.R, lambda: fn(self.R), range_equiv)
         assert rn == rr, f"outcome differs: native {rn!r} reference {rr!r}"
         if hooks == "seq":
             assert self.N.log == self.R.log, (
@@ -298,6 +304,9 @@ class Differential(RuleBasedStateMachine):
         privileged = [i for i in self.domids() if self.N.doms[i].privileged]
         observer = privileged[0] if privileged else None
         self.obs = {}
+        for dn, dr in zip(self.N.dead, self.R.dead):  # destroyed: nobody polls any more
+            pn = [bool(v.polling) for v in dn.vcpus]
+            assert pn == [bool(v.polling) for v in dr.vcpus] and not any(pn), pn
         for domid in self.domids():
             layout = self.layout[domid]
             size = SI_SIZE[layout]
@@ -424,7 +433,7 @@ class Differential(RuleBasedStateMachine):
     def send(self, data):
         a = self.dom(data)
         port = self.port(data, domid=a, wild=True, prefer=(2, 5))
-        self.both(lambda s: s.doms[a].send(port))
+        self.both(lambda s: s.doms[a].send(port), range_equiv=True)
 
     @rule(data=st.data())
     def send_more(self, data):  # events are what most checks are about: send twice as often
@@ -716,7 +725,8 @@ class Differential(RuleBasedStateMachine):
     def dead_domain_op(self, data):
         i = data.draw(st.integers(0, len(self.N.dead) - 1), label="dead")
         which = data.draw(
-            st.sampled_from(["alloc_unbound", "close", "send", "status", "bind_ipi", "raw", "poll"]),
+            st.sampled_from(["alloc_unbound", "close", "send", "status", "bind_ipi", "raw", "poll",
+                             "raw_enosys", "raw_short", "compat"]),
             label="op",
         )
 
@@ -734,6 +744,12 @@ class Differential(RuleBasedStateMachine):
                 return d.bind_ipi(0)
             if which == "poll":
                 return d.sched_poll([1])
+            if which == "raw_enosys":  # -ESRCH comes before -ENOSYS (semantics.md)
+                return d.event_channel_op(99, bytearray(8))
+            if which == "raw_short":  # ... and before -EFAULT
+                return d.event_channel_op(6, bytearray(2))
+            if which == "compat":
+                return d.event_channel_op_compat(bytearray(struct.pack("<iI", 3, 1) + bytes(20)))
             return d.event_channel_op(3, bytearray(struct.pack("<I", 1)))
 
         self.both(op)
@@ -836,3 +852,130 @@ def test_zz_steps_ran():
     print(f"\ndifferential: {STATS['examples']} examples, {STATS['steps']} steps, "
           f"{STATS['calls']} operations compared")
     assert STATS["steps"] >= 1000
+
+
+# ---------------------------------------------------------------------------------------
+# Fixed lockstep scenarios: sequences the random machine reaches only rarely (they were
+# first found by long random runs), replayed on both implementations every time.
+
+
+def _trace(m, scenario):
+    """Run scenario(m, hv, call) and return everything observable, as comparable data."""
+    hv = m.Hypervisor()
+    log = []
+    side = type("S", (), {"m": m, "name": m.__name__})
+    doms = {}
+
+    def domid_of(v):
+        for i, d in doms.items():
+            if any(x is v for x in d.vcpus):
+                return i
+        return None
+
+    def hook(kind, boom):
+        def h(v):
+            log.append((domid_of(v), v.id, kind))
+            if boom[0]:
+                raise HookBoom(kind)
+
+        return h
+
+    boom = [False]
+    hv.on_kick = hook("kick", boom)
+    hv.on_wake = hook("wake", boom)
+    trace = []
+
+    def call(fn, range_equiv=False):
+        log.clear()
+        r = outcome(side, fn, range_equiv)
+        trace.append((r, list(log)))
+        return r
+
+    def create(**kw):
+        d = hv.create_domain(**kw)
+        doms[d.domid] = d
+        return d
+
+    scenario(hv, create, call, boom)
+    for i, d in sorted(doms.items()):
+        trace.append((i, bytes(d.shared_info.buffer[:3136]), [bool(v.polling) for v in d.vcpus]))
+    trace.append(hv.now)
+    return trace
+
+
+def _lockstep(scenario):
+    tn = _trace(native_mod, scenario)
+    tr = _trace(ref_mod, scenario)
+    for i, (a, b) in enumerate(zip(tn, tr)):
+        assert a == b, f"step {i}: native {a!r} reference {b!r}"
+    assert len(tn) == len(tr)
+
+
+def test_lockstep_wrapper_range_errors():
+    """Out-of-range ints in every wrapper argument (semantics.md "Entry points")."""
+
+    def scenario(hv, create, call, boom):
+        create(vcpus=2, privileged=True)
+        d = create(vcpus=2)
+        for v in (-1, 2**32, 2**64):
+            call(lambda: d.send(v), range_equiv=True)  # the documented exception
+            for fn in (d.close, d.unmask, d.status, d.bind_ipi, d.bind_pirq,
+                       d.bind_virq, lambda x: d.bind_vcpu(x, 0), lambda x: d.bind_vcpu(1, x),
+                       lambda x: d.bind_interdomain(0, x), lambda x: d.send_many([x]),
+                       lambda x: d.sched_poll([x])):
+                call(lambda: fn(v))
+        for v in (-1, 0x10000):
+            for fn in (d.alloc_unbound, lambda x: d.alloc_unbound(0, dom=x),
+                       lambda x: d.bind_interdomain(x, 1), lambda x: d.status(1, dom=x),
+                       lambda x: d.reset(dom=x)):
+                call(lambda: fn(v))
+
+    _lockstep(scenario)
+
+
+def test_lockstep_create_domain_check_order():
+    """create_domain with an id in use *and* an unusable shared_info buffer."""
+
+    def scenario(hv, create, call, boom):
+        create(vcpus=1, privileged=True)
+        create(vcpus=1)
+        for kw in (dict(vcpus=0), dict(layout="arm"), dict(max_evtchn_port=-1),
+                   dict(shared_info=bytearray(100)), dict(shared_info=bytes(4096)),
+                   dict(shared_info=bytearray(2344))):
+            call(lambda: create(domid=1, **kw).domid)
+
+    _lockstep(scenario)
+
+
+def test_lockstep_advance_with_raising_hook():
+    """hv.advance fires several due poll timers while on_wake raises."""
+
+    def scenario(hv, create, call, boom):
+        d0 = create(vcpus=1, privileged=True)
+        d1 = create(vcpus=2)
+        p0, p1 = call(lambda: d0.bind_ipi(0))[1], call(lambda: d1.bind_ipi(0))[1]
+        call(lambda: d0.sched_poll([p0], timeout=100))
+        call(lambda: d1.sched_poll([p1], timeout=200))
+        call(lambda: d1.sched_poll([p1], timeout=150, vcpu=1))
+        boom[0] = True
+        call(lambda: hv.advance(1000))
+        boom[0] = False
+        call(lambda: hv.advance(1))
+
+    _lockstep(scenario)
+
+
+def test_lockstep_kick_and_poller_wake_order():
+    """One send both kicks (and so wakes) the polling target vCPU 2 and wakes a
+    multi-port poller on vCPU 0 of the same domain: hook order."""
+
+    def scenario(hv, create, call, boom):
+        create(vcpus=1, privileged=True)
+        d1 = create(vcpus=3)
+        p = call(lambda: d1.bind_ipi(2))[1]
+        q = call(lambda: d1.bind_ipi(1))[1]
+        call(lambda: d1.sched_poll([], vcpu=0))
+        call(lambda: d1.sched_poll([q], vcpu=2))
+        call(lambda: d1.send(p))
+
+    _lockstep(scenario)

@@ -509,9 +509,8 @@ def test_type_misuse_changes_nothing():
 
 def test_hypervisor_domid_type_misuse():
     """A domid that is not an int (None, float, str, ...) given to a Hypervisor method is
-    a type error, not an unknown domain (ESRCH): semantics.md leaves hv-method argument
-    types implicit; the reference model, and the native package for every other argument
-    of the same methods, raise TypeError."""
+    a type error, not an unknown domain (ESRCH): docs/semantics.md "Hypervisor":
+    "Everywhere: a non-int where an int is due raises TypeError"."""
     hv, doms = build_busy_world()
     run_misuse(hv, doms, _hv_domid_misuse_calls(hv))
 

@@ -108,7 +108,6 @@ def test_concurrent_bind_send_close(fast_switching):
     final = {}  # channel id -> the sender's last sequence number
     kept_ipis = []
     stop = threading.Event()
-    counts = {"consumed": 0}
 
     def consumer():
         while not stop.is_set():
@@ -119,10 +118,17 @@ def test_concurrent_bind_send_close(fast_switching):
                 if si.is_pending(port):
                     si.clear_pending(port)
                     seen[cid] = gen[cid]  # read after clearing (guest ring protocol)
-                    counts["consumed"] += 1
             time.sleep(0)
 
+    workers_done = threading.Semaphore(0)
+
     def worker(i):
+        try:
+            work(i)
+        finally:
+            workers_done.release()
+
+    def work(i):
         rng = random.Random(1000 + i)
         for rnd in range(ROUNDS):
             A = rng.choice(big)
@@ -175,9 +181,11 @@ def test_concurrent_bind_send_close(fast_switching):
     stopper_done = threading.Event()
 
     def stopper():  # stop the consumer once every worker is done
-        while sum(1 for t in threading.enumerate() if t.name.startswith("worker")):
-            time.sleep(0.005)
-        stop.set()
+        try:
+            for _ in range(WORKERS):
+                assert workers_done.acquire(timeout=50), "workers did not finish"
+        finally:
+            stop.set()
         stopper_done.set()
 
     targets.append(("stopper", stopper, ()))

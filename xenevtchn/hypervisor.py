@@ -222,6 +222,8 @@ class Hypervisor:
         self._fire_timers()
 
     def _fire_timers(self) -> None:
+        """Fire every due timer; a raising hook stops none of them (its error comes last)."""
+        first_error: BaseException | None = None
         while self._timers and self._timers[0][0] <= self.now:
             _, domid, vcpu, seq = heapq.heappop(self._timers)
             if self._timer_seq.get((domid, vcpu)) != seq:
@@ -229,7 +231,13 @@ class Hypervisor:
             del self._timer_seq[(domid, vcpu)]
             d = self._domains.get(domid)
             if d is not None:
-                self._after(lib.xe_poll_wake(d._c, vcpu))
+                try:
+                    self._after(lib.xe_poll_wake(d._c, vcpu))
+                except Exception as exc:
+                    if first_error is None:
+                        first_error = exc
+        if first_error is not None:
+            raise first_error
 
     def advance(self, ns: int) -> None:
         """Let ``ns`` nanoseconds of simulated time pass, firing due poll timers."""
@@ -251,7 +259,13 @@ class Hypervisor:
         for d in tuple(self._domains.values()):
             kicked = lib.xe_take_kicked(d._c)
             woken = lib.xe_take_woken(d._c)
-            calls += [(self.on_kick, d.vcpus[v]) for v in _bits(kicked)]
+            # A kick ends that vCPU's poll (spec 10.2) before other pollers are checked
+            # (8.1 step 3): its wake follows its kick, then the other wakes.
+            for v in _bits(kicked):
+                calls.append((self.on_kick, d.vcpus[v]))
+                if woken >> v & 1:
+                    calls.append((self.on_wake, d.vcpus[v]))
+                    woken &= ~(1 << v)
             calls += [(self.on_wake, d.vcpus[v]) for v in _bits(woken)]
         first_error: BaseException | None = None
         for hook, vcpu in calls:
