@@ -168,10 +168,37 @@ static int ops_is_masked(struct xe_domain *d, uint32_t port)
     return xe_2l_is_masked(&d->si, port);
 }
 
+static int ops_test_and_set_pending(struct xe_domain *d, uint32_t port)
+{
+    const struct xe_shinfo *s = &d->si;
+    return port >= s->nr_ports || xe_test_and_set(pending_words(s), s->word_bits, port);
+}
+
+static int ops_test_and_clear_pending(struct xe_domain *d, uint32_t port)
+{
+    const struct xe_shinfo *s = &d->si;
+    return port < s->nr_ports && xe_test_and_clear(pending_words(s), s->word_bits, port);
+}
+
+static void ops_mask(struct xe_domain *d, uint32_t port)
+{
+    xe_2l_mask(&d->si, port);
+}
+
+static int ops_clear_mask(struct xe_domain *d, uint32_t port)
+{
+    const struct xe_shinfo *s = &d->si;
+    return port < s->nr_ports && xe_test_and_clear(mask_words(s), s->word_bits, port);
+}
+
 const struct xe_abi_ops xe_abi_2l_ops = {
     .set_pending = ops_set_pending,
     .clear_pending = ops_clear_pending,
     .unmask = ops_unmask,
     .is_pending = ops_is_pending,
     .is_masked = ops_is_masked,
+    .test_and_set_pending = ops_test_and_set_pending,
+    .test_and_clear_pending = ops_test_and_clear_pending,
+    .mask = ops_mask,
+    .clear_mask = ops_clear_mask,
 };

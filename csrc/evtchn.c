@@ -17,11 +17,9 @@
 #define A32(field) ((_Atomic uint32_t *)&(field))
 #define AI32(field) ((_Atomic int32_t *)&(field))
 
-/* Only the 2-level ABI exists so far; d->abi selects the FIFO table once it lands. */
 static inline const struct xe_abi_ops *ops(const struct xe_domain *d)
 {
-    (void)d;
-    return &xe_abi_2l_ops;
+    return abi_ops(d);
 }
 
 /* End vCPU v's poll if it is in one; report whether it was. */
@@ -60,13 +58,13 @@ static int check_pollers(struct xe_domain *d, uint32_t port)
 
 /* A port bound through a libxenevtchn handle is taken the moment it is raised, as the
  * kernel driver's lateeoi ack does: masked, pending cleared, queued, the fd signalled.
- * (2-level words; the FIFO ABI will need its own.) */
+ * It is never linked onto a FIFO queue. */
 static int deliver_user(struct xe_domain *d, uint32_t port)
 {
-    const struct xe_shinfo *s = &d->si;
-    if (xe_test_and_set(pending_words(s), s->word_bits, port))
-        return 0;                                   /* coalesced */
-    if (!xe_test_bit(mask_words(s), s->word_bits, port))
+    const struct xe_abi_ops *o = ops(d);
+    if (o->test_and_set_pending(d, port))
+        return 0;                                   /* coalesced (or FIFO-deferred) */
+    if (!o->is_masked(d, port))
         xe_user_take(d, port);
     return check_pollers(d, port);                  /* pending went 0 -> 1 */
 }
@@ -96,6 +94,26 @@ int xe_evtchn_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port)
     if (!port_is_valid(d, port))
         return -EINVAL;
     return deliver(d, vcpu, port);
+}
+
+/* After a FIFO array page was added: raise every valid port of [first, end) that was
+ * raised while it had no event word, on its notify vCPU, without looking at its state
+ * (spec 4.13 step 5). */
+int xe_fifo_raise_deferred(struct xe_domain *d, uint32_t first, uint32_t end)
+{
+    int ev = 0;
+    for (uint32_t port = first; port < end && port_is_valid(d, port); port++) {
+        struct xe_chan *c = &d->chans[port];
+        if (!__atomic_load_n(&c->fifo_pending, __ATOMIC_RELAXED))
+            continue;
+        uint32_t v = __atomic_load_n(&c->notify_vcpu, __ATOMIC_RELAXED);
+        int f = v < d->nr_vcpus ? xe_fifo_set_pending(d, v, port) : 0;
+        if (f & XE_SET_KICK)
+            ev |= kick(d, v);
+        if (f & XE_SET_NEWLY)
+            ev |= check_pollers(d, port);
+    }
+    return ev;
 }
 
 int xe_evtchn_raise(struct xe_domain *d, uint32_t port)

@@ -15,9 +15,15 @@ struct xe_abi_ops {
     int (*unmask)(struct xe_domain *d, uint32_t vcpu, uint32_t port);
     int (*is_pending)(struct xe_domain *d, uint32_t port);
     int (*is_masked)(struct xe_domain *d, uint32_t port);
+    /* For ports bound through a libxenevtchn handle, which are never queued: */
+    int (*test_and_set_pending)(struct xe_domain *d, uint32_t port);  /* previous bit */
+    int (*test_and_clear_pending)(struct xe_domain *d, uint32_t port);
+    void (*mask)(struct xe_domain *d, uint32_t port);
+    int (*clear_mask)(struct xe_domain *d, uint32_t port);            /* previous bit */
 };
 
 extern const struct xe_abi_ops xe_abi_2l_ops;
+extern const struct xe_abi_ops xe_abi_fifo_ops;
 
 #include <stdatomic.h>
 
@@ -34,6 +40,13 @@ static inline int chan_usable(struct xe_chan *c)
 {
     return atomic_load_explicit(A8(c->xen_consumer), memory_order_relaxed) == 0 &&
            atomic_load_explicit(A8(c->state), memory_order_acquire) > XE_ECS_RESERVED;
+}
+
+/* The operations of the ABI the domain uses now (Xen's d->evtchn_port_ops). */
+static inline const struct xe_abi_ops *abi_ops(const struct xe_domain *d)
+{
+    return __atomic_load_n(&d->abi, __ATOMIC_ACQUIRE) == XE_ABI_FIFO ? &xe_abi_fifo_ops
+                                                                     : &xe_abi_2l_ops;
 }
 
 #endif

@@ -223,17 +223,16 @@ static inline void user_unlock(struct xe_user *u)
 
 int xe_user_take(struct xe_domain *d, uint32_t port)
 {
-    const struct xe_shinfo *s = &d->si;
-    if (!port_is_valid(d, port) || port >= s->nr_ports)
+    if (!port_is_valid(d, port) || port >= d->max_ports)
         return 0;
     struct xe_user *u = __atomic_load_n(&d->chans[port].user, __ATOMIC_ACQUIRE);
     if (!u)
         return 0;
-    xe_test_and_set(mask_words(s), s->word_bits, port);
+    const struct xe_abi_ops *o = abi_ops(d);
+    o->mask(d, port);
     user_lock(u);
     /* A full queue leaves the port pending and masked: the next unmask takes it. */
-    if (u->prod - u->cons >= u->cap ||
-        !xe_test_and_clear(pending_words(s), s->word_bits, port)) {
+    if (u->prod - u->cons >= u->cap || !o->test_and_clear_pending(d, port)) {
         user_unlock(u);
         return 0;
     }
@@ -252,12 +251,12 @@ int xe_user_take(struct xe_domain *d, uint32_t port)
 
 int xe_user_unmask(struct xe_domain *d, uint32_t port)
 {
-    const struct xe_shinfo *s = &d->si;
-    if (!port_is_valid(d, port) || port >= s->nr_ports)
+    if (!port_is_valid(d, port) || port >= d->max_ports)
         return 0;
     /* The driver's lateeoi: unmask, and a port raised meanwhile is taken again. */
-    xe_test_and_clear(mask_words(s), s->word_bits, port);
-    if (!xe_test_bit(pending_words(s), s->word_bits, port))
+    const struct xe_abi_ops *o = abi_ops(d);
+    o->clear_mask(d, port);
+    if (!o->is_pending(d, port))
         return 0;
     return xe_user_take(d, port);
 }

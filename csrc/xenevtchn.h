@@ -42,7 +42,15 @@ enum {
     XE_ECS_IPI = 6,
 
     XE_ABI_2L = 0,
-    XE_ABI_FIFO = 1
+    XE_ABI_FIFO = 1,
+
+    /* The FIFO ABI (spec section 9). */
+    XE_FIFO_NR_CHANNELS = 1 << 17,   /* the 17-bit LINK field */
+    XE_FIFO_MAX_QUEUES = 16,         /* priorities 0 (highest) .. 15 */
+    XE_FIFO_PRIORITY_DEFAULT = 7,
+    XE_FIFO_WORDS_PER_PAGE = 1024,
+    XE_FIFO_MAX_PAGES = 128,
+    XE_FIFO_CB_SIZE = 72             /* struct evtchn_fifo_control_block */
 };
 
 /* A view of one shared_info struct in memory the caller owns. */
@@ -72,7 +80,29 @@ struct xe_chan {
     uint8_t fifo_pending;      /* FIFO: raised while the port had no event word */
     uint32_t remote_port;      /* INTERDOMAIN: the peer's port */
     uint32_t info;             /* PIRQ: pirq number; VIRQ: virq number */
+    uint8_t last_vcpu;         /* FIFO: the queue the event was last linked on ... */
+    uint8_t last_priority;     /* ... (vCPU, priority); zero means (0, 0) as in Xen */
+    uint16_t _pad;
     struct xe_user *user;      /* bound through a libxenevtchn handle, or NULL */
+};
+
+/* One FIFO queue: Xen's private tail (the head lives in the guest's control block). */
+struct xe_fifo_queue {
+    uint32_t tail;             /* the last port linked onto this queue, 0 for none */
+    uint32_t lock;             /* spinlock word */
+};
+
+/* A vCPU's FIFO state: its control block in guest memory and its 16 queues. */
+struct xe_fifo_vcpu {
+    uint32_t *control_block;   /* READY at [0], HEAD[q] at [2 + q]; NULL: none registered */
+    struct xe_fifo_queue queue[16];
+};
+
+/* A domain's FIFO state (allocated by the control plane at the first init_control). */
+struct xe_fifo {
+    uint32_t num_evtchns;      /* ports that have an event word: 1024 per page */
+    uint32_t *pages[128];      /* event-array pages, 1024 words each */
+    struct xe_fifo_vcpu vcpu[32];
 };
 
 /* A domain's event-channel state that the data path needs. */
@@ -90,6 +120,7 @@ struct xe_domain {
     int32_t poll_evtchn[32];   /* >0: polling that port; <0: several/zero ports; 0: none */
     uint32_t kicked;           /* bit v: vCPU v was kicked since the last xe_take_kicked */
     uint32_t woken;            /* bit v: vCPU v left poll since the last xe_take_woken */
+    struct xe_fifo *fifo;      /* FIFO state while abi == XE_ABI_FIFO, else NULL */
 };
 
 /* The hypervisor: domains by domid, so an interdomain send can reach its peer. */
@@ -170,6 +201,39 @@ void xe_minios_scan_begin(struct xe_domain *d, struct xe_scan *s);
 int32_t xe_minios_scan_next(struct xe_domain *d, struct xe_scan *s);
 size_t xe_minios_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, size_t cap);
 int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port);
+
+/* ---- the FIFO ABI (Xen's event_fifo.c; spec section 9) ----------------------------- */
+
+/* Bits of an event word. */
+enum {
+    XE_FIFO_PENDING = 31,
+    XE_FIFO_MASKED = 30,
+    XE_FIFO_LINKED = 29,
+    XE_FIFO_BUSY = 28,
+    XE_FIFO_LINK_MASK = (1 << 17) - 1
+};
+
+/* Linux's consumer on one vCPU: a private head per queue that persists across upcalls,
+ * and the READY bits of the handle_events pass in progress. */
+struct xe_fifo_scan {
+    uint32_t vcpu;
+    uint32_t ready;            /* queues this pass still has to look at */
+    uint32_t reread;           /* READY must be re-read before the next event */
+    uint32_t head[16];
+};
+
+int xe_fifo_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port);
+int xe_fifo_is_busy(struct xe_domain *d, uint32_t port);
+uint32_t *xe_fifo_word(struct xe_domain *d, uint32_t port);
+int xe_fifo_add_page(struct xe_domain *d, uint32_t *page);
+int xe_fifo_raise_deferred(struct xe_domain *d, uint32_t first, uint32_t end);
+void xe_fifo_switch(struct xe_domain *d, struct xe_fifo *fifo);
+void xe_fifo_teardown(struct xe_domain *d);
+void xe_fifo_mask(struct xe_domain *d, uint32_t port);
+int xe_fifo_guest_unmask(struct xe_domain *d, uint32_t port);
+void xe_fifo_scan_begin(struct xe_domain *d, struct xe_fifo_scan *s);
+int32_t xe_fifo_scan_next(struct xe_domain *d, struct xe_fifo_scan *s);
+size_t xe_fifo_scan_fill(struct xe_domain *d, struct xe_fifo_scan *s, uint32_t *out, size_t cap);
 
 /* libxenevtchn handles: take a raised port for its handle, and the handle's queue. */
 int xe_user_take(struct xe_domain *d, uint32_t port);

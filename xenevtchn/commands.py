@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Callable
 
+from . import fifo
 from ._native import lib
 from .constants import (
     BIND_PIRQ__WILL_SHARE,
@@ -259,6 +260,7 @@ def reset(caller: Domain, dom: int, cont: bool = False) -> None:
     d._reset_next = 0
     if pt.active > 0:
         raise _fail(errno.EAGAIN)
+    fifo.teardown(d)  # back to the 2-level ABI, whoever asked for the reset
 
 
 def destroy_ports(d: Domain) -> None:

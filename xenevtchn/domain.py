@@ -12,6 +12,7 @@ from array import array
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from . import commands as cmds
+from . import fifo as fifo_cmds
 from . import hypercalls
 from ._native import ffi, lib
 from .constants import (
@@ -23,15 +24,19 @@ from .constants import (
 )
 from .errors import EvtchnError
 from .guest import GUESTS
+from .memory import GuestMemory
 from .port_table import PortTable
 from .shared_info import SharedInfo
+from .fifo import FifoState
 from .status import EvtchnStatus
 
 if TYPE_CHECKING:
     from .hypervisor import Hypervisor
 
+U64 = 0xFFFFFFFFFFFFFFFF
 U32 = 0xFFFFFFFF
 U16 = 0xFFFF
+MAX_PORT_UNLIMITED = 0x7FFFFFFF  # Xen's INT_MAX for a domain created with -1
 
 
 def _uint(value: Any, name: str, top: int) -> int:
@@ -79,7 +84,7 @@ class Domain:
 
     def __init__(self, hv: Hypervisor, domid: int, vcpus: int, privileged: bool,
                  max_evtchn_port: int | None, layout: str, shared_info: SharedInfo,
-                 guest: str = "linux") -> None:
+                 guest: str = "linux", memory: GuestMemory | None = None) -> None:
         self.hv = hv
         self.domid = domid
         self.privileged = privileged
@@ -88,12 +93,17 @@ class Domain:
         self.shared_info.reset()
         abi_ports = EVTCHN_2L_NR_CHANNELS if layout == "x86_64" else EVTCHN_2L_NR_CHANNELS_X86_32
         self.max_evtchn_port = abi_ports - 1 if max_evtchn_port is None else max_evtchn_port
+        # None: no configured limit (dom0's INT_MAX), so the ABI's own limit applies.
+        self._port_cap = MAX_PORT_UNLIMITED if max_evtchn_port is None else max_evtchn_port
+        self.memory = memory if memory is not None else GuestMemory()
+        self.fifo: FifoState | None = None  # set by the first successful init_control
+        self._fifo_history: list[FifoState] = []
         self._c = ffi.new("struct xe_domain *")
         self._c.si = self.shared_info._s[0]
         self._c.hv = hv._c
         self._c.nr_vcpus = vcpus
         self._c.domid = domid
-        self.ports = PortTable(self._c, abi_ports, min(abi_ports, self.max_evtchn_port + 1))
+        self.ports = PortTable(self._c, abi_ports, min(abi_ports, self._port_cap + 1))
         self.vcpus: tuple[Vcpu, ...] = tuple(Vcpu(self, i) for i in range(vcpus))
         self.dying = False
         self.dead = False
@@ -193,6 +203,28 @@ class Domain:
     def reset(self, dom: int = DOMID_SELF) -> None:
         """Close every port of ``dom`` (another domain must be paused first)."""
         self._call(cmds.reset, _uint(dom, "dom", U16))
+
+    # ---- the FIFO ABI -----------------------------------------------------------------
+
+    def init_control(self, control_gfn: int, offset: int, vcpu: int) -> int:
+        """``EVTCHNOP_init_control``: register ``vcpu``'s FIFO control block at
+        ``control_gfn`` + ``offset``; the first call switches the domain to FIFO.
+        Returns the link bits (17)."""
+        return self._call(fifo_cmds.init_control, _uint(control_gfn, "control_gfn", U64),
+                          _uint(offset, "offset", U32), _uint(vcpu, "vcpu", U32))
+
+    def expand_array(self, array_gfn: int) -> None:
+        """``EVTCHNOP_expand_array``: one more event-array page (1024 ports) at ``array_gfn``."""
+        self._call(fifo_cmds.expand_array, _uint(array_gfn, "array_gfn", U64))
+
+    def set_priority(self, port: int, priority: int) -> None:
+        """``EVTCHNOP_set_priority``: the FIFO queue (0 highest .. 15) for future events."""
+        self._call(fifo_cmds.set_priority, _uint(port, "port", U32), _uint(priority, "priority", U32))
+
+    @property
+    def abi(self) -> str:
+        """``"2l"`` or ``"fifo"``: the event-channel ABI the domain uses now."""
+        return "fifo" if self.fifo is not None else "2l"
 
     def send_many(self, ports: Sequence[int] | Any) -> None:
         """Send on every port in order: a sequence of ints or a buffer of uint32.

@@ -12,7 +12,7 @@ import errno
 from typing import TYPE_CHECKING, Callable
 
 from ._native import ffi, lib
-from .constants import VIRQ_TIMER
+from .constants import EVTCHN_FIFO_NR_CHANNELS, VIRQ_TIMER
 from .errors import EvtchnError
 
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ class _Guest:
         self._d = domain
         self._si = domain.shared_info
         self._scans = [ffi.new("struct xe_scan *", {"vcpu": v}) for v in range(len(domain.vcpus))]
+        self._fifo_scans = [ffi.new("struct xe_fifo_scan *", {"vcpu": v})
+                            for v in range(len(domain.vcpus))]
         self._out = ffi.new("uint32_t[]", _CHUNK)
 
     # ---- argument checks -----------------------------------------------------------
@@ -36,8 +38,9 @@ class _Guest:
     def _port(self, port: int) -> int:
         if not isinstance(port, int):
             raise TypeError(f"port must be an int, not {type(port).__name__}")
-        if not 0 <= port < self._si.nr_ports:
-            raise ValueError(f"port {port} is outside 0..{self._si.nr_ports - 1}")
+        top = EVTCHN_FIFO_NR_CHANNELS if self._d.fifo is not None else self._si.nr_ports
+        if not 0 <= port < top:
+            raise ValueError(f"port {port} is outside 0..{top - 1}")
         return port
 
     def _vcpu(self, vcpu: int) -> int:
@@ -54,16 +57,43 @@ class _Guest:
     # ---- mask / unmask -------------------------------------------------------------
 
     def mask(self, port: int) -> None:
-        """Set the port's mask bit (the guest's own write)."""
+        """Set the port's mask bit (the guest's own write; FIFO: the word's MASKED)."""
         self._alive()
-        lib.xe_2l_mask(self._si._s, self._port(port))
+        port = self._port(port)
+        if self._d.fifo is not None:
+            lib.xe_fifo_mask(self._d._c, port)
+        else:
+            lib.xe_2l_mask(self._si._s, port)
 
     def _local_unmask(self, port: int, vcpu: int) -> None:
         d = self._d
         if d.ports.is_valid(port) and d.ports.chans[port].user != ffi.NULL:
             lib.xe_user_unmask(d._c, port)  # a handle's port: re-fired into its queue
+        elif d.fifo is not None:
+            self._fifo_unmask(port)
         else:
             lib.xe_2l_guest_unmask(self._si._s, vcpu, port)
+
+    def _fifo_unmask(self, port: int) -> None:
+        """Linux's FIFO unmask: clear MASKED locally, or let Xen do it (and link the
+        event) with ``EVTCHNOP_unmask`` when the event is pending."""
+        rc = lib.xe_fifo_guest_unmask(self._d._c, port)
+        if rc == 1:
+            try:
+                self._d.unmask(port)
+            except EvtchnError:
+                pass  # Linux ignores the hypercall's answer
+        elif rc < 0:
+            raise EvtchnError(errno.EBUSY, f"unmask: port {port}'s event word stays BUSY")
+
+    def _fifo_vcpu_reset(self, vcpu: int) -> None:
+        """The guest initialised ``vcpu``'s control block: its private heads start at 0."""
+        ffi.memmove(self._fifo_scans[vcpu], ffi.new("struct xe_fifo_scan *", {"vcpu": vcpu}),
+                    ffi.sizeof("struct xe_fifo_scan"))
+
+    def fifo_heads(self, vcpu: int = 0) -> list[int]:
+        """The guest's private FIFO head per priority on ``vcpu`` (0: read the control block)."""
+        return list(self._fifo_scans[self._vcpu(vcpu)].head)
 
     # ---- the upcall ----------------------------------------------------------------
 
@@ -73,16 +103,25 @@ class _Guest:
         vcpu = self._vcpu(vcpu)
         if handler is not None and not callable(handler):
             raise TypeError("handler must be callable or None")
-        si, scan, c = self._si._s, self._scans[vcpu], self._d._c
+        si, c = self._si._s, self._d._c
+        if self._d.fifo is not None:
+            scan, run = self._fifo_scans[vcpu], self._fifo_pass
+        else:
+            scan, run = self._scans[vcpu], self._pass
         handled: list[int] = []
         while True:
             lib.xe_vcpu_set_upcall_pending(si, vcpu, 0)
-            self._pass(c, vcpu, scan, handler, handled)
+            run(c, vcpu, scan, handler, handled)
             if not lib.xe_vcpu_upcall_pending(si, vcpu):
                 return handled
 
     def _pass(self, c, vcpu, scan, handler, handled) -> None:
         raise NotImplementedError
+
+    def _fifo_pass(self, c, vcpu, scan, handler, handled) -> None:
+        """Linux's FIFO handle_events: highest priority first, one event at a time."""
+        lib.xe_fifo_scan_begin(c, scan)
+        self._drain(c, scan, handler, handled, lib.xe_fifo_scan_fill, lib.xe_fifo_scan_next)
 
     def _drain(self, c, scan, handler, handled, fill, nxt) -> None:
         """Take the scan's ports: in C-sized batches, or one by one around ``handler``."""
@@ -112,7 +151,7 @@ class LinuxGuest(_Guest):
         port = self._port(port)
         notify = self._d.ports.notify(port) if self._d.ports.is_valid(port) else 0
         vcpu = notify if vcpu is None else self._vcpu(vcpu)
-        if vcpu == notify:
+        if vcpu == notify or self._d.fifo is not None:  # FIFO: the same on every vCPU
             self._local_unmask(port, vcpu)
         else:
             try:

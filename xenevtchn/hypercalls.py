@@ -12,6 +12,7 @@ import errno
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import commands as cmds
+from . import fifo
 from ._native import ffi
 from .constants import EvtchnOp
 from .errors import EvtchnError
@@ -78,6 +79,19 @@ def _unmask(d: Domain, a: Any) -> None:
     cmds.unmask(d, int(a.port))
 
 
+def _init_control(d: Domain, a: Any) -> None:
+    gfn, offset, vcpu = int(a.control_gfn), int(a.offset), int(a.vcpu)
+    a.link_bits = fifo.init_control(d, gfn, offset, vcpu)
+
+
+def _expand_array(d: Domain, a: Any) -> None:
+    fifo.expand_array(d, int(a.array_gfn))
+
+
+def _set_priority(d: Domain, a: Any) -> None:
+    fifo.set_priority(d, int(a.port), int(a.priority))
+
+
 def _reset(d: Domain, a: Any) -> None:
     cmds.reset(d, int(a.dom))
 
@@ -86,8 +100,7 @@ def _reset_cont(d: Domain, a: Any) -> None:
     cmds.reset(d, int(a.dom), cont=True)
 
 
-# cmd -> (C struct type, its size, handler). FIFO commands (11-13) are not here yet:
-# they answer -ENOSYS like any unknown command.
+# cmd -> (C struct type, its size, handler); any other cmd answers -ENOSYS.
 COMMANDS: dict[int, tuple[str, int, Handler]] = {}
 for _cmd, _ctype, _fn in (
     (EvtchnOp.bind_interdomain, "struct evtchn_bind_interdomain", _bind_interdomain),
@@ -101,6 +114,9 @@ for _cmd, _ctype, _fn in (
     (EvtchnOp.bind_vcpu, "struct evtchn_bind_vcpu", _bind_vcpu),
     (EvtchnOp.unmask, "struct evtchn_unmask", _unmask),
     (EvtchnOp.reset, "struct evtchn_reset", _reset),
+    (EvtchnOp.init_control, "struct evtchn_init_control", _init_control),
+    (EvtchnOp.expand_array, "struct evtchn_expand_array", _expand_array),
+    (EvtchnOp.set_priority, "struct evtchn_set_priority", _set_priority),
     (EvtchnOp.reset_cont, "struct evtchn_reset", _reset_cont),
 ):
     COMMANDS[int(_cmd)] = (_ctype + " *", ffi.sizeof(_ctype), _fn)

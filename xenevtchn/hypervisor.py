@@ -21,6 +21,7 @@ from .constants import (
 from .domain import Domain, Vcpu, _uint
 from .errors import EvtchnError
 from .guest import GUESTS
+from .memory import DEFAULT_FRAMES, GuestMemory
 from .shared_info import SharedInfo
 
 Hook = Callable[[Vcpu], Any]
@@ -55,10 +56,12 @@ class Hypervisor:
 
     def create_domain(self, vcpus: int = 1, privileged: bool = False, domid: int | None = None,
                       max_evtchn_port: int | None = None, layout: str = "x86_64",
-                      shared_info: Any = None, guest: str = "linux") -> Domain:
+                      shared_info: Any = None, guest: str = "linux",
+                      memory_frames: int = DEFAULT_FRAMES) -> Domain:
         """Create a domain; see ``docs/semantics.md`` for the argument rules.
 
         ``guest`` picks the guest kernel behind ``d.guest``: ``"linux"`` or ``"minios"``.
+        ``memory_frames`` sizes ``d.memory`` (4 KiB frames, allocated lazily; 1 GiB).
         """
         if guest not in GUESTS:
             raise ValueError(f"guest must be one of {sorted(GUESTS)}, not {guest!r}")
@@ -73,6 +76,7 @@ class Hypervisor:
                 raise TypeError("max_evtchn_port must be an int or None")
             if max_evtchn_port < 0:
                 raise ValueError(f"max_evtchn_port must be >= 0, not {max_evtchn_port}")
+        memory = GuestMemory(memory_frames)
         si = SharedInfo(shared_info, layout)  # the buffer is an argument: checked first
         with self._lock:
             if domid is None:
@@ -83,7 +87,8 @@ class Hypervisor:
                 domid = _uint(domid, "domid", DOMID_FIRST_RESERVED - 1)
                 if domid in self._domains:
                     raise EvtchnError(errno.EEXIST, f"domain {domid} exists")
-            d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, si, guest)
+            d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, si, guest,
+                       memory)
             self._domains[domid] = d
             self._c.domains[domid] = d._c
             if privileged and not self._hardware_domain_created:

@@ -11,8 +11,8 @@ state, a free writes the state first.
 
 from __future__ import annotations
 
-from ._native import ffi
-from .constants import EVTCHNS_PER_BUCKET, ChannelState
+from ._native import ffi, lib
+from .constants import EVTCHN_FIFO_PRIORITY_DEFAULT, EVTCHNS_PER_BUCKET, ChannelState
 
 FREE = ChannelState.FREE
 RESERVED = ChannelState.RESERVED
@@ -21,7 +21,8 @@ RESERVED = ChannelState.RESERVED
 class PortTable:
     """Per-port state of one domain, with Xen's allocation and validity rules."""
 
-    __slots__ = ("chans", "chans_len", "state", "limit", "valid", "active", "_cdom")
+    __slots__ = ("chans", "chans_len", "state", "limit", "valid", "active", "fifo", "_cdom",
+                 "_old_chans")
 
     def __init__(self, cdom, max_ports: int, limit: int) -> None:
         """``max_ports``: the ABI's port count; ``limit``: ports must be < limit."""
@@ -35,7 +36,25 @@ class PortTable:
         self.valid = EVTCHNS_PER_BUCKET  # the first bucket exists from creation
         cdom.valid_evtchns = self.valid
         self.active = 0
+        self.fifo = False  # FIFO ABI: ports whose event word is still LINKED are busy
+        self._old_chans: list = []  # arrays a concurrent C reader may still be using
         self._write(0, RESERVED)  # port 0 is never handed out
+
+    def grow(self, max_ports: int) -> None:
+        """Make room for ``max_ports`` records (the FIFO ABI's 131072), keeping them all.
+
+        The old array stays alive: a sender in another thread may still be reading it.
+        """
+        if max_ports <= self.chans_len:
+            return
+        chans = ffi.new("struct xe_chan[]", max_ports)
+        ffi.memmove(chans, self.chans, ffi.sizeof("struct xe_chan") * self.chans_len)
+        self._old_chans.append(self.chans)
+        self.chans = chans
+        self.state.extend(bytes(max_ports - self.chans_len))
+        self.chans_len = max_ports
+        self._cdom.chans = chans
+        self._cdom.max_ports = max_ports
 
     # ---- Xen's port_is_valid and get_free_port ---------------------------------
 
@@ -49,6 +68,9 @@ class PortTable:
         stays grown even if the command then fails and the port stays free.
         """
         port = self.state.find(FREE, 0, self.valid)
+        if self.fifo:
+            while port >= 0 and lib.xe_fifo_is_busy(self._cdom, port):
+                port = self.state.find(FREE, port + 1, self.valid)
         if port < 0:
             port = self.valid  # the next bucket, all free
         if port >= self.limit:
@@ -90,6 +112,7 @@ class PortTable:
         self._cover(port)
         if self.state[port] == FREE:
             self.active += 1
+        self.chans[port].priority = EVTCHN_FIFO_PRIORITY_DEFAULT  # every bind, as Xen's port init
         self._write(port, state, notify=notify, remote_dom=remote_dom,
                     remote_port=remote_port, info=info)
 

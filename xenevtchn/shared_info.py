@@ -24,28 +24,28 @@ def layout_code(layout: str) -> int:
         raise ValueError(f"layout must be one of {sorted(_LAYOUT_CODES)}, not {layout!r}") from None
 
 
-def _writable_cdata(buffer: Any, need: int) -> tuple[Any, int]:
+def _writable_cdata(buffer: Any, need: int, what: str = "shared_info") -> tuple[Any, int]:
     """Borrow ``buffer`` for C: writable, C-contiguous, >= need bytes, 8-byte aligned."""
     try:
         view = memoryview(buffer)
     except TypeError:
         raise TypeError(
-            f"shared_info must be a writable buffer (bytearray, mmap, ...), not {type(buffer).__name__}"
+            f"{what} must be a writable buffer (bytearray, mmap, ...), not {type(buffer).__name__}"
         ) from None
     with view:
         if view.readonly:
-            raise TypeError(f"shared_info buffer is read-only ({type(buffer).__name__})")
+            raise TypeError(f"{what} buffer is read-only ({type(buffer).__name__})")
         if not view.c_contiguous:
-            raise ValueError("shared_info buffer must be C-contiguous")
+            raise ValueError(f"{what} buffer must be C-contiguous")
         nbytes = view.nbytes
     if nbytes < need:
-        raise ValueError(f"shared_info buffer holds {nbytes} bytes; this layout needs at least {need}")
+        raise ValueError(f"{what} buffer holds {nbytes} bytes; it needs at least {need}")
     cdata = ffi.from_buffer(buffer, require_writable=True)
     if int(ffi.cast("uintptr_t", cdata)) % 8:
         # Give the buffer export back now: left to the garbage collector, it can be torn
         # down in a cycle (through this exception's traceback) after the exporter itself.
         ffi.release(cdata)
-        raise ValueError("shared_info buffer must be 8-byte aligned (its words are accessed atomically)")
+        raise ValueError(f"{what} buffer must be 8-byte aligned (its words are accessed atomically)")
     return cdata, nbytes
 
 
