@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import commands as cmds
 from ._native import ffi, lib
-from .constants import DOMID_SELF
+from .constants import DOMID_SELF, EVTCHN_FIFO_NR_CHANNELS
 from .domain import _uint
 from .errors import EvtchnError
 
@@ -28,7 +28,7 @@ class XenEvtchn:
     def __init__(self, domain: Domain) -> None:
         self._d = domain
         self._fd: int | None = os.eventfd(0, os.EFD_SEMAPHORE | os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        cap = domain.ports.chans_len
+        cap = EVTCHN_FIFO_NR_CHANNELS  # one slot per port the domain can ever have
         self._ring = ffi.new("uint32_t[]", cap)
         self._u = ffi.new("struct xe_user *", {"ring": self._ring, "cap": cap, "fd": self._fd})
         self._ports: set[int] = set()
