@@ -95,13 +95,16 @@ def test_init_control_again_after_reset(xe, hv, hooks):
 def test_deferred_latch_survives_reset(xe, hv):
     """Xen never clears a channel's deferred latch (spec §1.1, §4.13: raising it does not
     clear it, closing a port does not either): port 1 was raised with no event-array page
-    in the first FIFO life, then reset closed it. In a second FIFO life (fresh frames,
-    nothing pending in 2L) the first expand_array raises port 1 again, FREE as it is."""
+    in the first FIFO life, raised by expand_array and handled; then reset closed it. In a
+    second FIFO life (fresh frames, nothing pending in 2L) the first expand_array raises
+    port 1 again, FREE as it is."""
     d = hv.create_domain(vcpus=1)
     f = Fifo(d)
     f.init(0)
     p = d.bind_ipi(0)
     d.send(p)  # no page: latched
+    f.expand()
+    assert d.guest.do_upcall(0) == [p]
     d.reset()
     assert not d.shared_info.is_pending(p)
     g = Fifo(d)
@@ -121,3 +124,23 @@ def test_destroying_a_fifo_domain(xe, hv):
     hv.destroy_domain(d.domid)  # ports closed, FIFO state freed (§11)
     assert dom0.status(r).status == xe.EVTCHNSTAT_unbound and dom0.status(r).dom == d.domid
     assert p == 1
+
+
+def test_second_switch_reads_only_the_2l_bitmap(xe, hv):
+    """After a FIFO life with 4200 ports and a reset, ports up to 4223 stay valid. The
+    second switch copies 2L pending bits of ports 1..4095 only: the 2L bitmap has no
+    bits for 4096+ (the bytes after it are the mask bitmap, where port 5 is masked)."""
+    d, f = fifo_domain(hv, vcpus=1, pages=5)
+    ipis(d, 4200)
+    d.reset()
+    assert d.status(4223).status == xe.EVTCHNSTAT_closed
+    view = si(d)
+    view.set_mask(5)  # 2L mask byte 2560: right after the 4096-bit pending bitmap
+    view.set_pending(6)
+    g = Fifo(d)
+    g.init(0, gfn=0x600)
+    for i in range(5):
+        d.expand_array(0x601 + i)
+        g.pages.append(0x601 + i)
+    assert g.queue(0, 7) == [6]  # latched from the 2L bit, FREE; 4101 untouched
+    assert g.word(4101) == 0
