@@ -30,7 +30,7 @@ Hook = Callable[[Vcpu], object]
 
 
 class Hypervisor:
-    """A simulated Xen with the 2-level event-channel ABI.
+    """A simulated Xen with the 2-level and FIFO event-channel ABIs.
 
     ``on_kick(vcpu)`` runs when the hypervisor sets a vCPU's ``evtchn_upcall_pending``
     from 0 to 1; ``on_wake(vcpu)`` when a vCPU blocked in poll is woken. Hooks run after
