@@ -271,12 +271,24 @@ def test_raw_unknown_cmd_enosys(xe, domu, cmd):
     assert domu.event_channel_op(cmd, bytearray()) == -errno.ENOSYS
 
 
-@pytest.mark.parametrize("cmd", [11, 12, 13])
-def test_raw_fifo_cmds_enosys_before_fifo_lands(xe, domu, cmd):
-    # semantics.md "Entry points": 11..13 are -ENOSYS until the FIFO ABI lands.
+@pytest.mark.parametrize(
+    "cmd,err",
+    [
+        (11, errno.ENOENT),  # init_control: vcpu 0x3c3c3c3c does not exist (checked first)
+        (12, errno.EOPNOTSUPP),  # expand_array on a 2-level domain
+        (13, errno.EINVAL),  # set_priority: port 0x3c3c3c3c is not valid
+    ],
+)
+def test_raw_fifo_cmds_are_commands(xe, domu, cmd, err):
+    # Spec §4.12-4.14 (tests/test_fifo_*.py cover them fully): real commands now; a
+    # failure writes nothing, a short struct is -EFAULT, compat (16) still refuses them.
     buf = bytearray(b"\x3c" * 64)
-    assert domu.event_channel_op(cmd, buf) == -errno.ENOSYS
+    assert domu.event_channel_op(cmd, buf) == -err
     assert buf == b"\x3c" * 64
+    assert domu.event_channel_op(cmd, bytearray(b"\x3c" * 7)) == -errno.EFAULT
+    op = bytearray(b"\x3c" * 28)
+    op[0:4] = cmd.to_bytes(4, "little")
+    assert domu.event_channel_op_compat(op) == -errno.ENOSYS
 
 
 def test_raw_reset_cont_idle_ebusy(xe, pair):

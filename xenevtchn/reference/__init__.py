@@ -1,4 +1,4 @@
-"""Pure-Python reference model of Xen's event-channel hypervisor (2-level ABI).
+"""Pure-Python reference model of Xen's event-channel hypervisor (2-level and FIFO ABIs).
 
 Written from ``shared/spec/xen-hypervisor.md``, ``shared/spec/guest-side.md`` and
 ``docs/semantics.md`` only; it is the test oracle and benchmark baseline for the native
@@ -19,6 +19,7 @@ from xenevtchn.errors import EvtchnError
 from .domain import Domain, Vcpu
 from .guest import Guest, LinuxGuest, MiniOSGuest
 from .hypervisor import Hypervisor
+from .memory import GuestMemory
 from .shared_info import SharedInfo
 from .status import EvtchnStatus
 from .xenevtchn_handle import XenEvtchn
@@ -37,6 +38,7 @@ __all__ = [
     "EvtchnStatus",
     "EvtchnError",
     "XenEvtchn",
+    "GuestMemory",
     "Guest",
     "LinuxGuest",
     "MiniOSGuest",

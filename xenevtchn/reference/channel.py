@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from xenevtchn.constants import ChannelState
+from xenevtchn.constants import EVTCHN_FIFO_PRIORITY_DEFAULT, ChannelState
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -25,7 +25,10 @@ class Channel:
     channel is *usable* exactly when its state is above RESERVED.
     """
 
-    __slots__ = ("state", "notify_vcpu", "remote_domid", "remote_dom", "remote_port", "pirq", "virq")
+    __slots__ = (
+        "state", "notify_vcpu", "remote_domid", "remote_dom", "remote_port", "pirq", "virq",
+        "priority", "fifo_pending", "fifo_lastq",
+    )
 
     def __init__(self) -> None:
         self.state: ChannelState = ECS_FREE
@@ -35,6 +38,10 @@ class Channel:
         self.remote_port: int = 0  # INTERDOMAIN: the peer port
         self.pirq: int = 0  # PIRQ
         self.virq: int = 0  # VIRQ
+        # FIFO only (spec §1.1); freeing the channel leaves them alone, as Xen does.
+        self.priority: int = EVTCHN_FIFO_PRIORITY_DEFAULT
+        self.fifo_pending: bool = False  # raised while the port had no event word
+        self.fifo_lastq: tuple[int, int] = (0, 0)  # (vcpu, priority) of the last queue
 
     @property
     def usable(self) -> bool:
@@ -42,7 +49,10 @@ class Channel:
         return self.state > ECS_RESERVED
 
     def reset_to_free(self) -> None:
-        """State FREE, notify vCPU 0, union cleared (the record part of ``evtchn_free``)."""
+        """State FREE, notify vCPU 0, union cleared (the record part of ``evtchn_free``).
+
+        The FIFO fields (priority, latch, last queue) are not touched.
+        """
         self.state = ECS_FREE
         self.notify_vcpu = 0
         self.remote_domid = 0

@@ -21,7 +21,8 @@ from xenevtchn.constants import (
 )
 from xenevtchn.errors import EvtchnError
 
-from . import event_2l
+from . import event_fifo
+from .events import raise_event
 from .channel import (
     ECS_FREE,
     ECS_INTERDOMAIN,
@@ -87,10 +88,10 @@ def bind_interdomain(
     rchn.state = ECS_INTERDOMAIN
     rchn.remote_dom, rchn.remote_port, rchn.remote_domid = caller, lport, 0
     if owner is not None:
-        caller.shared_info.set_mask(lport)
+        caller.port_ops.guest_mask(caller, lport)
         caller.handle_ports[lport] = owner
     # The new local port is always left pending (covers events sent while unbound).
-    event_2l.raise_event(caller, lchn.notify_vcpu, lport)
+    raise_event(caller, lchn.notify_vcpu, lport)
     return lport
 
 
@@ -170,9 +171,9 @@ def send(caller: Domain, port: int) -> None:
     if state == ECS_INTERDOMAIN:
         rd, rport = channel.remote_dom, channel.remote_port
         assert rd is not None
-        event_2l.raise_event(rd, rd.channels[rport].notify_vcpu, rport)
+        raise_event(rd, rd.channels[rport].notify_vcpu, rport)
     elif state == ECS_IPI:
-        event_2l.raise_event(caller, channel.notify_vcpu, port)
+        raise_event(caller, channel.notify_vcpu, port)
     elif state != ECS_UNBOUND:  # UNBOUND: silently dropped
         raise _fail(errno.EINVAL)
 
@@ -229,7 +230,7 @@ def unmask(caller: Domain, port: int) -> None:
     if not caller.port_is_valid(port):
         raise _fail(errno.EINVAL)
     if caller.channels[port].usable:
-        event_2l.unmask(caller, port)
+        caller.port_ops.unmask(caller, port)
 
 
 # -- EVTCHNOP_bind_ipi (§4.10) ----------------------------------------------------------
@@ -277,3 +278,29 @@ def _continue_reset(d: Domain) -> None:
     d.reset_next = 0
     if d.active_evtchns > 0:
         raise _fail(errno.EAGAIN)
+    event_fifo.teardown(d)  # back to the 2-level ABI, whoever asked for the reset
+
+
+# -- EVTCHNOP_init_control (§4.12) ------------------------------------------------------
+def init_control(caller: Domain, control_gfn: int, offset: int, vcpu: int) -> int:
+    """Register ``vcpu``'s control block (the first call switches to FIFO): link_bits."""
+    caller.get_vcpu(vcpu)
+    if offset > event_fifo.CONTROL_BLOCK_MAX_OFFSET:
+        raise _fail(errno.EINVAL)
+    if offset % 8:
+        raise _fail(errno.EINVAL)
+    link_bits = event_fifo.init_control(caller, control_gfn, offset, vcpu)
+    caller.guest.control_block_registered(vcpu)  # Linux resets its private heads
+    return link_bits
+
+
+# -- EVTCHNOP_expand_array (§4.13) ------------------------------------------------------
+def expand_array(caller: Domain, array_gfn: int) -> None:
+    event_fifo.expand_array(caller, array_gfn)
+
+
+# -- EVTCHNOP_set_priority (§4.14) ------------------------------------------------------
+def set_priority(caller: Domain, port: int, priority: int) -> None:
+    if not caller.port_is_valid(port):
+        raise _fail(errno.EINVAL)
+    event_fifo.set_priority(caller, port, priority)

@@ -10,12 +10,22 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from xenevtchn.constants import DOMID_SELF, EVTCHNS_PER_BUCKET, NR_VIRQS
+from types import ModuleType
+
+from xenevtchn.constants import (
+    DOMID_SELF,
+    EVTCHN_FIFO_NR_CHANNELS,
+    EVTCHN_FIFO_PRIORITY_DEFAULT,
+    EVTCHNS_PER_BUCKET,
+    NR_VIRQS,
+)
 from xenevtchn.errors import EvtchnError
 
-from . import commands, hypercall, poll
+from . import commands, event_2l, hypercall, poll
 from .channel import ECS_FREE, ECS_RESERVED, Channel
+from .event_fifo import FifoState
 from .guest import Guest, make_guest
+from .memory import DEFAULT_FRAMES, GuestMemory
 from .shared_info import SharedInfo
 from .status import EvtchnStatus
 from .validate import port_list, u16, u32, u64, as_int
@@ -85,16 +95,27 @@ class Domain:
         domid: int,
         vcpus: int,
         privileged: bool,
-        max_evtchn_port: int,
+        max_evtchn_port: int | None,
         shared_info: SharedInfo,
         guest: str = "linux",
+        memory_frames: int = DEFAULT_FRAMES,
     ) -> None:
         self.hypervisor = hypervisor
         self._domid = domid
         self._privileged = privileged
         self._shared_info = shared_info
         self._vcpus = tuple(Vcpu(self, i) for i in range(vcpus))
-        self.max_evtchn_port = max_evtchn_port
+        # As configured; None reports the 2-level limit but allocation has no configured
+        # limit (dom0's INT_MAX), so a FIFO domain can use every FIFO port.
+        if max_evtchn_port is None:
+            self.max_evtchn_port = shared_info.layout.nr_ports - 1
+            self._port_limit = 2**31 - 1
+        else:
+            self.max_evtchn_port = self._port_limit = min(max_evtchn_port, 2**31 - 1)
+        self._memory = GuestMemory(memory_frames)
+        # The ABI in use: its port operations, and the FIFO state (None: 2-level).
+        self.port_ops: ModuleType = event_2l
+        self.fifo: FifoState | None = None
         # Port table: one bucket of 64 records at creation, port 0 RESERVED (§2.3, §11).
         self.channels: list[Channel] = [Channel() for _ in range(EVTCHNS_PER_BUCKET)]
         self.channels[0].state = ECS_RESERVED
@@ -138,6 +159,18 @@ class Domain:
         return self._guest
 
     @property
+    def memory(self) -> GuestMemory:
+        """The domain's guest-physical memory (frames used by the FIFO ABI)."""
+        return self._memory
+
+    @property
+    def max_evtchns(self) -> int:
+        """Xen's ``max_evtchns(d)``: 131072 in FIFO mode, else 4096 (1024 for x86_32)."""
+        if self.fifo is not None:
+            return EVTCHN_FIFO_NR_CHANNELS
+        return self._shared_info.layout.nr_ports
+
+    @property
     def layout(self) -> str:
         """``"x86_64"`` or ``"x86_32"``."""
         return self._shared_info.layout.name
@@ -162,30 +195,43 @@ class Domain:
         return self._vcpus[vcpu_id]
 
     def get_free_port(self) -> int:
-        """Xen's ``get_free_port`` (§2.2): the lowest FREE port, growing buckets as needed.
+        """Xen's ``get_free_port`` (§2.2): the lowest FREE, non-busy port, growing buckets
+        as needed.
 
         The port is only found (and its bucket allocated), not claimed: a command whose
-        later checks fail simply leaves it FREE.
+        later checks fail simply leaves it FREE. Busy ports (FIFO: word still LINKED) are
+        FREE but skipped; the guest may consume them at any time, so the search hint
+        never moves past one.
         """
         if self.dying:
             raise EvtchnError(errno.EINVAL)
-        limit = min(self.max_evtchn_port + 1, self._shared_info.layout.nr_ports)
+        limit = min(self._port_limit + 1, self.max_evtchns)
         channels = self.channels
-        for port in range(self._free_hint, limit):
-            if port >= len(channels):  # not covered yet: add a bucket; the port is free
-                channels.extend(Channel() for _ in range(EVTCHNS_PER_BUCKET))
-                self._free_hint = port
-                return port
-            if channels[port].state == ECS_FREE:
-                self._free_hint = port
-                return port
-        raise EvtchnError(errno.ENOSPC)
+        ops = self.port_ops
+        first_free = -1
+        try:
+            for port in range(self._free_hint, limit):
+                if port >= len(channels):  # not covered yet: add a bucket; the port is free
+                    channels.extend(Channel() for _ in range(EVTCHNS_PER_BUCKET))
+                    if first_free < 0:
+                        first_free = port
+                    return port
+                if channels[port].state == ECS_FREE:
+                    if first_free < 0:
+                        first_free = port
+                    if not ops.is_busy(self, port):
+                        return port
+            raise EvtchnError(errno.ENOSPC)
+        finally:
+            if first_free >= 0:
+                self._free_hint = first_free
 
     def claim_port(self, port: int, state: int, notify_vcpu: int = 0) -> Channel:
         """Make FREE ``port`` (from :meth:`get_free_port`) a channel in ``state``."""
         channel = self.channels[port]
         channel.state = state  # type: ignore[assignment]
         channel.notify_vcpu = notify_vcpu
+        channel.priority = EVTCHN_FIFO_PRIORITY_DEFAULT  # every bind resets it (§9.6)
         self.active_evtchns += 1
         return channel
 
@@ -199,7 +245,7 @@ class Domain:
             self.handle_ports.pop(port, None)
         channel = self.channels[port]
         if channel.usable:
-            self._shared_info.clear_pending(port)
+            self.port_ops.clear_pending(self, port)
         self.active_evtchns -= 1
         channel.reset_to_free()
         if port < self._free_hint:
@@ -277,6 +323,20 @@ class Domain:
     def reset(self, dom: int = DOMID_SELF) -> None:
         """EVTCHNOP_reset."""
         self._call("reset", commands.reset, u16(dom, "dom"))
+
+    def init_control(self, control_gfn: int, offset: int, vcpu: int) -> int:
+        """EVTCHNOP_init_control: register ``vcpu``'s FIFO control block; returns link_bits."""
+        args = (u64(control_gfn, "control_gfn"), u32(offset, "offset"), u32(vcpu, "vcpu"))
+        return self._call("init_control", commands.init_control, *args)
+
+    def expand_array(self, array_gfn: int) -> None:
+        """EVTCHNOP_expand_array: one more event-array page (1024 event words)."""
+        self._call("expand_array", commands.expand_array, u64(array_gfn, "array_gfn"))
+
+    def set_priority(self, port: int, priority: int) -> None:
+        """EVTCHNOP_set_priority (FIFO): 0 highest .. 15 lowest."""
+        args = (u32(port, "port"), u32(priority, "priority"))
+        self._call("set_priority", commands.set_priority, *args)
 
     def send_many(self, ports: Sequence[int] | object) -> None:
         """EVTCHNOP_send on each port in order; the first failure raises (earlier sent)."""

@@ -1,4 +1,4 @@
-"""The 2-level ABI data path, in Xen's exact order (spec §7.1, §8, §10.2).
+"""The 2-level ABI port operations, in Xen's exact order (spec §8); see :mod:`.events`.
 
 One guest-side rule is folded in here (docs/semantics.md "Guest side"): a port bound
 through a :class:`~.xenevtchn_handle.XenEvtchn` handle (``d.handle_ports``) is *taken*
@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .events import check_pollers, mark_events_pending
+
 if TYPE_CHECKING:
-    from .domain import Domain, Vcpu
+    from .domain import Domain
     from .xenevtchn_handle import XenEvtchn
-
-
-def raise_event(d: Domain, vcpu_id: int, port: int) -> None:
-    """Xen's ``evtchn_port_set_pending``: skipped for non-usable channels."""
-    if d.channels[port].usable:
-        set_pending(d, vcpu_id, port)
 
 
 def set_pending(d: Domain, vcpu_id: int, port: int) -> None:
@@ -40,25 +36,6 @@ def set_pending(d: Domain, vcpu_id: int, port: int) -> None:
     check_pollers(d, port)
 
 
-def mark_events_pending(v: Vcpu) -> None:
-    """``vcpu_mark_events_pending`` (§7.1): set upcall_pending; on 0->1 kick the vCPU."""
-    d = v.domain
-    if d.shared_info.test_and_set_upcall_pending(v.id):
-        return
-    hv = d.hypervisor
-    hv.queue_hook(hv.on_kick, v)
-    v.unblock()  # a kick ends a SCHEDOP_poll
-
-
-def check_pollers(d: Domain, port: int) -> None:
-    """``evtchn_check_pollers`` (§10.2): wake vCPUs polling ``port`` or any port."""
-    if not d.poll_mask:
-        return
-    for v in d.vcpus:
-        if v.polling and (v.poll_evtchn <= 0 or v.poll_evtchn == port):
-            v.unblock()
-
-
 def unmask(d: Domain, port: int) -> None:
     """``evtchn_2l_unmask`` (§8.3) for a usable channel; only acts if the mask was set."""
     si = d.shared_info
@@ -77,6 +54,28 @@ def unmask(d: Domain, port: int) -> None:
 def clear_pending(d: Domain, port: int) -> None:
     """``evtchn_2l_clear_pending`` (§8.2), for a usable channel being freed."""
     d.shared_info.clear_pending(port)
+
+
+def is_pending(d: Domain, port: int) -> bool:
+    """``evtchn_2l_is_pending`` (§8.4): the pending bit (ports beyond W*W: not pending)."""
+    si = d.shared_info
+    return port < si.layout.nr_ports and si.test_pending(port)
+
+
+def is_masked(d: Domain, port: int) -> bool:
+    """``evtchn_2l_is_masked`` (§8.4): the mask bit (ports beyond W*W: masked)."""
+    si = d.shared_info
+    return port >= si.layout.nr_ports or si.test_mask(port)
+
+
+def is_busy(d: Domain, port: int) -> bool:
+    """The 2-level ABI has no busy ports."""
+    return False
+
+
+def guest_mask(d: Domain, port: int) -> None:
+    """The guest's ``mask_evtchn``: set the mask bit."""
+    d.shared_info.set_mask(port)
 
 
 def take_for_handle(d: Domain, port: int, owner: XenEvtchn) -> None:

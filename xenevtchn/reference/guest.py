@@ -20,6 +20,13 @@ handle, as Linux's upcall would pass it to the evtchn driver.
 Every bit operation goes through :class:`~.shared_info.SharedInfo`, so the state lives
 in the caller's shared_info buffer and nowhere else (except the fairness cursors, which
 are Linux's private per-CPU variables).
+
+Once the domain runs the FIFO ABI (after ``init_control``), both guests consume events
+the way Linux's ``events_fifo.c`` does (spec guest-side §1.10; Mini-OS has no FIFO code
+of its own): per vCPU a private ``head[16]`` kept across upcalls, ``ready`` taken with an
+exchange, the highest-priority queue first, one event at a time, ``ready`` re-read after
+every event. ``mask``/``unmask`` then work on the event words (docs/semantics.md
+"FIFO event channels").
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Callable, Optional
 
-from xenevtchn.constants import VIRQ_TIMER
+from xenevtchn.constants import EVTCHN_FIFO_MAX_QUEUES, VIRQ_TIMER
 from xenevtchn.errors import EvtchnError
 
-from . import commands
+from . import commands, event_fifo
 from .event_2l import take_for_handle
+from .event_fifo import LINK_MASK, LINKED, MASKED, PENDING, READY_MASK
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -48,6 +56,10 @@ class Guest:
 
     def __init__(self, domain: Domain) -> None:
         self._domain = domain
+        # FIFO: the private head[q] of each vCPU (Linux's per-CPU ``cpu_queue``).
+        self._fifo_heads: list[list[int]] = [
+            [0] * EVTCHN_FIFO_MAX_QUEUES for _ in range(len(domain.vcpus))
+        ]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of d{self._domain.domid}>"
@@ -60,10 +72,11 @@ class Guest:
         return d
 
     def _port(self, port: object) -> int:
-        """``port`` as an int in the layout's range (``TypeError``/``ValueError``)."""
+        """``port`` as an int in the ABI's range (``TypeError``/``ValueError``): the
+        layout's 2-level range, or 0..131071 once the domain runs FIFO."""
         if not isinstance(port, int):
             raise TypeError(f"port must be an int, not {type(port).__name__}")
-        nr_ports = self._domain.shared_info.layout.nr_ports
+        nr_ports = self._domain.max_evtchns
         if not 0 <= port < nr_ports:
             raise ValueError(f"port must be in 0..{nr_ports - 1}, not {port}")
         return int(port)
@@ -94,9 +107,36 @@ class Guest:
 
     # -- shared operations -------------------------------------------------------------------
     def mask(self, port: int) -> None:
-        """``mask_evtchn``: set the port's mask bit."""
+        """``mask_evtchn``: set the port's mask bit (FIFO: MASKED in its event word, if
+        an event-array page covers the port)."""
         d = self._alive("mask")
-        d.shared_info.set_mask(self._port(port))
+        port = self._port(port)
+        d.port_ops.guest_mask(d, port)
+
+    def unmask(self, port: int, vcpu: int | None = None) -> None:
+        """Unmask ``port`` as if running on ``vcpu`` (default: the port's own vCPU)."""
+        d = self._alive("unmask")
+        port = self._port(port)
+        here = None if vcpu is None else self._vcpu(vcpu)
+        if d.fifo is not None:
+            self._fifo_unmask(port)
+        else:
+            self._unmask_2l(port, here)
+
+    def _unmask_2l(self, port: int, vcpu: int | None) -> None:
+        raise NotImplementedError
+
+    def _hypercall_unmask(self, port: int) -> None:
+        """EVTCHNOP_unmask as the guest issues it: result ignored, hooks run."""
+        d = self._domain
+        hv = d.hypervisor
+        try:
+            commands.unmask(d, port)
+        except EvtchnError:
+            pass  # (void)HYPERVISOR_event_channel_op(EVTCHNOP_unmask, ...)
+        finally:
+            if hv.hooks_queued:
+                hv.run_hooks()
 
     def _local_unmask(self, port: int, vcpu: int) -> None:
         """The local unmask (spec §1.7 PV / §2): clear mask, then look at pending.
@@ -142,13 +182,89 @@ class Guest:
         handled: list[int] = []
         while True:
             si.clear_upcall_pending(v)
-            self._handle_events(v, handled, handler)
+            if d.fifo is not None:
+                self._fifo_handle_events(v, handled, handler)
+            else:
+                self._handle_events(v, handled, handler)
             if not si.upcall_pending(v):
                 return handled
 
-    def unmask(self, port: int, vcpu: int | None = None) -> None:
-        """Unmask ``port`` as if running on ``vcpu`` (default: the port's own vCPU)."""
-        raise NotImplementedError
+    # -- FIFO (spec guest-side §1.10) ------------------------------------------------------
+    def control_block_registered(self, vcpu: int) -> None:
+        """A control block was registered for ``vcpu``: Linux zeroes its private heads."""
+        self._fifo_heads[vcpu] = [0] * EVTCHN_FIFO_MAX_QUEUES
+
+    def _fifo_unmask(self, port: int) -> None:
+        """The post-XSA-332 FIFO unmask: not MASKED -> done; MASKED and PENDING -> the
+        EVTCHNOP_unmask hypercall (Xen clears MASKED and links it); else clear MASKED.
+
+        A port without an event word is left alone. BUSY is never left set by the
+        hypervisor here, so there is nothing to spin on.
+        """
+        d = self._domain
+        fifo = d.fifo
+        assert fifo is not None
+        if not fifo.has_word(port):
+            return
+        word = fifo.word(port)
+        if not word & MASKED:
+            return
+        if word & PENDING:
+            self._hypercall_unmask(port)
+        else:
+            fifo.set_word(port, word & ~MASKED)
+
+    def _fifo_handle_events(self, vcpu: int, handled: list[int], handler: Handler) -> None:
+        """Linux's FIFO ``handle_events`` on ``vcpu``: queues by priority, one event each.
+
+        If a handler raises, the ready bits still owed are put back into the control
+        block's ``ready`` before the exception propagates, so a later upcall continues.
+        """
+        fifo = self._domain.fifo
+        assert fifo is not None
+        fv = fifo.vcpus[vcpu]
+        if fv.control is None:
+            return
+        heads = self._fifo_heads[vcpu]
+        ready = fv.exchange_ready(0) & READY_MASK
+        try:
+            while ready:
+                q = (ready & -ready).bit_length() - 1  # the highest priority ready
+                port = heads[q] or fv.head(q)  # reached the tail last time: re-read
+                # Unlink the port: clear LINKED and LINK; the old LINK is the next head.
+                if fifo.has_word(port):
+                    old = fifo.word(port)
+                    fifo.set_word(port, old & ~(LINKED | LINK_MASK))
+                else:
+                    old = 0
+                nxt = old & LINK_MASK
+                if not nxt:
+                    ready &= ~(1 << q)
+                heads[q] = nxt
+                if old & PENDING and not old & MASKED:
+                    self._fifo_handle_port(port, handled, handler)
+                ready |= fv.exchange_ready(0) & READY_MASK
+        except BaseException:
+            if ready:
+                fv.exchange_ready(fv.ready() | ready)
+            raise
+
+    def _fifo_handle_port(self, port: int, handled: list[int], handler: Handler) -> None:
+        """Handle one FIFO event: usable channels only (else left pending); a handle's
+        port is taken for its handle; otherwise clear PENDING, record, ``handler(port)``."""
+        if not self._usable(port):
+            return
+        d = self._domain
+        owner = d.handle_ports.get(port)
+        if owner is not None:
+            event_fifo.take_for_handle(d, port, owner)
+            return
+        fifo = d.fifo
+        assert fifo is not None
+        fifo.set_word(port, fifo.word(port) & ~PENDING)
+        handled.append(port)
+        if handler is not None:
+            handler(port)
 
     def _handle_events(self, vcpu: int, handled: list[int], handler: Handler) -> None:
         raise NotImplementedError
@@ -164,28 +280,19 @@ class LinuxGuest(Guest):
         # current_word_idx / current_bit_idx per vCPU: kept across upcalls.
         self._cursor: list[tuple[int, int]] = [(0, 0)] * len(domain.vcpus)
 
-    def unmask(self, port: int, vcpu: int | None = None) -> None:
+    def _unmask_2l(self, port: int, vcpu: int | None) -> None:
         """``evtchn_2l_unmask`` run on ``vcpu`` (default: the port's own vCPU).
 
         On the port's own vCPU: the local fast path. From any other vCPU: the
         ``EVTCHNOP_unmask`` hypercall with the mask bit still set, so Xen re-raises a
         pending port on its notify vCPU (and may kick). Linux ignores its result.
         """
-        d = self._alive("unmask")
-        port = self._port(port)
         own = self.port_vcpu(port)
-        here = own if vcpu is None else self._vcpu(vcpu)
+        here = own if vcpu is None else vcpu
         if here == own:
             self._local_unmask(port, here)
-            return
-        hv = d.hypervisor
-        try:
-            commands.unmask(d, port)
-        except EvtchnError:
-            pass  # (void)HYPERVISOR_event_channel_op(EVTCHNOP_unmask, ...)
-        finally:
-            if hv.hooks_queued:
-                hv.run_hooks()
+        else:
+            self._hypercall_unmask(port)
 
     def _active(self, vcpu: int, word: int) -> int:
         """``pending[word] & ~mask[word] & cpu_evtchn_mask[vcpu][word]``, read now."""
@@ -254,15 +361,13 @@ class MiniOSGuest(Guest):
 
     mode = "minios"
 
-    def unmask(self, port: int, vcpu: int | None = None) -> None:
+    def _unmask_2l(self, port: int, vcpu: int | None) -> None:
         """``unmask_evtchn``: always the local path, on ``vcpu`` (default the port's own).
 
         Mini-OS's synchronous ``force_evtchn_callback`` is not run: the upcall happens
         when the caller runs :meth:`do_upcall` (docs/semantics.md lists the local path only).
         """
-        self._alive("unmask")
-        port = self._port(port)
-        here = self.port_vcpu(port) if vcpu is None else self._vcpu(vcpu)
+        here = self.port_vcpu(port) if vcpu is None else vcpu
         self._local_unmask(port, here)
 
     def _pending_unmasked(self, word: int) -> int:

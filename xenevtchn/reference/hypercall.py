@@ -107,7 +107,25 @@ def _reset_cont(caller: Domain, data: bytearray) -> bool:
     return False
 
 
-# cmd -> (size of its struct, handler). FIFO commands (11, 12, 13) are absent: -ENOSYS.
+def _init_control(caller: Domain, data: bytearray) -> bool:
+    control_gfn, offset, vcpu = structs.INIT_CONTROL.unpack(data)
+    link_bits = commands.init_control(caller, control_gfn, offset, vcpu)
+    structs.U8.pack_into(data, structs.INIT_CONTROL_LINK_BITS_OFFSET, link_bits)
+    return True  # inputs and _pad echoed, link_bits written
+
+
+def _expand_array(caller: Domain, data: bytearray) -> bool:
+    commands.expand_array(caller, structs.EXPAND_ARRAY.unpack(data)[0])
+    return False
+
+
+def _set_priority(caller: Domain, data: bytearray) -> bool:
+    port, priority = structs.SET_PRIORITY.unpack(data)
+    commands.set_priority(caller, port, priority)
+    return False
+
+
+# cmd -> (size of its struct, handler).
 COMMANDS: dict[int, tuple[int, Handler]] = {
     EvtchnOp.bind_interdomain: (structs.BIND_INTERDOMAIN.size, _bind_interdomain),
     EvtchnOp.bind_virq: (structs.BIND_VIRQ.size, _bind_virq),
@@ -120,6 +138,9 @@ COMMANDS: dict[int, tuple[int, Handler]] = {
     EvtchnOp.bind_vcpu: (structs.BIND_VCPU.size, _bind_vcpu),
     EvtchnOp.unmask: (structs.PORT_ONLY.size, _unmask),
     EvtchnOp.reset: (structs.RESET.size, _reset),
+    EvtchnOp.init_control: (structs.INIT_CONTROL.size, _init_control),
+    EvtchnOp.expand_array: (structs.EXPAND_ARRAY.size, _expand_array),
+    EvtchnOp.set_priority: (structs.SET_PRIORITY.size, _set_priority),
     EvtchnOp.reset_cont: (structs.RESET.size, _reset_cont),
 }
 COMPAT_COMMANDS = range(0, 10)  # hypercall 16 forwards cmds 0..9 only

@@ -17,9 +17,11 @@ from xenevtchn.constants import (
 )
 from xenevtchn.errors import EvtchnError
 
-from . import commands, event_2l, poll
+from . import commands, event_fifo, poll
 from .channel import ECS_RESERVED
 from .domain import Domain, Vcpu
+from .events import raise_event
+from .memory import DEFAULT_FRAMES, MAX_FRAMES
 from .guest import GUEST_MODES
 from .shared_info import SharedInfo
 from .validate import as_int, int_in_range
@@ -28,7 +30,7 @@ Hook = Callable[[Vcpu], object]
 
 
 class Hypervisor:
-    """A simulated Xen with the 2-level event-channel ABI.
+    """A simulated Xen with the 2-level and FIFO event-channel ABIs.
 
     ``on_kick(vcpu)`` runs when the hypervisor sets a vCPU's ``evtchn_upcall_pending``
     from 0 to 1; ``on_wake(vcpu)`` when a vCPU blocked in poll is woken. Hooks run after
@@ -86,21 +88,24 @@ class Hypervisor:
         layout: str = "x86_64",
         shared_info: object = None,
         guest: str = "linux",
+        memory_frames: int = DEFAULT_FRAMES,
     ) -> Domain:
         """Create a domain (see docs/semantics.md "Hypervisor" for every rule).
 
         ``guest`` picks the guest kernel behind ``d.guest``: ``"linux"`` (PV Linux) or
-        ``"minios"`` (else ``ValueError``).
+        ``"minios"`` (else ``ValueError``). ``memory_frames``: how many 4 KiB frames
+        ``d.memory`` has (1 .. 2**40).
         """
         vcpus = int_in_range(vcpus, "vcpus", 1, XEN_LEGACY_MAX_VCPUS)
         if domid is not None:
             domid = int_in_range(domid, "domid", 0, DOMID_FIRST_RESERVED - 1)
         if max_evtchn_port is None:
-            max_evtchn_port = 2**31 - 1  # INT_MAX: only the ABI limit applies
+            pass  # no configured limit (dom0's INT_MAX): only the ABI limit applies
         elif not isinstance(max_evtchn_port, int):
             raise TypeError(f"max_evtchn_port must be None or an int, not {type(max_evtchn_port).__name__}")
         elif max_evtchn_port < 0:
             raise ValueError(f"max_evtchn_port must be None or an int >= 0, not {max_evtchn_port!r}")
+        memory_frames = int_in_range(memory_frames, "memory_frames", 1, MAX_FRAMES)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
         if guest not in GUEST_MODES:
@@ -112,7 +117,14 @@ class Hypervisor:
             raise EvtchnError(errno.EEXIST, "create_domain")
         info.initialise()
         d = Domain(
-            self, domid, vcpus, bool(privileged), min(int(max_evtchn_port), 2**31 - 1), info, guest
+            self,
+            domid,
+            vcpus,
+            bool(privileged),
+            None if max_evtchn_port is None else int(max_evtchn_port),
+            info,
+            guest,
+            memory_frames,
         )
         self._domains[domid] = d
         if d.privileged and not self._hardware_domain_assigned:
@@ -160,6 +172,7 @@ class Hypervisor:
         for port in range(d.valid_evtchns - 1, 0, -1):
             if d.channels[port].state > ECS_RESERVED:
                 commands.close_port(d, port)
+        event_fifo.teardown(d)
         for v in d.vcpus:  # the vCPUs are gone: no poll, no timer, no wake-up
             v.poll_evtchn, v.poll_deadline = 0, None
         d.poll_mask = 0
@@ -239,7 +252,7 @@ class Hypervisor:
                     raise EvtchnError(errno.ENOENT, "send_virq")
                 port = v.virq_to_evtchn[virq]
                 if port:
-                    event_2l.raise_event(d, v.id, port)  # targeted at that vCPU
+                    raise_event(d, v.id, port)  # targeted at that vCPU
             else:
                 self._send_domain_virq(d, virq)
         finally:
@@ -262,7 +275,7 @@ class Hypervisor:
     def _send_domain_virq(d: Domain, virq: int) -> None:
         port = d.vcpus[0].virq_to_evtchn[virq]
         if port:
-            event_2l.raise_event(d, d.channels[port].notify_vcpu, port)
+            raise_event(d, d.channels[port].notify_vcpu, port)
 
     def send_pirq(self, domid: int, pirq: int) -> None:
         """Fire ``pirq`` of domain ``domid`` (dropped if not bound)."""
@@ -273,7 +286,7 @@ class Hypervisor:
         port = d.pirq_to_port.get(pirq)
         if port:
             try:
-                event_2l.raise_event(d, d.channels[port].notify_vcpu, port)
+                raise_event(d, d.channels[port].notify_vcpu, port)
             finally:
                 self._finish()
 
@@ -284,7 +297,7 @@ class Hypervisor:
         if not d.port_is_valid(port):
             raise EvtchnError(errno.EINVAL, "inject")
         try:
-            event_2l.raise_event(d, d.channels[port].notify_vcpu, port)
+            raise_event(d, d.channels[port].notify_vcpu, port)
         finally:
             self._finish()
 

@@ -30,7 +30,7 @@ def sched_poll(d: Domain, ports: list[int], timeout: int, vcpu_id: int) -> bool:
     for port in ports:
         if not d.port_is_valid(port) or not d.channels[port].usable:
             raise EvtchnError(errno.EINVAL)
-        if si.test_pending(port):  # mask ignored
+        if d.port_ops.is_pending(d, port):  # mask ignored
             return True
     v.poll_evtchn = ports[0] if len(ports) == 1 else -1
     d.poll_mask |= 1 << v.id

@@ -30,14 +30,24 @@ STATUS_INTERDOMAIN_PORT_OFFSET = 20  # u.interdomain.port (u32)
 BIND_VCPU = struct.Struct("<II")
 # struct evtchn_reset: dom (0,2)
 RESET = struct.Struct("<H")
+# struct evtchn_init_control: control_gfn (0,8) offset (8,4) vcpu (12,4) link_bits (16,1)
+# _pad (17,7)
+INIT_CONTROL = struct.Struct("<QII8x")
+INIT_CONTROL_LINK_BITS_OFFSET = 16
+# struct evtchn_expand_array: array_gfn (0,8)
+EXPAND_ARRAY = struct.Struct("<Q")
+# struct evtchn_set_priority: port (0,4) priority (4,4)
+SET_PRIORITY = struct.Struct("<II")
 # struct evtchn_op: cmd (0,4) u (4,24)
 EVTCHN_OP_SIZE = 28
 EVTCHN_OP_CMD = struct.Struct("<i")
 EVTCHN_OP_UNION_OFFSET = 4
 
+U8 = struct.Struct("<B")
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
 
 assert ALLOC_UNBOUND.size == 8 and BIND_INTERDOMAIN.size == 12 and BIND_VIRQ.size == 12
 assert BIND_PIRQ.size == 12 and BIND_IPI.size == 8 and PORT_ONLY.size == 4
 assert STATUS.size == 24 and BIND_VCPU.size == 8 and RESET.size == 2
+assert INIT_CONTROL.size == 24 and EXPAND_ARRAY.size == 8 and SET_PRIORITY.size == 8

@@ -6,7 +6,8 @@ bit is set, its pending bit cleared, it is queued here and :meth:`XenEvtchn.file
 becomes readable. No selector bit or upcall is raised for it, so it never appears in
 ``d.guest.do_upcall``. Raised while masked, it stays pending and is taken at
 :meth:`XenEvtchn.unmask`. The taking itself happens in the model's delivery path
-(:func:`.event_2l.take_for_handle`), which looks the port up in ``d.handle_ports``.
+(:func:`.event_2l.take_for_handle`, :func:`.event_fifo.take_for_handle`), which looks
+the port up in ``d.handle_ports``.
 
 The file descriptor is a real eventfd in semaphore mode whose counter is the number of
 queued ports: 1 is written per queued port and 1 read per port :meth:`pending` returns,
@@ -24,9 +25,10 @@ from typing import Callable
 from xenevtchn.constants import DOMID_SELF
 from xenevtchn.errors import EvtchnError
 
-from . import commands
+from . import commands, event_fifo
 from .domain import Domain
 from .event_2l import take_for_handle
+from .event_fifo import MASKED, PENDING
 from .validate import u16, u32
 
 
@@ -97,7 +99,19 @@ class XenEvtchn:
         os.eventfd_write(self._fd, 1)
 
     def _arm(self, d: Domain, port: int) -> None:
-        """The driver's unmask (lateeoi): clear the mask; if pending, take the port."""
+        """The driver's unmask (lateeoi): clear the mask; if pending, take the port.
+
+        FIFO: the same on the port's event word (nothing if it has none yet; a raise
+        while it has none is latched and taken when its page arrives).
+        """
+        fifo = d.fifo
+        if fifo is not None:
+            if fifo.has_word(port):
+                word = fifo.word(port) & ~MASKED
+                fifo.set_word(port, word)
+                if word & PENDING:
+                    event_fifo.take_for_handle(d, port, self)
+            return
         si = d.shared_info
         si.clear_mask(port)
         if si.test_pending(port):
