@@ -106,6 +106,10 @@ int xe_fifo_raise_deferred(struct xe_domain *d, uint32_t first, uint32_t end)
         struct xe_chan *c = &d->chans[port];
         if (!__atomic_load_n(&c->fifo_pending, __ATOMIC_RELAXED))
             continue;
+        if (__atomic_load_n(&c->user, __ATOMIC_ACQUIRE)) {
+            ev |= deliver_user(d, port);   /* a handle's port is taken, not queued */
+            continue;
+        }
         uint32_t v = __atomic_load_n(&c->notify_vcpu, __ATOMIC_RELAXED);
         int f = v < d->nr_vcpus ? xe_fifo_set_pending(d, v, port) : 0;
         if (f & XE_SET_KICK)
@@ -189,6 +193,13 @@ int xe_evtchn_unmask(struct xe_domain *d, uint32_t port)
     if (v >= d->nr_vcpus)
         return 0;
     return (ops(d)->unmask(d, v, port) & XE_SET_KICK) ? kick(d, v) : 0;
+}
+
+/* The guest's own mask write, in whichever ABI the domain uses. */
+void xe_evtchn_mask(struct xe_domain *d, uint32_t port)
+{
+    if (port < d->max_ports)
+        ops(d)->mask(d, port);
 }
 
 void xe_evtchn_clear_pending(struct xe_domain *d, uint32_t port)

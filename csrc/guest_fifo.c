@@ -12,9 +12,12 @@
 #define W_BUSY (UINT32_C(1) << XE_FIFO_BUSY)
 #define W_LINK ((uint32_t)XE_FIFO_LINK_MASK)
 
-/* How long the guest's unmask waits for Xen to drop BUSY before giving up (Xen holds it
- * only for a few instructions; a word left BUSY by hand would otherwise hang the run). */
-#define BUSY_SPINS (1u << 20)
+/* How long the guest's unmask waits for Xen to drop BUSY (Xen holds it only for a few
+ * instructions). A word left BUSY by hand would hang Linux; we clear MASKED anyway. */
+#define BUSY_SPINS (1u << 12)
+
+/* READY bits that name a queue; the guest may have written others, which are ignored. */
+#define QUEUES ((UINT32_C(1) << XE_FIFO_MAX_QUEUES) - 1)
 
 typedef _Atomic uint32_t aword;
 
@@ -39,7 +42,18 @@ static inline aword *control_block(struct xe_domain *d, uint32_t vcpu)
 void xe_fifo_scan_begin(struct xe_domain *d, struct xe_fifo_scan *s)
 {
     aword *cb = control_block(d, s->vcpu);
-    s->ready = cb ? atomic_exchange(&cb[0], 0) : 0;
+    s->ready = cb ? atomic_exchange(&cb[0], 0) & QUEUES : 0;
+    s->reread = 0;
+}
+
+/* A handler failed in the middle of a pass: the queues it still owed stay READY, so the
+ * next upcall serves them. */
+void xe_fifo_scan_abort(struct xe_domain *d, struct xe_fifo_scan *s)
+{
+    aword *cb = control_block(d, s->vcpu);
+    if (cb && s->ready)
+        atomic_fetch_or(&cb[0], s->ready);
+    s->ready = 0;
     s->reread = 0;
 }
 
@@ -76,7 +90,7 @@ int32_t xe_fifo_scan_next(struct xe_domain *d, struct xe_fifo_scan *s)
     }
     for (;;) {
         if (s->reread) {
-            s->ready |= atomic_exchange(&cb[0], 0);
+            s->ready |= atomic_exchange(&cb[0], 0) & QUEUES;
             s->reread = 0;
         }
         if (!s->ready)
@@ -85,7 +99,14 @@ int32_t xe_fifo_scan_next(struct xe_domain *d, struct xe_fifo_scan *s)
         uint32_t seen;
         uint32_t port = take_head(d, cb, s, q, &seen);
         s->reread = 1;
-        if ((seen & W_PENDING) && !(seen & W_MASKED)) {
+        /* Linux handles a port only if it has an IRQ bound to it (a usable channel);
+         * any other is unlinked and left as it is. */
+        if ((seen & W_PENDING) && !(seen & W_MASKED) && port_is_valid(d, port) &&
+            port < d->max_ports && chan_usable(&d->chans[port])) {
+            if (__atomic_load_n(&d->chans[port].user, __ATOMIC_ACQUIRE)) {
+                xe_user_take(d, port);   /* a handle's port goes to its handle */
+                continue;
+            }
             aword *w = word_of(d, port);
             atomic_fetch_and(w, ~W_PENDING);   /* the edge handler's ack */
             return (int32_t)port;
@@ -114,8 +135,8 @@ void xe_fifo_mask(struct xe_domain *d, uint32_t port)
 
 /*
  * Linux's unmask: clear MASKED locally unless the event is PENDING, in which case Xen
- * must link it: returns 1 (make the EVTCHNOP_unmask hypercall). The local clear waits
- * while Xen holds the word BUSY. Returns 0 when done, -1 when BUSY never cleared.
+ * must link it: returns 1 (make the EVTCHNOP_unmask hypercall), else 0. The local clear
+ * waits a while for Xen to drop BUSY.
  */
 int xe_fifo_guest_unmask(struct xe_domain *d, uint32_t port)
 {
@@ -133,5 +154,8 @@ int xe_fifo_guest_unmask(struct xe_domain *d, uint32_t port)
             return 0;
         seen = expect;
     }
-    return -1;
+    if (!(atomic_fetch_and(w, ~W_MASKED) & W_PENDING))
+        return 0;
+    atomic_fetch_or(w, W_MASKED);   /* raced with a raise: let Xen link it after all */
+    return 1;
 }

@@ -178,6 +178,7 @@ int xe_evtchn_send(struct xe_domain *d, uint32_t port);
 int xe_evtchn_send_many(struct xe_domain *d, const uint32_t *ports, size_t n,
                         size_t *failed_at);
 int xe_evtchn_unmask(struct xe_domain *d, uint32_t port);
+void xe_evtchn_mask(struct xe_domain *d, uint32_t port);
 void xe_evtchn_clear_pending(struct xe_domain *d, uint32_t port);
 int xe_evtchn_is_pending(struct xe_domain *d, uint32_t port);
 int xe_evtchn_is_masked(struct xe_domain *d, uint32_t port);
@@ -233,6 +234,7 @@ void xe_fifo_mask(struct xe_domain *d, uint32_t port);
 int xe_fifo_guest_unmask(struct xe_domain *d, uint32_t port);
 void xe_fifo_scan_begin(struct xe_domain *d, struct xe_fifo_scan *s);
 int32_t xe_fifo_scan_next(struct xe_domain *d, struct xe_fifo_scan *s);
+void xe_fifo_scan_abort(struct xe_domain *d, struct xe_fifo_scan *s);
 size_t xe_fifo_scan_fill(struct xe_domain *d, struct xe_fifo_scan *s, uint32_t *out, size_t cap);
 
 /* libxenevtchn handles: take a raised port for its handle, and the handle's queue. */

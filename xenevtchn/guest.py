@@ -77,14 +77,11 @@ class _Guest:
     def _fifo_unmask(self, port: int) -> None:
         """Linux's FIFO unmask: clear MASKED locally, or let Xen do it (and link the
         event) with ``EVTCHNOP_unmask`` when the event is pending."""
-        rc = lib.xe_fifo_guest_unmask(self._d._c, port)
-        if rc == 1:
+        if lib.xe_fifo_guest_unmask(self._d._c, port):
             try:
                 self._d.unmask(port)
             except EvtchnError:
                 pass  # Linux ignores the hypercall's answer
-        elif rc < 0:
-            raise EvtchnError(errno.EBUSY, f"unmask: port {port}'s event word stays BUSY")
 
     def _fifo_vcpu_reset(self, vcpu: int) -> None:
         """The guest initialised ``vcpu``'s control block: its private heads start at 0."""
@@ -121,7 +118,11 @@ class _Guest:
     def _fifo_pass(self, c, vcpu, scan, handler, handled) -> None:
         """Linux's FIFO handle_events: highest priority first, one event at a time."""
         lib.xe_fifo_scan_begin(c, scan)
-        self._drain(c, scan, handler, handled, lib.xe_fifo_scan_fill, lib.xe_fifo_scan_next)
+        try:
+            self._drain(c, scan, handler, handled, lib.xe_fifo_scan_fill, lib.xe_fifo_scan_next)
+        except BaseException:
+            lib.xe_fifo_scan_abort(c, scan)  # the queues still owed stay READY
+            raise
 
     def _drain(self, c, scan, handler, handled, fill, nxt) -> None:
         """Take the scan's ports: in C-sized batches, or one by one around ``handler``."""

@@ -76,7 +76,7 @@ class XenEvtchn:
         d = self._d
 
         def claim(port: int) -> None:  # the driver's view: masked, ours, then unmasked
-            lib.xe_2l_mask(d.shared_info._s, port)
+            lib.xe_evtchn_mask(d._c, port)
             d.ports.chans[port].user = self._u
 
         port = d._call(cmds.bind_interdomain, _uint(remote_domid, "remote_domid", 0xFFFF),

@@ -23,7 +23,7 @@ class GuestMemory:
     __slots__ = ("nr_frames", "_frames", "_in_use", "_retired")
 
     def __init__(self, nr_frames: int = DEFAULT_FRAMES) -> None:
-        if not isinstance(nr_frames, int) or isinstance(nr_frames, bool):
+        if not isinstance(nr_frames, int):
             raise TypeError(f"memory_frames must be an int, not {type(nr_frames).__name__}")
         if not 1 <= nr_frames <= 1 << 40:
             raise ValueError(f"memory_frames {nr_frames} is outside 1..2**40")
@@ -33,7 +33,7 @@ class GuestMemory:
         self._retired: list[Any] = []  # pages C may still point at: kept alive
 
     def _gfn(self, gfn: Any) -> int:
-        if not isinstance(gfn, int) or isinstance(gfn, bool):
+        if not isinstance(gfn, int):
             raise TypeError(f"gfn must be an int, not {type(gfn).__name__}")
         if not 0 <= gfn < self.nr_frames:
             raise ValueError(f"gfn {gfn} is outside this domain's memory (0..{self.nr_frames - 1})")
