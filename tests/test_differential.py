@@ -56,6 +56,7 @@ SEL_OFF = {"x86_64": (8, 8), "x86_32": (4, 4)}  # (offset in vcpu_info, size)
 
 HIGH_PORTS = [63, 64, 65, 70, 71, 127, 128, 129, 1023, 1024, 4095, 4096, 2**32 - 1]
 SAMPLE_PORTS = list(range(0, 71)) + [71, 100, 127, 128, 191, 192, 1023, 1024, 4095, 4096, 2**32 - 1]
+FIFO_GFNS = [0, 1, 2, 3, 4, 5, 6, 7]  # frames the FIFO rules use (compared every step)
 ODD_DOMIDS = [DOMID_SELF, 7, 12, 0x7FEF, 0x7FF1, 0x7FF2, 0x7FF4, 0x7FFF, 0xFFFF]
 
 
@@ -319,6 +320,12 @@ class Differential(RuleBasedStateMachine):
                 )
             if domid in self.N.bufs:  # the whole caller buffer, bytes past the struct too
                 assert self.N.bufs[domid] == self.R.bufs[domid], f"dom{domid} caller buffer differs"
+            for g in FIFO_GFNS:
+                mn, mr = bytes(dn.memory.page(g)), bytes(dr.memory.page(g))
+                if mn != mr:
+                    diff = [i // 4 for i in range(0, 4096, 4) if mn[i:i + 4] != mr[i:i + 4]]
+                    raise AssertionError(f"dom{domid} guest frame {g} differs at words {diff[:8]}")
+            assert dn.abi == dr.abi, f"dom{domid} ABI: native {dn.abi} reference {dr.abi}"
             pn = [bool(v.polling) for v in dn.vcpus]
             pr = [bool(v.polling) for v in dr.vcpus]
             assert pn == pr, f"dom{domid} polling differs: native {pn} reference {pr}"
@@ -651,6 +658,104 @@ class Differential(RuleBasedStateMachine):
     @rule(data=st.data())
     def guest_drain_more(self, data):
         self.guest_drain(data)
+
+    # ------------------------------------------------------------------ FIFO ABI
+
+    def gfn(self, data):
+        return self.pick(
+            data,
+            [(8, st.sampled_from(FIFO_GFNS)), (1, st.sampled_from([262143, 262144, 2**64 - 1]))],
+            "gfn",
+        )
+
+    @rule(data=st.data())
+    def fifo_init_control(self, data):
+        a = self.dom(data)
+        gfn = self.gfn(data)
+        offset = self.pick(
+            data,
+            [(6, st.sampled_from([0, 8, 72, 2048])), (1, st.sampled_from([4, 4024, 4025, 4032, 2**32 - 1]))],
+            "offset",
+        )
+        v = self.vcpu(data)
+        self.both(lambda s: s.doms[a].init_control(gfn, offset, v))
+
+    @rule(data=st.data())
+    def fifo_expand_array(self, data):
+        a = self.dom(data)
+        gfn = self.gfn(data)
+        times = data.draw(st.sampled_from([1, 1, 1, 5]), label="times")
+        for _ in range(times):
+            self.both(lambda s: s.doms[a].expand_array(gfn))
+
+    @rule(data=st.data())
+    def fifo_set_priority(self, data):
+        a = self.dom(data)
+        p = self.port(data, a)
+        prio = data.draw(st.sampled_from([0, 3, 7, 15, 16, 2**32 - 1]), label="priority")
+        self.both(lambda s: s.doms[a].set_priority(p, prio))
+
+    @rule(data=st.data())
+    def fifo_memory_poke(self, data):
+        """The guest writing its FIFO memory: event-word bits, READY, HEAD, or any word."""
+        a = self.dom(data)
+        gfn = data.draw(st.sampled_from(FIFO_GFNS), label="gfn")
+        bound = [p for p in self.bound_ports(a) if p < 1024]
+        word = self.pick(
+            data,
+            [(4, st.sampled_from(bound) if bound else None), (2, st.integers(0, 40)),
+             (1, st.integers(0, 1023))],
+            "word",
+        )
+        how = data.draw(st.sampled_from(["set", "clear", "value"]), label="how")
+        bits = data.draw(
+            st.sampled_from([1 << 31, 1 << 30, 1 << 29, 1 << 28, 0x1FFFF, 1 << 7, 0xFFFF_FFFF]),
+            label="bits",
+        )
+        value = data.draw(st.integers(0, 2**32 - 1), label="value") if how == "value" else 0
+
+        def op(s):
+            mv = s.doms[a].memory.page(gfn)
+            old = int.from_bytes(mv[4 * word:4 * word + 4], "little")
+            new = old | bits if how == "set" else old & ~bits if how == "clear" else value
+            mv[4 * word:4 * word + 4] = new.to_bytes(4, "little")
+
+        self.both(op)
+
+    # ------------------------------------------------------------------ the guest's API
+
+    @rule(data=st.data())
+    def guest_upcall(self, data):
+        a = self.dom(data)
+        v = data.draw(st.integers(0, len(self.N.doms[a].vcpus) - 1), label="vcpu")
+        fail_on = data.draw(st.sampled_from([None, None, None, 0, 1]), label="handler fails at")
+
+        def op(s):
+            seen = []
+
+            def handler(port):
+                if len(seen) == fail_on:
+                    raise HookBoom(port)
+                seen.append(port)
+
+            return s.doms[a].guest.do_upcall(v, handler if fail_on is not None else None)
+
+        self.both(op)
+
+    @rule(data=st.data())
+    def guest_mask_unmask(self, data):
+        a = self.dom(data)
+        p = self.port(data, a)
+        which = data.draw(st.sampled_from(["mask", "unmask", "unmask_on"]), label="op")
+        v = data.draw(st.integers(0, 3), label="vcpu")
+
+        def op(s):
+            g = s.doms[a].guest
+            if which == "mask":
+                return g.mask(p)
+            return g.unmask(p) if which == "unmask" else g.unmask(p, v)
+
+        self.both(op)
 
     # ------------------------------------------------------------------ domain life cycle
 

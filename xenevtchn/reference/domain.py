@@ -164,6 +164,11 @@ class Domain:
         return self._memory
 
     @property
+    def abi(self) -> str:
+        """``"2l"`` or ``"fifo"``: the event-channel ABI in use."""
+        return "fifo" if self.fifo is not None else "2l"
+
+    @property
     def max_evtchns(self) -> int:
         """Xen's ``max_evtchns(d)``: 131072 in FIFO mode, else 4096 (1024 for x86_32)."""
         if self.fifo is not None:
