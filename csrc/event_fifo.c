@@ -253,8 +253,10 @@ static int ops_unmask(struct xe_domain *d, uint32_t vcpu, uint32_t port)
     if (!w)
         return 0;
     atomic_fetch_and(w, ~W_MASKED);
+    /* The guest may have handled the event meanwhile (in another thread), in which case
+     * this raise is a new one (XE_SET_NEWLY) and pollers must hear of it. */
     if (atomic_load(w) & W_PENDING)
-        return xe_fifo_set_pending(d, vcpu, port) & XE_SET_KICK;
+        return xe_fifo_set_pending(d, vcpu, port);
     return 0;
 }
 

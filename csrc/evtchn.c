@@ -192,7 +192,11 @@ int xe_evtchn_unmask(struct xe_domain *d, uint32_t port)
     uint32_t v = c->notify_vcpu;
     if (v >= d->nr_vcpus)
         return 0;
-    return (ops(d)->unmask(d, v, port) & XE_SET_KICK) ? kick(d, v) : 0;
+    int f = ops(d)->unmask(d, v, port);
+    int ev = (f & XE_SET_KICK) ? kick(d, v) : 0;
+    if (f & XE_SET_NEWLY)
+        ev |= check_pollers(d, port);
+    return ev;
 }
 
 /* The guest's own mask write, in whichever ABI the domain uses. */

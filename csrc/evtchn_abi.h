@@ -11,7 +11,8 @@ struct xe_abi_ops {
     /* Raise the port on vcpu; returns XE_SET_NEWLY / XE_SET_KICK flags. */
     int (*set_pending)(struct xe_domain *d, uint32_t vcpu, uint32_t port);
     void (*clear_pending)(struct xe_domain *d, uint32_t port);
-    /* The EVTCHNOP_unmask action; returns XE_SET_KICK when the vCPU must be kicked. */
+    /* The EVTCHNOP_unmask action: XE_SET_KICK when the vCPU must be kicked, XE_SET_NEWLY
+     * when the port became pending anew (pollers to check). */
     int (*unmask)(struct xe_domain *d, uint32_t vcpu, uint32_t port);
     int (*is_pending)(struct xe_domain *d, uint32_t port);
     int (*is_masked)(struct xe_domain *d, uint32_t port);
