@@ -34,9 +34,9 @@ def _count(lo: int, hi: int, what: str):
         try:
             value = int(text.replace("_", ""), 10)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
         if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi}, not {value}")
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, not {value}")
         return value
 
     parse.__name__ = what
@@ -291,7 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "bench":  # every argument after 'bench' is the bench module's
         return _guarded("bench", lambda: cmd_bench(argv[1:]))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, which names the subcommand
+        sub = _subparsers(parser).get(args.command, parser)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command in (None, "demo"):
         from .demo import run
 
@@ -299,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     fn = {"simulate": cmd_simulate, "list": cmd_list}[args.command]
     return _guarded(args.command, lambda: fn(args))
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def _guarded(command: str, fn) -> int:

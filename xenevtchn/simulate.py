@@ -325,10 +325,24 @@ class Simulation:
     # ---- raising events ----------------------------------------------------------------
 
     def _send(self, src: tuple[int, int], kind: str, target: _Port, do: Callable[[], Any],
-              from_dom: int | None) -> bool:
-        """Raise one event at ``target`` (by ``do()``), counting what the library reports."""
+              from_dom: int | None) -> None:
+        """Raise one event at ``target`` by ``do()`` at the running action's time.
+
+        A handler runs ahead of the hypervisor's clock (handlers cost time): its sends
+        wait in the queue until the clock reaches them, so nothing is raised early.
+        """
+        t = self.vt
+        if t > self.hv.now:
+            self.vt = t + SEND_NS
+            self._at(t, self._send_now, src, kind, target, do, from_dom)
+        else:
+            self._send_now(src, kind, target, do, from_dom)
+
+    def _send_now(self, src: tuple[int, int], kind: str, target: _Port, do: Callable[[], Any],
+                  from_dom: int | None) -> None:
+        """Raise one event, counting what the library reports before and after."""
         if self.sent >= self.limit:
-            return False  # the run is over: the model stops generating events
+            return  # the run is over: the model stops generating events
         si, port = target.si, target.port
         was_pending = si.is_pending(port)
         was_masked = si.is_masked(port)
@@ -355,11 +369,10 @@ class Simulation:
             tr.slice(f"send {kind}", "send", src[0], src[1], t, t + SEND_NS,
                      {"to": f"d{target.domid}:{port}", "port": target.label, "result": result})
             target.flows.append((src[0], src[1], t))
-        return True
 
-    def _send_port(self, vs: _Vcpu, port: int, kind: str, target: _Port) -> bool:
+    def _send_port(self, vs: _Vcpu, port: int, kind: str, target: _Port) -> None:
         d = vs.dom
-        return self._send((vs.domid, vs.id), kind, target, lambda: d.send(port), vs.domid)
+        self._send((vs.domid, vs.id), kind, target, lambda: d.send(port), vs.domid)
 
     # ---- hooks -------------------------------------------------------------------------
 
@@ -409,6 +422,7 @@ class Simulation:
         self.vt = start + HANDLER_NS
         self.kind[p.kind].delivered += 1
         self.dom_tally[p.domid].delivered += 1
+        assert start >= p.raised_at, (start, p.raised_at, p.label)
         self.latencies.append(start - p.raised_at)
         if vs.delivered_at is not None:
             vs.delivered_at.append(start)
