@@ -190,4 +190,4 @@ def test_scenario_defaults():
     assert (g.count, g.vcpus, g.devices, g.kernel, g.layout) == (1, 1, ("net", "blk"), "linux", "x86_64")
     assert set(sc.devices) == {"net", "blk"}            # nvme is defined but unused
     sc = parse_scenario({"guest": [{"devices": ["nvme"]}], "devices": {"nvme": {}}})
-    assert sc.devices["nvme"].pirq == 16                  # the first free PIRQ from 16
+    assert sc.devices["nvme"].pirq == 18      # the first free PIRQ from 16 (net: 16, blk: 17)
