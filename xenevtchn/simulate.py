@@ -42,7 +42,7 @@ from . import Hypervisor
 from .constants import VIRQ_TIMER
 from .domain import Domain, Vcpu
 from .scenario import DeviceSpec, Scenario
-from .trace import XEN_IRQ_TID, XEN_PID, XEN_TIMER_TID, TraceRecorder
+from .trace import XEN_PID, TraceRecorder
 
 KINDS = ("interdomain", "virq", "ipi", "pirq")
 METRICS = ("sent", "delivered", "coalesced", "masked")
@@ -91,7 +91,7 @@ class _Vcpu:
 
     __slots__ = ("sim", "dom", "domid", "id", "vcpu", "handler", "upcall_at", "in_upcall",
                  "busy_until", "lock", "blocked_since", "deferred", "timer", "resched", "kicker",
-                 "upcalls", "kicks", "polls", "woken", "delivered_at")
+                 "upcalls", "kicks", "polls", "woken", "delivered_at", "timer_tid")
 
     def __init__(self, sim: Simulation, dom: Domain, vcpu: Vcpu) -> None:
         self.sim = sim
@@ -111,6 +111,7 @@ class _Vcpu:
         self.kicker: _Port | None = None
         self.upcalls = self.kicks = self.polls = self.woken = 0
         self.delivered_at: list[int] | None = None
+        self.timer_tid = 0  # its timer's track in the trace's Xen process
 
 
 class _Lock:
@@ -142,10 +143,12 @@ class _Ring:
 
 
 class _Device:
-    __slots__ = ("spec", "port", "inflight")
+    __slots__ = ("spec", "port", "inflight", "tid", "busy_until")
 
-    def __init__(self, spec: DeviceSpec) -> None:
+    def __init__(self, spec: DeviceSpec, tid: int) -> None:
         self.spec = spec
+        self.tid = tid  # its track in the trace's Xen process
+        self.busy_until = 0
         self.port: _Port
         self.inflight: list[tuple[int, int, _Ring, int]] = []  # (done, seq, ring, issued)
 
@@ -197,7 +200,7 @@ class Simulation:
                 self._add_domain(d, f"d{d.domid} {spec.name}{suffix}", timeline)
         # Host devices behind dom0's PIRQs.
         for name, dspec in sc.devices.items():
-            dev = _Device(dspec)
+            dev = _Device(dspec, 1 + len(self.devices))
             port = dom0.bind_pirq(dspec.pirq)
             dev.port = self._register(dom0, port, "pirq", f"pirq {dspec.pirq} ({name} host device)",
                                       lambda v, p, dev=dev: self._on_device_irq(v, dev))
@@ -244,7 +247,8 @@ class Simulation:
         hv.on_wake = self._on_wake
         # First actions: timer ticks staggered over a period, and each frontend's requests.
         period = 10**9 // self.sc.timer_hz
-        for vs in self.vcpus.values():
+        for i, vs in enumerate(self.vcpus.values()):
+            vs.timer_tid = 100 + i
             self._at(self.rng.randrange(period), self._tick, vs, period)
         for ring in self.rings:
             for _ in range(ring.device.spec.depth):
@@ -282,8 +286,10 @@ class Simulation:
         tr = self.trace
         assert tr is not None
         tr.process(XEN_PID, "Xen", 0)
-        tr.thread(XEN_PID, XEN_TIMER_TID, "timers (VIRQ_TIMER)")
-        tr.thread(XEN_PID, XEN_IRQ_TID, "host devices (PIRQ)")
+        for name, dev in self.devices.items():
+            tr.thread(XEN_PID, dev.tid, f"{name} host device (pirq {dev.spec.pirq})")
+        for vs in self.vcpus.values():
+            tr.thread(XEN_PID, vs.timer_tid, f"timer d{vs.domid} vCPU{vs.id}")
         for d in self.doms:
             tr.process(d.domid, self.names[d.domid] + (" (privileged)" if d.privileged else ""), d.domid + 1)
             for v in d.vcpus:
@@ -402,8 +408,12 @@ class Simulation:
             self._at(vs.upcall_at, self._upcall, vs)
 
     def _upcall(self, vs: _Vcpu) -> None:
-        vs.upcall_at = None
         t = self.vt
+        if t < vs.busy_until:  # the vCPU is finishing a hypercall: the upcall comes after
+            vs.upcall_at = vs.busy_until
+            self._at(vs.busy_until, self._upcall, vs)
+            return
+        vs.upcall_at = None
         vs.in_upcall = True
         try:
             handled = vs.dom.guest.do_upcall(vs.id, vs.handler)
@@ -471,9 +481,13 @@ class Simulation:
         self._maybe_ipi(vs)
 
     def _device_fires(self, dev: _Device) -> None:
+        if self.vt < dev.busy_until:  # the line is being raised already: just after
+            self._at(dev.busy_until, self._device_fires, dev)
+            return
         p = dev.port
         pirq = dev.spec.pirq
-        self._send((XEN_PID, XEN_IRQ_TID), "pirq", p, lambda: self.hv.send_pirq(p.domid, pirq), None)
+        self._send((XEN_PID, dev.tid), "pirq", p, lambda: self.hv.send_pirq(p.domid, pirq), None)
+        dev.busy_until = self.vt
 
     def _on_device_irq(self, vs: _Vcpu, dev: _Device) -> None:
         """dom0's PIRQ handler: complete finished requests, notify each frontend once."""
@@ -537,7 +551,7 @@ class Simulation:
         port = vs.timer
         assert port is not None
         t = self.vt
-        self._send((XEN_PID, XEN_TIMER_TID), "virq", port,
+        self._send((XEN_PID, vs.timer_tid), "virq", port,
                    lambda: self.hv.send_virq(vs.domid, VIRQ_TIMER, vs.id), None)
         self._at(t + period, self._tick, vs, period)
 
@@ -594,6 +608,9 @@ class Simulation:
         """After a wake-up or a spin: the lock is ours, or wait again."""
         lock = vs.lock
         if lock is None or vs.vcpu.polling:
+            return
+        if self.vt < vs.busy_until:  # an upcall is running on this vCPU: after it
+            self._at(vs.busy_until, self._resume, vs)
             return
         if not lock.released:
             self._wait(vs)

@@ -5,9 +5,10 @@ the library's data path knows nothing about it. The file is the JSON-object form
 trace-event format (``{"traceEvents": [...], "displayTimeUnit": "ns"}``), which
 https://ui.perfetto.dev and ``chrome://tracing`` open:
 
-* one process per domain (``pid`` = domid, named ``dom0 (privileged)``, ``d1 web`` ...) and
-  one for Xen itself (``pid`` = ``XEN_PID``: timer VIRQs and host device interrupts);
-  one thread per vCPU (``tid`` = vCPU id);
+* one process per domain (``pid`` = domid, named ``dom0 (privileged)``, ``d1 web`` ...),
+  one thread per vCPU (``tid`` = vCPU id); and a process for Xen itself (``pid`` =
+  ``XEN_PID``) with a thread per event source: each host device (PIRQs) and each vCPU's
+  timer (VIRQ_TIMER);
 * ``X`` (complete) slices for each send, upcall, handler run and blocked poll, ``i``
   (instant) events for mask and unmask, with simulated-time timestamps in microseconds;
 * a flow (``s`` at the send, ``f`` with ``bp: "e"`` at the handler that took the event)
@@ -20,9 +21,7 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-XEN_PID = 0x7FF2  # DOMID_XEN
-XEN_TIMER_TID = 0
-XEN_IRQ_TID = 1
+XEN_PID = 0x7FF2  # DOMID_XEN: the process of Xen's own event sources (timers, host devices)
 
 
 def _us(ns: int | float) -> float:
