@@ -89,20 +89,15 @@ def test_flows_are_paired_and_bound_to_slices(traced):
     ends = {e["id"]: e for e in evs if e["ph"] == "f"}
     assert len(starts) == sum(e["ph"] == "s" for e in evs) and len(ends) == sum(e["ph"] == "f" for e in evs)
     assert starts.keys() == ends.keys() and starts
-    slices = defaultdict(list)
-    for e in evs:
-        if e["ph"] == "X":
-            slices[(e["pid"], e["tid"])].append(e)
-
-    def inside(ev, cat):
-        return any(x["cat"] == cat and x["ts"] <= ev["ts"] <= round(x["ts"] + x["dur"], 3)
-                   for x in slices[(ev["pid"], ev["tid"])])
-
+    # A flow binds to the slice it starts in: the send slice, and the handler slice (or
+    # the poll waiter's "kicked" slice) that took the event, each starting at that time.
+    starts_at = {(e["cat"], e["pid"], e["tid"], e["ts"]) for e in evs if e["ph"] == "X"}
     for fid, s_ev in starts.items():
         f_ev = ends[fid]
         assert f_ev["bp"] == "e" and f_ev["ts"] >= s_ev["ts"]
-        assert inside(s_ev, "send"), s_ev
-        assert inside(f_ev, "handler") or inside(f_ev, "poll"), f_ev
+        assert ("send", s_ev["pid"], s_ev["tid"], s_ev["ts"]) in starts_at, s_ev
+        assert ("handler", f_ev["pid"], f_ev["tid"], f_ev["ts"]) in starts_at or \
+               ("poll", f_ev["pid"], f_ev["tid"], f_ev["ts"]) in starts_at, f_ev
     # Each handled or poll-taken event ends at least one flow (one per send that raised it
     # or coalesced into it); sends into events still pending at the end have none yet.
     t = s["totals"]
