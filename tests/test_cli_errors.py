@@ -70,7 +70,7 @@ def test_plot_without_matplotlib_says_how_to_install(capsys, tmp_path, monkeypat
 
 
 def test_errors_from_the_console_entry_point(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "xenevtchn", "simulate", "--scenario", str(tmp_path / "no.toml")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-P", "-m", "xenevtchn", "simulate", "--scenario", str(tmp_path / "no.toml")],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("xenevtchn simulate: error: cannot read scenario file") and "Traceback" not in r.stderr

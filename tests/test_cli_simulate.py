@@ -102,7 +102,9 @@ def test_every_command_has_help(capsys, cmd):
 
 def test_python_dash_m_and_bench_help():
     for argv in (["simulate", "--help"], ["bench", "--help"]):
-        r = subprocess.run([sys.executable, "-m", "xenevtchn", *argv], capture_output=True, text=True, timeout=60)
+        # -P: the source tree (maybe unbuilt) must not shadow the installed package
+        r = subprocess.run([sys.executable, "-P", "-m", "xenevtchn", *argv], capture_output=True, text=True,
+                           timeout=60)
         assert r.returncode == 0 and "usage: xenevtchn" in r.stdout, r.stderr
 
 

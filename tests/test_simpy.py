@@ -112,7 +112,8 @@ def test_hooks_set_before_keep_running_and_close_restores_them():
 
 
 def test_the_example_runs():
-    r = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-P", str(EXAMPLE)], capture_output=True, text=True, timeout=120,
+                       cwd=EXAMPLE.parent)
     assert r.returncode == 0, r.stderr
     got = dict(re.findall(r"^  ([a-z0-9 ]+): (\d+)$", r.stdout, re.M))
     assert r.stdout.startswith("simulated 5000 us (SimPy now 5000 us)")
