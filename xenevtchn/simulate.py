@@ -520,7 +520,8 @@ class Simulation:
         ring.guest.guest.unmask(port)  # Linux's local unmask re-fires an event raised meanwhile
         if self.trace is not None:
             self.trace.instant(f"unmask port {port}", "mask", vs.domid, vs.id, self.vt)
-        self._guest_set_flag(vs)
+        for v in ring.guest.vcpus:  # (Mini-OS unmasks on vCPU 0, whatever the port's vCPU)
+            self._guest_set_flag(self.vcpus[(vs.domid, v.id)])
 
     def _guest_set_flag(self, vs: _Vcpu) -> None:
         """The guest raised its own upcall flag (no kick): it forces the callback."""
