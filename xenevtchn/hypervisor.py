@@ -254,6 +254,21 @@ class Hypervisor:
             self.now += ns
             self._fire_timers()
 
+    # ---- snapshots (snapshot.py) ---------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes; ``Hypervisor.restore`` rebuilds it (hooks excepted)."""
+        from .snapshot import snapshot
+
+        return snapshot(self)
+
+    @classmethod
+    def restore(cls, data: bytes) -> Hypervisor:
+        """A new hypervisor in the state ``data`` captured; ``ValueError`` if it is not one."""
+        from .snapshot import restore
+
+        return restore(data, cls)
+
     # ---- hooks ---------------------------------------------------------------------------
 
     def _after(self, flags: int) -> None:

@@ -1,0 +1,326 @@
+"""The ``xenevtchn`` command line: ``demo``, ``simulate``, ``list`` and ``bench``.
+
+Every mistake on the command line or in a scenario file is one line on stderr,
+``xenevtchn SUBCOMMAND: error: ...``, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import IO, Any, NoReturn, Sequence
+
+from .scenario import MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (``prog: error: msg``) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _count(lo: int, hi: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""), 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, not {value}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="xenevtchn",
+        description="Xen event channels, simulated: a C11-atomics core over real shared_info pages.",
+        epilog="Run 'xenevtchn COMMAND --help' for a command's options. With no command: demo.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    sub.add_parser("demo", help="a short tour: dom0 and two guests raise and handle events",
+                   description="Run a short deterministic tour of event channels and print it.")
+
+    sim = sub.add_parser(
+        "simulate", help="run a realistic scenario and print what happened",
+        description="Run dom0 and guests with split-driver (net/blk) channels, per-vCPU timer VIRQs, "
+                    "IPIs, host-device PIRQs and contended PV spinlocks (SCHEDOP_poll) on simulated "
+                    "time, then print a summary of every event. Deterministic for a given seed.",
+    )
+    _scenario_options(sim)
+    sim.add_argument("--events", type=_count(1, MAX_EVENTS, "--events"), metavar="N",
+                     help="events to send in all (default 100000, or the scenario file's)")
+    sim.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sim.add_argument("--trace", metavar="FILE",
+                     help="write a Chrome/Perfetto trace-event JSON file (open it in ui.perfetto.dev)")
+    sim.add_argument("--plot", metavar="FILE.png",
+                     help="draw events per vCPU over time and upcall latency (needs matplotlib: "
+                          "pip install 'xenevtchn[plot]')")
+    sim.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="a progress bar on stderr (default: only when stderr is a terminal)")
+    sim.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes on stderr")
+
+    lst = sub.add_parser(
+        "list", help="print every domain's port table at a point of a scenario",
+        description="Run a scenario until N events have been sent, then print each domain's port "
+                    "table like Xen's 'e' debug key: port, vCPU, type, remote end, pending, masked.",
+    )
+    _scenario_options(lst)
+    lst.add_argument("--at", type=_count(0, MAX_EVENTS, "--at"), default=0, metavar="N",
+                     help="stop after N events (default 0: right after boot)")
+    lst.add_argument("--domain", type=_count(0, 0x7FEF, "--domain"), metavar="DOMID",
+                     help="only this domain")
+    lst.add_argument("--json", action="store_true", help="print the tables as JSON")
+
+    sub.add_parser("bench", help="the performance ratio table (see 'xenevtchn bench --help')",
+                   description="Run the benchmarks and print the ratio table.", add_help=False)
+    return parser
+
+
+def _scenario_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", metavar="FILE.toml", help="a scenario file (see docs; default: built in)")
+    p.add_argument("--guests", type=_count(1, MAX_GUESTS, "--guests"), metavar="N",
+                   help="guests in the built-in scenario (default 4)")
+    p.add_argument("--vcpus", type=_count(1, 32, "--vcpus"), metavar="N",
+                   help="vCPUs per guest in the built-in scenario (default 2)")
+    p.add_argument("--seed", type=_count(0, 2**63 - 1, "--seed"), metavar="S",
+                   help="random seed (default 1, or the scenario file's)")
+
+
+def _scenario(args: argparse.Namespace, events: int | None) -> Scenario:
+    if args.scenario is not None:
+        for opt in ("guests", "vcpus"):
+            if getattr(args, opt) is not None:
+                raise UsageError(f"--{opt} applies to the built-in scenario; set it in {args.scenario} instead")
+        sc = load_scenario(args.scenario)
+    else:
+        sc = default_scenario(guests=args.guests or 4, vcpus=args.vcpus or 2)
+    return sc.with_overrides(events=events, seed=args.seed)
+
+
+def _open_out(path: str, what: str, mode: str = "w") -> IO[Any]:
+    try:
+        return open(path, mode, encoding=None if "b" in mode else "utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {what} '{path}': {exc.strerror or exc}") from None
+
+
+# ---- progress bar ---------------------------------------------------------------------
+
+class Progress:
+    """A one-line progress bar on a terminal, redrawn at most ten times a second."""
+
+    def __init__(self, out: IO[str], label: str = "simulating") -> None:
+        self.out = out
+        self.label = label
+        self.last = 0.0
+        self.start = time.perf_counter()
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.1 and done < total:
+            return
+        self.last = now
+        frac = done / total if total else 1.0
+        width = 30
+        bar = "#" * int(frac * width)
+        rate = done / (now - self.start) if now > self.start else 0.0
+        self.out.write(f"\r{self.label} [{bar:<{width}}] {frac:4.0%} {done:,}/{total:,} events, {rate:,.0f}/s ")
+        self.out.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.out.write("\r" + " " * 79 + "\r")
+            self.out.flush()
+
+
+# ---- output -----------------------------------------------------------------------------
+
+_COLS = ("sent", "delivered", "coalesced", "masked")
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The summary table that ``simulate`` prints."""
+    sc, t = s["scenario"], s["totals"]
+    lines = [
+        f"xenevtchn simulate: {sc['domains']} domains (dom0 + {sc['guests']} guests), {sc['vcpus']} vCPUs, "
+        f"{sc['channels']} channels; scenario {sc['source']}, seed {sc['seed']}",
+        f"{t['sent']:,} events in {s['sim_time_us'] / 1000:,.3f} ms of simulated time; "
+        f"{s['wall_s']:.2f} s wall, {s['events_per_s']:,} events/s",
+        "",
+        f"{'':<22}{'sent':>10}{'delivered':>11}{'coalesced':>11}{'masked':>9}",
+    ]
+    lines.append(f"{'all events':<22}" + "".join(f"{t[c]:>{w},}" for c, w in zip(_COLS, (10, 11, 11, 9))))
+    for kind, row in s["by_kind"].items():
+        lines.append(f"  {kind:<20}" + "".join(f"{row[c]:>{w},}" for c, w in zip(_COLS, (10, 11, 11, 9))))
+    lines += ["", f"{'domain':<22}{'sent from':>10}{'received':>10}{'delivered':>11}{'coalesced':>11}"
+                  f"{'masked':>9}{'upcalls':>9}{'kicks':>9}{'polls woken':>13}"]
+    for d in s["by_domain"]:
+        lines.append(
+            f"{d['name'][:21]:<22}{d['sent_from']:>10,}{d['received']:>10,}{d['delivered']:>11,}"
+            f"{d['coalesced']:>11,}{d['masked']:>9,}{d['upcalls']:>9,}{d['kicks']:>9,}{d['polls_woken']:>13,}"
+        )
+    lat, req = s["latency_us"], s["requests"]
+    lines += [
+        "",
+        f"upcalls {t['upcalls']:,}, kicks {t['kicks']:,}; polls {t['polls']:,}, woken {t['polls_woken']:,}, "
+        f"kicks taken by poll waiters {t['consumed_by_poll']:,}; still pending at the end {t['pending_at_end']:,}",
+        f"raise -> handled latency (simulated): mean {lat['mean']:.2f} us, p50 {lat['p50']:.2f} us, "
+        f"p99 {lat['p99']:.2f} us, max {lat['max']:.2f} us; "
+        f"{req['completed']:,} I/O requests, mean round trip {req['mean_us']:.1f} us",
+    ]
+    return "\n".join(lines)
+
+
+def format_port_tables(tables: list[dict[str, Any]], at: int, now_us: float) -> str:
+    lines = [f"port tables after {at:,} events ({now_us / 1000:,.3f} ms simulated)"]
+    for d in tables:
+        kind = "privileged" if d["privileged"] else d["kernel"]
+        lines += ["", f"{d['name']} (domid {d['domid']}, {kind}, {d['vcpus']} vCPUs, {d['layout']}, "
+                      f"2-level): {len(d['ports'])} ports",
+                  f"{'port':>6} {'vcpu':>4}  {'type':<12}{'remote':<16}{'pending':>8}{'masked':>7}  what"]
+        for p in d["ports"]:
+            lines.append(f"{p['port']:>6} {p['vcpu']:>4}  {p['type']:<12}{p['remote']:<16}"
+                         f"{int(p['pending']):>8}{int(p['masked']):>7}  {p['label']}")
+    return "\n".join(lines)
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import Simulation
+    from .trace import TraceRecorder
+
+    sc = _scenario(args, args.events)
+    plot_mod = None
+    if args.plot is not None:
+        from . import plot as plot_mod
+
+        try:
+            plot_mod.require_matplotlib()
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
+    trace_file = _open_out(args.trace, "trace file") if args.trace is not None else None
+    plot_file = _open_out(args.plot, "plot file", "wb") if args.plot is not None else None
+    try:
+        sim = Simulation(sc, trace=TraceRecorder() if trace_file else None,
+                         record_timeline=plot_file is not None)
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        bar = Progress(sys.stderr) if show and not args.quiet else None
+        try:
+            sim.run(progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        summary = sim.summary()
+        if args.json:
+            json.dump(summary, sys.stdout, indent=2)
+            print()
+        else:
+            print(format_summary(summary))
+        if trace_file is not None:
+            assert sim.trace is not None
+            sim.trace.write(trace_file)
+            trace_file.close()
+            if not args.quiet:
+                print(f"trace: {len(sim.trace.events):,} trace events in {args.trace} "
+                      "(open it in https://ui.perfetto.dev)", file=sys.stderr)
+        if plot_file is not None:
+            assert plot_mod is not None
+            plot_mod.plot(sim, plot_file)
+            plot_file.close()
+            if not args.quiet:
+                print(f"plot: {args.plot}", file=sys.stderr)
+    finally:
+        for f in (trace_file, plot_file):
+            if f is not None and not f.closed:
+                f.close()
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .simulate import Simulation
+
+    sc = _scenario(args, None)
+    sim = Simulation(sc)
+    if args.at:
+        sim.run(events=args.at)
+    tables = sim.port_tables()
+    if args.domain is not None:
+        tables = [t for t in tables if t["domid"] == args.domain]
+        if not tables:
+            raise UsageError(f"the scenario has no domain {args.domain} (domids 0..{len(sim.doms) - 1})")
+    if args.json:
+        json.dump({"at_events": sim.sent, "sim_time_us": sim.hv.now / 1000, "domains": tables},
+                  sys.stdout, indent=2)
+        print()
+    else:
+        print(format_port_tables(tables, sim.sent, sim.hv.now / 1000))
+    return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    try:
+        from . import bench  # type: ignore[attr-defined]
+    except ImportError as exc:
+        if argv and argv[0] in ("-h", "--help"):
+            print("usage: xenevtchn bench [options]\n\nRuns the benchmarks and prints the ratio table "
+                  "(xenevtchn.bench, which this installation lacks).")
+            return 0
+        raise UsageError(f"the benchmark module is not available in this installation ({exc})") from None
+    return int(bench.main(argv) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":  # every argument after 'bench' is the bench module's
+        return _guarded("bench", lambda: cmd_bench(argv[1:]))
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, which names the subcommand
+        sub = _subparsers(parser).get(args.command, parser)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in (None, "demo"):
+        from .demo import run
+
+        run(sys.stdout)
+        return 0
+    fn = {"simulate": cmd_simulate, "list": cmd_list}[args.command]
+    return _guarded(args.command, lambda: fn(args))
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _guarded(command: str, fn) -> int:
+    try:
+        return fn()
+    except (UsageError, ScenarioError) as exc:
+        print(f"xenevtchn {command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # e.g. piped into head: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"xenevtchn {command}: interrupted", file=sys.stderr)
+        return 130
