@@ -176,16 +176,21 @@ def test_payload_that_is_not_json_or_not_a_snapshot(good):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["domains"][1]["ports"]["chans"].__setitem__(1, [1, 3, 0, 0, 0xFFFF, 0, 0, 1, 0]),
+    (lambda d: d["domains"][1]["ports"]["chans"].__setitem__(1, [1, 3, 0, 0, 0xFFFF, 0, 0, 1, 0, 0, 0]),
      "interdomain peer"),
     (lambda d: d["domains"][0]["scans"][0].__setitem__("cursor_word", 64), "cursor_word"),
     (lambda d: d["domains"][0]["ports"].__setitem__("valid", 100), "multiple of 64"),
     (lambda d: d["domains"][0]["ports"].__setitem__("active", 3), "active"),
     (lambda d: d["domains"][0].__setitem__("vcpus", 0), "vcpus"),
     (lambda d: d["domains"][0].__setitem__("shared_info", "AAAA"), "shared_info"),
-    (lambda d: d["domains"][0]["c"].__setitem__("abi", 1), "2-level"),
+    (lambda d: d["domains"][0]["c"].__setitem__("abi", 1), "FIFO section disagree"),
     (lambda d: d["domains"][0]["virq_to_evtchn"][0].__setitem__(5, 1), "not bound to that VIRQ"),
-    (lambda d: d["domains"][0]["sections"].__setitem__("fifo", {"version": 1, "data": {}}), "'fifo' section"),
+    (lambda d: (d["domains"][0]["sections"].__setitem__("fifo", {"version": 1, "data": {}}),
+                d["domains"][0]["c"].__setitem__("abi", 1)), "sections.fifo"),
+    (lambda d: d["domains"][0]["sections"].__setitem__("fifo", {"version": 2, "data": {}}), "'fifo' section"),
+    (lambda d: d["domains"][0]["sections"].__setitem__("ring", {"version": 1, "data": {}}), "'ring' section"),
+    (lambda d: d["domains"][0]["memory"]["frames"].append([3, "AAAA"]), "memory.frames"),
+    (lambda d: d["domains"][0]["fifo_scans"][0].__setitem__("ready", 1 << 16), "fifo_scans"),
     (lambda d: d["hv"].__setitem__("timers", [[5, 0, 0, 1], [1, 0, 0, 2]]), "not a heap"),
     (lambda d: d["hv"].__setitem__("hardware_domain", 77), "hardware_domain"),
     (lambda d: d["domains"].append(d["domains"][0]), "domids"),
@@ -254,3 +259,32 @@ def test_random_byte_damage_is_always_a_value_error(good):
             continue
         with pytest.raises(ValueError):
             xe.Hypervisor.restore(bytes(b))
+
+
+def test_fifo_domain_round_trips_mid_queue():
+    """A FIFO domain with linked, masked and deferred events forks into a copy whose queues,
+    words and guest cursors behave exactly as the original's."""
+    hv = xe.Hypervisor()
+    d = hv.create_domain(vcpus=2, memory_frames=64)
+    d.init_control(3, 8, 0)
+    d.init_control(4, 0, 1)
+    d.expand_array(5)
+    ports = [d.bind_ipi(v % 2) for v in range(1500)]  # ports past 1023 have no word yet
+    d.set_priority(ports[10], 2)
+    for p in (ports[5], ports[10], ports[7], ports[1200], ports[6]):
+        d.send(p)
+    d.guest.mask(ports[8])
+    d.send(ports[8])
+    assert d.guest.do_upcall(0, handler=lambda p: None)[:1] == [ports[10]]  # mid-queue state
+    d.send(ports[4])
+    data = hv.snapshot()
+    copy = xe.Hypervisor.restore(data)
+    assert copy.snapshot() == data
+    c = copy.domain(d.domid)
+    assert c.abi == "fifo" and c.fifo.array_gfns == [5]
+    for dom in (d, c):
+        dom.expand_array(6)  # raises the deferred port 1200's event
+        dom.guest.unmask(ports[8])
+    assert copy.snapshot() == hv.snapshot()
+    assert [c.guest.do_upcall(v) for v in (0, 1)] == [d.guest.do_upcall(v) for v in (0, 1)]
+    assert bytes(c.memory.page(5)) == bytes(d.memory.page(5))

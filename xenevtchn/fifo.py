@@ -77,15 +77,20 @@ def init_control(d: Domain, control_gfn: int, offset: int, vcpu: int) -> int:
     return EVTCHN_FIFO_LINK_BITS
 
 
-def _switch_to_fifo(d: Domain, fifo: FifoState) -> None:
+def _use_fifo(d: Domain, fifo: FifoState) -> None:
     pt = d.ports
-    prev_ports = d.shared_info.nr_ports
     pt.grow(EVTCHN_FIFO_NR_CHANNELS)
     pt.limit = min(EVTCHN_FIFO_NR_CHANNELS, d._port_cap + 1)
     pt.fifo = True
     d.fifo = fifo
     d._fifo_history.append(fifo)  # C may still hold it after a reset: keep it alive
     lib.xe_fifo_switch(d._c, fifo.c)
+
+
+def _switch_to_fifo(d: Domain, fifo: FifoState) -> None:
+    pt = d.ports
+    prev_ports = d.shared_info.nr_ports
+    _use_fifo(d, fifo)
     # Ports already open keep a 2-level pending bit as a deferred FIFO event, raised when
     # an array page covers them; every one gets the default priority. Masks are not kept.
     si = d.shared_info._s
@@ -94,6 +99,23 @@ def _switch_to_fifo(d: Domain, fifo: FifoState) -> None:
         if lib.xe_2l_is_pending(si, port):
             c.fifo_pending = 1
         c.priority = EVTCHN_FIFO_PRIORITY_DEFAULT
+
+
+def restore_state(d: Domain, control_blocks: dict[int, tuple[int, int]], array_gfns: list[int],
+                  tails: list[list[int]]) -> None:
+    """Rebuild a snapshot's FIFO state (port records and guest memory are restored by the
+    caller): no ports are set up and no deferred event is raised."""
+    fifo = FifoState()
+    for vcpu, (gfn, offset) in sorted(control_blocks.items()):
+        _map_control_block(d, fifo, vcpu, gfn, offset)
+    _use_fifo(d, fifo)
+    for gfn in array_gfns:
+        if lib.xe_fifo_add_page(d._c, ffi.cast("uint32_t *", d.memory.pin(gfn))) < 0:
+            raise ValueError("snapshot: too many FIFO array pages")  # checked before; never silent
+        fifo.array_gfns.append(gfn)
+    for vcpu, row in enumerate(tails):
+        for q, tail in enumerate(row):
+            fifo.c.vcpu[vcpu].queue[q].tail = tail
 
 
 def expand_array(d: Domain, array_gfn: int) -> None:

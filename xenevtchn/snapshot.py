@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from ._native import ffi
 from .constants import (
     DOMID_FIRST_RESERVED,
-    EVTCHN_2L_NR_CHANNELS,
-    EVTCHN_2L_NR_CHANNELS_X86_32,
+    EVTCHN_FIFO_MAX_QUEUES,
+    EVTCHN_FIFO_NR_CHANNELS,
     EVTCHNS_PER_BUCKET,
+    PAGE_SIZE,
     IRQ_MAX_GUESTS,
     LAYOUTS,
     NR_PIRQS,
@@ -58,6 +59,7 @@ from .constants import (
     VirqClass,
     virq_class,
 )
+from .domain import MAX_PORT_UNLIMITED
 from .guest import GUESTS
 
 if TYPE_CHECKING:
@@ -71,11 +73,14 @@ MAX_PAYLOAD = 256 << 20  # decompressed bytes we accept
 
 # struct xe_chan as bytes (native byte order, no padding), checked against cffi's layout.
 _CHAN_FIELDS = ("state", "xen_consumer", "notify_vcpu", "remote_dom", "priority", "fifo_pending",
-                "remote_port", "info")
-_CHAN = struct.Struct("=BBHHBBIIQ")  # ... and the user pointer, which must be NULL
+                "remote_port", "info", "last_vcpu", "last_priority")
+_CHAN = struct.Struct("=BBHHBBIIBBH4xQ")  # ... then padding (zero) and the user pointer (NULL)
 assert _CHAN.size == ffi.sizeof("struct xe_chan")
-assert [ffi.offsetof("struct xe_chan", f) for f in (*_CHAN_FIELDS, "user")] == [0, 1, 2, 4, 6, 7, 8, 12, 16]
-_CHAN_LIMITS = (0xFF, 0xFF, 0xFFFF, 0xFFFF, 0xFF, 0xFF, 0xFFFFFFFF, 0xFFFFFFFF)
+assert [ffi.offsetof("struct xe_chan", f) for f in (*_CHAN_FIELDS, "_pad", "user")] == \
+    [0, 1, 2, 4, 6, 7, 8, 12, 16, 17, 18, 24]
+_CHAN_LIMITS = (0xFF, 0xFF, 0xFFFF, 0xFFFF, EVTCHN_FIFO_MAX_QUEUES - 1, 1, 0xFFFFFFFF, 0xFFFFFFFF,
+                XEN_LEGACY_MAX_VCPUS - 1, EVTCHN_FIFO_MAX_QUEUES - 1)
+_MAX_PORTS = EVTCHN_FIFO_NR_CHANNELS  # a domain that ever used FIFO may have ports up to here
 _SCAN_FIELDS = ("pending_words", "bits", "vcpu", "cursor_word", "cursor_bit", "start_w", "start_b",
                 "w", "b", "i", "in_word", "end_visit", "commit", "next_word", "next_bit")
 _SCAN_BELOW_WORD = ("cursor_word", "cursor_bit", "start_w", "start_b", "w", "b", "next_word", "next_bit")
@@ -92,7 +97,53 @@ class Section:
     apply: Callable[[Domain, Any], None]
 
 
-SECTIONS: dict[str, Section] = {}
+def _capture_fifo(d: Domain) -> dict[str, Any] | None:
+    f = d.fifo
+    if f is None:
+        return None
+    for v in range(len(d.vcpus)):
+        if any(f.c.vcpu[v].queue[q].lock for q in range(EVTCHN_FIFO_MAX_QUEUES)):  # pragma: no cover
+            raise ValueError(f"domain {d.domid}: a FIFO queue is locked (a send is running)")
+    return {
+        "control_blocks": sorted([v, gfn, off] for v, (gfn, off) in f.control_blocks.items()),
+        "array_gfns": list(f.array_gfns),
+        "tails": [[int(f.c.vcpu[v].queue[q].tail) for q in range(EVTCHN_FIFO_MAX_QUEUES)]
+                  for v in range(len(d.vcpus))],
+    }
+
+
+def _check_fifo(data: Any, dom: dict[str, Any]) -> dict[str, Any]:
+    where = f"domain {dom['domid']}.sections.fifo"
+    data = _obj(data, where, ("control_blocks", "array_gfns", "tails"))
+    nv, nframes = dom["vcpus"], dom["memory"]["nr_frames"]
+    cbs = {}
+    for i, cb in enumerate(_list(data["control_blocks"], f"{where}.control_blocks")):
+        v, gfn, off = _list(cb, f"{where}.control_blocks[{i}]", 3)
+        v = _int(v, f"{where}.control_blocks[{i}].vcpu", 0, nv - 1)
+        _int(gfn, f"{where}.control_blocks[{i}].gfn", 0, nframes - 1)
+        _int(off, f"{where}.control_blocks[{i}].offset", 0, PAGE_SIZE - 72)
+        if off % 8 or v in cbs:
+            raise _fail(f"{where}.control_blocks[{i}]", "misaligned or a repeated vCPU")
+        cbs[v] = (gfn, off)
+    if not cbs:
+        raise _fail(where, "a FIFO domain has at least one control block")
+    gfns = [_int(g, f"{where}.array_gfns", 0, nframes - 1) for g in _list(data["array_gfns"], f"{where}.array_gfns")]
+    if len(gfns) > EVTCHN_FIFO_NR_CHANNELS // 1024:
+        raise _fail(f"{where}.array_gfns", "more than 128 pages")
+    tails = []
+    for v, row in enumerate(_list(data["tails"], f"{where}.tails", nv)):
+        tails.append([_int(t, f"{where}.tails[{v}]", 0, 1024 * len(gfns)) for t in
+                      _list(row, f"{where}.tails[{v}]", EVTCHN_FIFO_MAX_QUEUES)])
+    return {"control_blocks": cbs, "array_gfns": gfns, "tails": tails}
+
+
+def _apply_fifo(d: Domain, plan: dict[str, Any]) -> None:
+    from .fifo import restore_state
+
+    restore_state(d, plan["control_blocks"], plan["array_gfns"], plan["tails"])
+
+
+SECTIONS: dict[str, Section] = {"fifo": Section(1, _capture_fifo, _check_fifo, _apply_fifo)}
 
 
 # ---- capture ------------------------------------------------------------------------------
@@ -127,8 +178,6 @@ def _capture_hv(hv: Hypervisor) -> dict[str, Any]:
 
 def _capture_domain(d: Domain) -> dict[str, Any]:
     c, pt, si = d._c, d.ports, d.shared_info
-    if int(c.abi) != 0:
-        raise ValueError(f"domain {d.domid} uses the FIFO ABI, whose state snapshots do not capture yet")
     chans = []
     raw = bytes(ffi.buffer(pt.chans, pt.chans_len * _CHAN.size))
     end = pt.valid * _CHAN.size  # records past the valid ports are all zero: skip them quickly
@@ -137,14 +186,14 @@ def _capture_domain(d: Domain) -> dict[str, Any]:
     for port, rec in enumerate(_CHAN.iter_unpack(raw[:end])):
         if not any(rec):
             continue
-        if rec[8]:
+        if rec[10] or rec[11]:
             raise ValueError(
                 f"domain {d.domid} port {port} is bound through a XenEvtchn handle: its file "
                 "descriptor and queue cannot be captured; close the handle before taking a snapshot"
             )
         if pt.state[port] != rec[0]:  # pragma: no cover - the mirror is kept by PortTable
             raise AssertionError(f"port table mirror out of step at d{d.domid} port {port}")
-        chans.append([port, *rec[:8]])
+        chans.append([port, *rec[:10]])
     sections = {}
     for name, sec in SECTIONS.items():
         data = sec.capture(d)
@@ -155,7 +204,7 @@ def _capture_domain(d: Domain) -> dict[str, Any]:
         "vcpus": len(d.vcpus),
         "privileged": d.privileged,
         "layout": d.layout,
-        "max_evtchn_port": d.max_evtchn_port,
+        "max_evtchn_port": None if d._port_cap == MAX_PORT_UNLIMITED else d._port_cap,
         "guest": d.guest.mode,
         "dying": bool(d.dying),
         "pause_count": d._pause_count,
@@ -169,6 +218,11 @@ def _capture_domain(d: Domain) -> dict[str, Any]:
               "poll_evtchn": [int(x) for x in c.poll_evtchn], "kicked": int(c.kicked),
               "woken": int(c.woken)},
         "scans": [{f: int(getattr(s, f)) for f in _SCAN_FIELDS} for s in d.guest._scans],
+        "fifo_scans": [{"ready": int(s.ready), "reread": int(s.reread), "head": list(s.head)}
+                       for s in d.guest._fifo_scans],
+        "memory": {"nr_frames": d.memory.nr_frames,
+                   "frames": [[gfn, base64.b64encode(bytes(d.memory.page(gfn))).decode("ascii")]
+                              for gfn in sorted(d.memory._frames)]},
         "sections": sections,
     }
 
@@ -258,7 +312,7 @@ def decode(data: bytes) -> dict[str, Any]:
 def _check_domain(raw: Any, where: str) -> dict[str, Any]:
     d = _obj(raw, where, ("domid", "vcpus", "privileged", "layout", "max_evtchn_port", "guest", "dying",
                           "pause_count", "reset_next", "permitted_pirqs", "pirq_to_port", "virq_to_evtchn",
-                          "shared_info", "ports", "c", "scans", "sections"))
+                          "shared_info", "ports", "c", "scans", "fifo_scans", "memory", "sections"))
     domid = _int(d["domid"], f"{where}.domid", 0, DOMID_FIRST_RESERVED - 1)
     where = f"domain {domid}"
     nv = _int(d["vcpus"], f"{where}.vcpus", 1, XEN_LEGACY_MAX_VCPUS)
@@ -268,9 +322,10 @@ def _check_domain(raw: Any, where: str) -> dict[str, Any]:
         raise _fail(f"{where}.layout", f"unknown layout {d['layout']!r:.40}")
     if d["guest"] not in GUESTS:
         raise _fail(f"{where}.guest", f"unknown guest kind {d['guest']!r:.40}")
-    nports = EVTCHN_2L_NR_CHANNELS if d["layout"] == "x86_64" else EVTCHN_2L_NR_CHANNELS_X86_32
+    nports = _MAX_PORTS
     word_bits = 64 if d["layout"] == "x86_64" else 32
-    _int(d["max_evtchn_port"], f"{where}.max_evtchn_port", 0, 2**63 - 1)
+    if d["max_evtchn_port"] is not None:
+        _int(d["max_evtchn_port"], f"{where}.max_evtchn_port", 0, MAX_PORT_UNLIMITED - 1)
     _int(d["pause_count"], f"{where}.pause_count", 0, 2**63 - 1)
     _int(d["reset_next"], f"{where}.reset_next", 0, 2**32 - 1)
     pirqs = [_int(p, f"{where}.permitted_pirqs", 0, NR_PIRQS - 1) for p in _list(d["permitted_pirqs"],
@@ -312,15 +367,17 @@ def _check_domain(raw: Any, where: str) -> dict[str, Any]:
                 raise _fail(w, f"notify vCPU {vals[2]} does not exist")
         if state == ChannelState.VIRQ and vals[7] >= NR_VIRQS:
             raise _fail(w, f"virq {vals[7]} out of range")
+        if vals[8] >= nv:
+            raise _fail(w, f"last queue's vCPU {vals[8]} does not exist")
         if state == ChannelState.PIRQ and vals[7] >= NR_PIRQS:
             raise _fail(w, f"pirq {vals[7]} out of range")
         if state == _INTERDOMAIN and vals[3] >= DOMID_FIRST_RESERVED:
             raise _fail(w, f"interdomain peer {vals[3]} is not a domid")
         states[port] = state
         recs[port] = vals
-    if states[0] != ChannelState.RESERVED or any(s == ChannelState.RESERVED for s in states[1:]):
+    if states[0] != ChannelState.RESERVED or states.count(ChannelState.RESERVED, 1):
         raise _fail(f"{where}.ports", "port 0 (and only port 0) must be reserved")
-    active = sum(1 for s in states[1:] if s != ChannelState.FREE)
+    active = len(states) - 1 - states.count(ChannelState.FREE, 1)
     if _int(pt["active"], f"{where}.ports.active", 0, nports) != active:
         raise _fail(f"{where}.ports.active", f"says {pt['active']}, the records say {active}")
 
@@ -342,8 +399,7 @@ def _check_domain(raw: Any, where: str) -> dict[str, Any]:
 
     # The C-side fields and the guest's scans.
     c = _obj(d["c"], f"{where}.c", ("abi", "dying", "poll_mask", "poll_evtchn", "kicked", "woken"))
-    if _int(c["abi"], f"{where}.c.abi", 0, 255) != 0:
-        raise _fail(f"{where}.c.abi", "only the 2-level ABI can be restored")
+    _int(c["abi"], f"{where}.c.abi", 0, 1)
     _int(c["dying"], f"{where}.c.dying", 0, 255)
     for k in ("poll_mask", "kicked", "woken"):
         if _int(c[k], f"{where}.c.{k}", 0, 2**32 - 1) >> nv:
@@ -359,6 +415,25 @@ def _check_domain(raw: Any, where: str) -> dict[str, Any]:
             _int(s[f], f"{where}.scans[{v}].{f}", 0, top)
         if s["vcpu"] != v:
             raise _fail(f"{where}.scans[{v}].vcpu", f"is {s['vcpu']}")
+    for v, s in enumerate(_list(d["fifo_scans"], f"{where}.fifo_scans", nv)):
+        s = _obj(s, f"{where}.fifo_scans[{v}]", ("ready", "reread", "head"))
+        _int(s["ready"], f"{where}.fifo_scans[{v}].ready", 0, (1 << EVTCHN_FIFO_MAX_QUEUES) - 1)
+        _int(s["reread"], f"{where}.fifo_scans[{v}].reread", 0, 1)
+        for q, h in enumerate(_list(s["head"], f"{where}.fifo_scans[{v}].head", EVTCHN_FIFO_MAX_QUEUES)):
+            _int(h, f"{where}.fifo_scans[{v}].head[{q}]", 0, _MAX_PORTS - 1)
+    mem = _obj(d["memory"], f"{where}.memory", ("nr_frames", "frames"))
+    nframes = _int(mem["nr_frames"], f"{where}.memory.nr_frames", 1, 1 << 40)
+    frames = {}
+    for i, (gfn, b64) in enumerate(_pairs(mem["frames"], f"{where}.memory.frames")):
+        gfn = _int(gfn, f"{where}.memory.frames[{i}]", 0, nframes - 1)
+        try:
+            page = base64.b64decode(b64, validate=True) if isinstance(b64, str) else None
+        except (binascii.Error, ValueError):
+            page = None
+        if gfn in frames or page is None or len(page) != PAGE_SIZE:
+            raise _fail(f"{where}.memory.frames[{i}]", "a repeated frame or not 4096 base64-encoded bytes")
+        frames[gfn] = page
+    mem["frames"] = frames
 
     secs = d["sections"]
     if not isinstance(secs, dict):
@@ -373,6 +448,8 @@ def _check_domain(raw: Any, where: str) -> dict[str, Any]:
             raise ValueError(f"snapshot's '{name}' section is version {sec['version']!r:.20}; this xenevtchn "
                              f"reads version {SECTIONS[name].version}")
         plans[name] = SECTIONS[name].check(sec["data"], d)
+    if c["abi"] != ("fifo" in plans):
+        raise _fail(f"{where}.c.abi", "the ABI and the FIFO section disagree")
     d["sections"] = plans
     d["_recs"] = recs
     d["_nports"] = nports
@@ -467,7 +544,8 @@ def restore(data: bytes, cls: type[Hypervisor] | None = None) -> Hypervisor:
     hv = cls()
     for p in doms:
         d = hv.create_domain(vcpus=p["vcpus"], privileged=p["privileged"], domid=p["domid"],
-                             max_evtchn_port=p["max_evtchn_port"], layout=p["layout"], guest=p["guest"])
+                             max_evtchn_port=p["max_evtchn_port"], layout=p["layout"], guest=p["guest"],
+                             memory_frames=p["memory"]["nr_frames"])
         _apply_domain(d, p)
     hv.now = h["now"]
     hv._seq = h["timer_counter"]
@@ -484,10 +562,15 @@ def restore(data: bytes, cls: type[Hypervisor] | None = None) -> Hypervisor:
 def _apply_domain(d: Domain, p: dict[str, Any]) -> None:
     si = d.shared_info
     si.buffer[:si.size] = p["shared_info"]
+    for gfn, page in p["memory"]["frames"].items():
+        d.memory.page(gfn)[:] = page
     pt = d.ports
+    top = max([p["ports"]["valid"], *(port + 1 for port in p["_recs"])])
+    if top > pt.chans_len:
+        pt.grow(_MAX_PORTS)
     buf = bytearray(pt.chans_len * _CHAN.size)
     for port, vals in p["_recs"].items():
-        _CHAN.pack_into(buf, port * _CHAN.size, *vals, 0)
+        _CHAN.pack_into(buf, port * _CHAN.size, *vals, 0, 0)
         pt.state[port] = vals[0]
     ffi.memmove(pt.chans, buf, len(buf))
     pt.valid = p["ports"]["valid"]
@@ -505,6 +588,10 @@ def _apply_domain(d: Domain, p: dict[str, Any]) -> None:
     for s, vals in zip(d.guest._scans, p["scans"]):
         for f in _SCAN_FIELDS:
             setattr(s, f, vals[f])
+    for s, vals in zip(d.guest._fifo_scans, p["fifo_scans"]):
+        s.ready, s.reread = vals["ready"], vals["reread"]
+        for q, h in enumerate(vals["head"]):
+            s.head[q] = h
     d.dying = p["dying"]
     d._pause_count = p["pause_count"]
     d._reset_next = p["reset_next"]
