@@ -21,7 +21,7 @@ def test_quick_start_commands_are_the_ones_ci_runs():
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
     assert ".venv/bin/pytest" in text and ".venv/bin/pytest" in ci
-    assert ".venv/bin/xenevtchn demo" in text and ".venv/bin/xenevtchn demo" in ci
+    assert ".venv/bin/xenevtchn simulate" in text and ".venv/bin/xenevtchn simulate" in ci
 
 
 def test_demo_raises_and_handles_events():
