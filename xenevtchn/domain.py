@@ -8,6 +8,8 @@ types and ranges first (``TypeError`` / ``ValueError``, nothing runs), then rais
 from __future__ import annotations
 
 import errno
+import threading
+import weakref
 from array import array
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -32,6 +34,46 @@ if TYPE_CHECKING:
 
 U32 = 0xFFFFFFFF
 U16 = 0xFFFF
+KEY_PORT_BITS: int = lib.XE_KEY_PORT_BITS
+KEY_PORT_SPAN = 1 << KEY_PORT_BITS   # ports a key can carry (every port of either ABI)
+
+
+class _Slot:
+    """A domain's number in the C core's slot table, for the one-argument fast paths.
+
+    A cffi call with one argument takes a fast path that a call with two does not, so the
+    per-event calls pass ``key = slot << KEY_PORT_BITS | port`` (a small int) and C finds
+    the domain by its slot. The closures that use a key hold the slot; the slot number is
+    reused only once the slot object is gone, so a stale ``d.send`` never reaches another
+    domain. The table entry is cleared before the domain's C struct can be freed.
+    """
+
+    __slots__ = ("n", "base", "__weakref__")
+
+    _lock = threading.Lock()
+    _free = list(range(lib.XE_NR_SLOTS - 1, 0, -1))  # slot 0 is never used
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.base = n << KEY_PORT_BITS
+
+    @classmethod
+    def take(cls, cdom: Any) -> _Slot | None:
+        """A free slot now naming ``cdom``, or None when all are taken (slow paths then)."""
+        with cls._lock:
+            if not cls._free:
+                return None
+            n = cls._free.pop()
+        lib.xe_slot_set(n, cdom)
+        slot = cls(n)
+        weakref.finalize(slot, cls._give_back, n, cdom)  # holds cdom until the entry is gone
+        return slot
+
+    @classmethod
+    def _give_back(cls, n: int, _cdom: Any) -> None:
+        lib.xe_slot_set(n, ffi.NULL)
+        with cls._lock:
+            cls._free.append(n)
 
 
 def _uint(value: Any, name: str, top: int) -> int:
@@ -107,20 +149,44 @@ class Domain:
         self._bind_fast_paths()
 
     def _bind_fast_paths(self) -> None:
-        """``send``: one C call per event, no lock (the C path reads the port table)."""
-        c_send = lib.xe_evtchn_send
+        """Per-instance fast paths: ``send``, ``event_channel_op`` and the guest's.
+
+        ``send`` is one C call per event, with no lock (the C path reads the port table):
+        a one-argument call with the domain's slot in the key, or, when no slot is free,
+        a two-argument call. Anything a key cannot carry goes to the checked class method.
+        """
         c = self._c
         after = self.hv._after
+        slot = _Slot.take(c)
+        self._slot = slot
+        slow = Domain.send.__get__(self)
+        if slot is not None:
+            c_send, base = lib.xe_send_key, slot.base
 
-        def send(port: int) -> None:
-            rc = c_send(c, port)
-            if rc:
-                if rc < 0:
-                    raise EvtchnError(-rc, "send")
-                after(rc)
+            def send(port: int) -> None:
+                if 0 <= port < KEY_PORT_SPAN:
+                    rc = c_send(base + port)
+                    if rc:
+                        if rc < 0:
+                            raise EvtchnError(-rc, "send")
+                        after(rc)
+                else:
+                    slow(port)
+        else:
+            c_send2 = lib.xe_evtchn_send
+
+            def send(port: int) -> None:
+                rc = c_send2(c, port)
+                if rc:
+                    if rc < 0:
+                        raise EvtchnError(-rc, "send")
+                    after(rc)
 
         send.__doc__ = Domain.send.__doc__
         self.send = send  # type: ignore[method-assign]
+        if slot is not None:
+            self.event_channel_op = hypercalls.fast_event_channel_op(self, slot.base)  # type: ignore[method-assign]
+        self.guest._bind_fast_paths(slot)
 
     def _kill(self) -> None:
         """After destruction every call answers ESRCH."""
@@ -130,6 +196,8 @@ class Domain:
             raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
 
         self.send = gone  # type: ignore[method-assign]
+        self.__dict__.pop("event_channel_op", None)  # the general path answers -ESRCH
+        self.guest._unbind_fast_paths()
 
     def _call(self, fn, *args):
         with self.hv._lock:
@@ -204,17 +272,16 @@ class Domain:
         arr, n = _uint32_array(ports)
         if n == 0:
             return
-        failed_at = ffi.new("size_t *")
         try:
-            rc = lib.xe_evtchn_send_many(self._c, arr, n, failed_at)
-            bad_port = int(arr[failed_at[0]]) if rc < 0 else 0
+            rc = lib.xe_evtchn_send_batch(self._c, arr, n)  # the GIL is released meanwhile
+            bad_port = int(arr[-rc >> 8]) if rc < 0 else 0
         finally:
             ffi.release(arr)  # hand the caller's buffer back now, not at some GC
         if rc:
             if rc < 0:
-                i = int(failed_at[0])
+                i, err = divmod(-rc, 256)
                 self.hv._after(1)
-                raise EvtchnError(-rc, f"send_many: port {bad_port} (index {i})")
+                raise EvtchnError(err, f"send_many: port {bad_port} (index {i})")
             self.hv._after(rc)
 
     # ---- SCHEDOP_poll --------------------------------------------------------------
