@@ -198,6 +198,10 @@ class Domain:
         self.send = gone  # type: ignore[method-assign]
         self.__dict__.pop("event_channel_op", None)  # the general path answers -ESRCH
         self.guest._unbind_fast_paths()
+        if self._slot is not None:
+            # Closures taken earlier now reach no domain in C: ESRCH, or their checked
+            # path. The number stays reserved while any of them lives.
+            lib.xe_slot_set(self._slot.n, ffi.NULL)
 
     def _call(self, fn, *args):
         with self.hv._lock:

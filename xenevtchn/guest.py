@@ -61,9 +61,12 @@ class _Guest:
         """Install per-instance fast paths (the domain's slot keys them); none here."""
 
     def _unbind_fast_paths(self) -> None:
-        """The domain is gone: back to the class methods, which answer ESRCH."""
+        """The domain is gone: back to the class methods, which answer ESRCH (closures
+        taken earlier find no domain in C and fall back to them too)."""
         for name in self._FAST:
             self.__dict__.pop(name, None)
+        for scan in self._scans:
+            scan.d = ffi.NULL
 
     # ---- mask / unmask -------------------------------------------------------------
 
