@@ -99,7 +99,7 @@ int xe_2l_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
     if (!xe_test_and_clear(mask_words(s), s->word_bits, port))
         return 0;
     if (xe_test_bit(pending_words(s), s->word_bits, port) &&
-        !xe_test_and_set(pending_sel(s, vcpu), s->word_bits, port / s->word_bits))
+        !xe_test_and_set(pending_sel(s, vcpu), s->word_bits, word_of(s, port)))
         return mark_events_pending(s, vcpu);
     return 0;
 }

@@ -9,6 +9,13 @@
 #include "evtchn_abi.h"
 #include "shinfo_layout.h"
 
+/* The selector bit of a port: its word's index (a shift, where a division by the
+ * run-time word size would cost tens of cycles on the send path). */
+static inline uint32_t word_of(const struct xe_shinfo *s, uint32_t port)
+{
+    return s->word_bits == 64 ? port / 64 : port / 32;
+}
+
 /* Xen's mark_events_pending(): bit 0 of upcall_pending; a kick only on its 0 -> 1 edge. */
 static inline int mark_events_pending(const struct xe_shinfo *s, uint32_t vcpu)
 {
@@ -33,7 +40,7 @@ static inline int set_pending_2l(const struct xe_shinfo *s, uint32_t vcpu, uint3
     /* 2. Unmasked: the selector bit of the port's word, and an upcall on its 0 -> 1 edge. */
     if (!xe_test_bit(mask_words(s), W, port)) {
         void *sel = pending_sel(s, vcpu);
-        uint32_t w = port / W;
+        uint32_t w = word_of(s, port);
         if (!xe_test_bit(sel, W, w) && !xe_test_and_set(sel, W, w))
             flags |= mark_events_pending(s, vcpu);
     }

@@ -11,8 +11,7 @@
 #include <errno.h>
 #include <unistd.h>
 
-#include "evtchn_abi.h"
-#include "shinfo_layout.h"
+#include "event_2l.h"
 
 static inline uint64_t low_mask_from(uint32_t b)
 {
@@ -238,7 +237,7 @@ int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
     /* Re-fire the swallowed edge locally; the guest writes its own upcall flag. (A selector
      * bit a load finds set is the test-and-set that finds it set.) */
     void *sel = pending_sel(s, vcpu);
-    uint32_t w = port / s->word_bits;
+    uint32_t w = word_of(s, port);
     if (xe_test_bit(sel, s->word_bits, w) || xe_test_and_set(sel, s->word_bits, w))
         return 0;
     atomic_store(upcall_pending(s, vcpu), 1);

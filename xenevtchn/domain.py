@@ -273,7 +273,7 @@ class Domain:
         """
         if self.dead:
             raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
-        arr, n = _uint32_array(ports)
+        arr, n, view = _uint32_array(ports)
         if n == 0:
             return
         try:
@@ -281,6 +281,8 @@ class Domain:
             bad_port = int(arr[-rc >> 8]) if rc < 0 else 0
         finally:
             ffi.release(arr)  # hand the caller's buffer back now, not at some GC
+            if view is not None:
+                view.release()
         if rc:
             if rc < 0:
                 i, err = divmod(-rc, 256)
@@ -303,25 +305,38 @@ class Domain:
         return f"<Domain {self.domid} vcpus={len(self.vcpus)} {self.layout}{state}>"
 
 
-def _uint32_array(ports: Any) -> tuple[Any, int]:
-    """A ``uint32_t *`` over ``ports`` without copying a suitable buffer."""
+_U32_ARRAY = ffi.typeof("uint32_t[]")
+_U32_FORMATS = frozenset(("I", "=I", "<I", "L", "=L", "<L"))
+
+
+def _uint32_array(ports: Any) -> tuple[Any, int, memoryview | None]:
+    """A ``uint32_t *`` over ``ports`` without copying a suitable buffer.
+
+    Returns ``(cdata or None, n, view)``: release both the cdata and the view (if any)
+    once C is done, so the caller's buffer is theirs again at once.
+    """
     try:
         view = memoryview(ports)
     except TypeError:
         view = None
     if view is not None:
-        with view:
-            if view.itemsize != 4 or view.format not in ("I", "=I", "<I", "L", "=L", "<L"):
-                raise TypeError(f"a port buffer must hold uint32 (format 'I'), not format {view.format!r}")
-            if not view.c_contiguous:
-                raise TypeError("a port buffer must be contiguous")
-            n = view.nbytes // 4
-        return (ffi.from_buffer("uint32_t[]", ports) if n else None), n
+        if view.itemsize != 4 or view.format not in _U32_FORMATS:
+            fmt = view.format
+            view.release()
+            raise TypeError(f"a port buffer must hold uint32 (format 'I'), not format {fmt!r}")
+        if not view.c_contiguous:
+            view.release()
+            raise TypeError("a port buffer must be contiguous")
+        n = view.nbytes >> 2
+        if not n:
+            view.release()
+            return None, 0, None
+        return ffi.from_buffer(_U32_ARRAY, view), n, view
     try:
         buf = array("I", ports)
     except OverflowError:
         raise ValueError("ports must be in 0..2**32-1") from None
-    return (ffi.from_buffer("uint32_t[]", buf) if len(buf) else None), len(buf)
+    return (ffi.from_buffer(_U32_ARRAY, buf) if len(buf) else None), len(buf), None
 
 
 def _sched_poll(d: Domain, ports: list[int], timeout: int, vcpu: int) -> bool:
