@@ -159,16 +159,16 @@ class LinuxGuest(_Guest):
         nv = len(self._d.vcpus)
         block = ffi.new("uint32_t[]", nv * _UPCALL_CAP)
         self._upcall_out = block
-        outs = []
+        views = []   # each vCPU's part of block as uint32 items: tolist() beats ffi.unpack
         for v, scan in enumerate(self._scans):
             scan.d = self._d._c
-            scan.out = outs_v = block + v * _UPCALL_CAP
+            scan.out = block + v * _UPCALL_CAP
             scan.cap = _UPCALL_CAP
-            outs.append(outs_v)
+            views.append(memoryview(ffi.buffer(scan.out, 4 * _UPCALL_CAP)).cast("I"))
         scans = self._scans
         timers = [0] * nv               # what each scan's .timer holds
         virq_ports = self._d._virq_to_evtchn
-        c_upcall, unpack = lib.xe_2l_upcall, ffi.unpack
+        c_upcall = lib.xe_2l_upcall
 
         def do_upcall(vcpu: int = 0, handler: Handler | None = None) -> list[int]:
             if handler is None and vcpu.__class__ is int and 0 <= vcpu < nv:
@@ -177,13 +177,16 @@ class LinuxGuest(_Guest):
                 if timer != timers[vcpu]:
                     scan.timer = timers[vcpu] = timer
                 n = c_upcall(scan)
+                if n == 1:
+                    return [views[vcpu][0]]
                 if 0 <= n < _UPCALL_CAP:
-                    return unpack(outs[vcpu], n)
+                    return views[vcpu][:n].tolist()
                 if n == _UPCALL_CAP:
-                    handled = unpack(outs[vcpu], n)
+                    out = views[vcpu]
+                    handled = out.tolist()
                     while (n := c_upcall(scan)) == _UPCALL_CAP:
-                        handled += unpack(outs[vcpu], n)
-                    return handled + unpack(outs[vcpu], n)
+                        handled += out.tolist()
+                    return handled + out[:n].tolist()
             return slow_upcall(vcpu, handler)
 
         do_upcall.__doc__ = LinuxGuest.do_upcall.__doc__
