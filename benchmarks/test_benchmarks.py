@@ -13,9 +13,9 @@ def test_row(benchmark, bench_row, name, side):
     row = bench_row(name)
     case = row.ours if side == "ours" else row.floor
     benchmark.group = name
-    benchmark.extra_info.update(side=side, ops=case.ops, floor=row.floor_name,
-                                target=row.target_text())
-    result = benchmark.pedantic(case.run, setup=case.setup, rounds=row.rounds,
+    benchmark.extra_info.update(side=side, ops=case.ops, floor=row.spec.floor_name,
+                                target=row.spec.target_text())
+    result = benchmark.pedantic(case.run, setup=case.setup, rounds=row.spec.rounds,
                                 warmup_rounds=2, iterations=1)
     if case.check is not None:
         case.check(result)   # the last round did the work it claims (in test runs: the only one)

@@ -5,6 +5,8 @@ compiler), but into their own module outside the package:
 
 * ``xe_floor_identity(int64_t) -> int64_t``: a bare one-argument cffi call from Python
   (the cost of crossing into C and back, GIL release included, with no work);
+* ``xe_floor_fetch_or_jobs``: two jobs of that loop on one thread or on two at once (how
+  well this machine runs two threads at the moment, with no Python involved);
 * ``xe_floor_fetch_or(words, ports, n)``: one ``atomic_fetch_or`` per port on the 64-bit
   pending words, the least any 2-level send must do per event. It is called from Python
   on a whole batch, so the call overhead is amortised over the batch as it is for
@@ -33,10 +35,13 @@ CDEF = """
 int64_t xe_floor_identity(int64_t x);
 void xe_floor_fetch_or(uint64_t *words, const uint32_t *ports, size_t n);
 double xe_floor_fetch_or_timed(uint64_t *words, const uint32_t *ports, size_t n, size_t iters);
+void xe_floor_fetch_or_jobs(uint64_t *words1, uint64_t *words2, const uint32_t *ports, size_t n,
+                            size_t iters, int threads);
 """
 
 SOURCE = r"""
 #define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stddef.h>
@@ -65,6 +70,33 @@ double xe_floor_fetch_or_timed(uint64_t *words, const uint32_t *ports, size_t n,
     clock_gettime(CLOCK_MONOTONIC, &b);
     double ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec);
     return n && iters ? ns / ((double)n * (double)iters) : 0.0;
+}
+
+/* Two jobs of iters passes of the loop, each on its own words: both on the calling
+ * thread (threads == 1), or the second on a new thread at the same time (threads == 2).
+ * How well this machine runs two threads at once, right now, with no Python at all. */
+struct job { uint64_t *words; const uint32_t *ports; size_t n, iters; };
+
+static void *run_job(void *arg)
+{
+    struct job *j = arg;
+    for (size_t k = 0; k < j->iters; k++)
+        xe_floor_fetch_or(j->words, j->ports, j->n);
+    return NULL;
+}
+
+void xe_floor_fetch_or_jobs(uint64_t *words1, uint64_t *words2, const uint32_t *ports, size_t n,
+                            size_t iters, int threads)
+{
+    struct job a = {words1, ports, n, iters}, b = {words2, ports, n, iters};
+    pthread_t t;
+    if (threads > 1 && pthread_create(&t, NULL, run_job, &b) == 0) {
+        run_job(&a);
+        pthread_join(t, NULL);
+        return;
+    }
+    run_job(&a);
+    run_job(&b);
 }
 """
 
@@ -112,7 +144,8 @@ def _build_into(root: Path) -> Path:
     work = Path(tempfile.mkdtemp(prefix="build-", dir=root))
     ffi = FFI()
     ffi.cdef(CDEF)
-    ffi.set_source(MODULE, SOURCE, extra_compile_args=["-std=c11", "-O2"])
+    ffi.set_source(MODULE, SOURCE, extra_compile_args=["-std=c11", "-O2", "-pthread"],
+                   extra_link_args=["-pthread"])
     ffi.compile(tmpdir=str(work), verbose=False)
     try:
         os.rename(work, target)  # atomic; another process may have won the race
