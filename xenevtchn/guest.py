@@ -186,7 +186,9 @@ class LinuxGuest(_Guest):
                     handled = out.tolist()
                     while (n := c_upcall(scan)) == _UPCALL_CAP:
                         handled += out.tolist()
-                    return handled + out[:n].tolist()
+                    if n > 0:
+                        handled += out[:n].tolist()
+                    return handled
             return slow_upcall(vcpu, handler)
 
         do_upcall.__doc__ = LinuxGuest.do_upcall.__doc__

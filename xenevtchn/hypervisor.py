@@ -266,7 +266,10 @@ class Hypervisor:
         if not flags:
             return
         pool = self._hook_bufs
-        buf = pool.pop() if pool else ffi.new("uint32_t[]", 3 * _HOOK_RECORDS)
+        try:
+            buf = pool.pop()
+        except IndexError:  # another thread has the pool's buffer right now
+            buf = ffi.new("uint32_t[]", 3 * _HOOK_RECORDS)
         try:
             n = lib.xe_hv_take_hooks(self._c, buf, _HOOK_RECORDS)
             if not n:
