@@ -61,7 +61,7 @@ static int kick(struct xe_domain *d, uint32_t v)
 }
 
 /* The ABI's set_pending; the 2-level one inlined (the table holds the same function). */
-static inline int abi_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port)
+XE_INLINE int abi_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port)
 {
     if (d->abi == XE_ABI_2L)
         return set_pending_2l(&d->si, vcpu, port);
@@ -137,7 +137,7 @@ int xe_evtchn_raise(struct xe_domain *d, uint32_t port)
                                            memory_order_relaxed), port);
 }
 
-static inline int send_one(struct xe_domain *d, uint32_t port)
+XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
 {
     if (!port_is_valid(d, port))
         return -EINVAL;

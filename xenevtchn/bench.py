@@ -23,6 +23,15 @@ What a row measures
   upcall flags are cleared (untimed), so every send really raises its port (only the
   first send of a round kicks the vCPU). "already pending": the bits stay set, so every
   send is a coalesced event. Both are reported; they differ.
+* ``do_upcall k``: before every round k ports of a domain with 4095 bound ports are made
+  pending (untimed); the round is one ``do_upcall()`` with no handler, and the time is
+  per handled port. For k=1 a round is 32 upcalls, on 32 vCPUs with one pending port
+  each (so the timer's own cost does not sit on a single call).
+* ``event_channel_op``: one preallocated ``bytearray`` per port, as a guest keeps its
+  hypercall argument; EVTCHNOP_status has no fast path and is shown for information.
+* Threads: two domains, each fed by its own thread with long ``send_many`` batches, against
+  one thread doing both; the "(info) 2 C threads vs 1" row runs the C floor loop the same
+  way with pthreads, to show what the machine itself gives two threads at that moment.
 * Times are the minimum over rounds of (round time / events in the round); the garbage
   collector is off while timing.
 """
