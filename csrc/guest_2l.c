@@ -91,7 +91,7 @@ static inline void finish_visit(struct xe_scan *s, uint32_t W)
     /* The start word stays selected after its first visit: it is visited again last. */
     if (!(s->w == s->start_w && s->i == 0))
         s->pending_words &= ~(UINT64_C(1) << s->w);
-    s->w = (s->w + 1) % W;
+    s->w = (s->w + 1) & (W - 1);            /* W is 32 or 64: no division */
     s->i++;
     s->in_word = 0;
     s->end_visit = 0;
@@ -123,8 +123,8 @@ int32_t xe_2l_scan_next(struct xe_domain *d, struct xe_scan *s)
         }
         uint32_t bit = (uint32_t)__builtin_ctzll(m);
         uint32_t port = s->w * W + bit;
-        s->b = (bit + 1) % W;
-        s->next_word = s->b ? s->w : (s->w + 1) % W;
+        s->b = (bit + 1) & (W - 1);
+        s->next_word = s->b ? s->w : (s->w + 1) & (W - 1);
         s->next_bit = s->b;
         s->commit = 1;
         s->end_visit = s->b == 0;  /* the bit index wrapped: this visit ends */
