@@ -306,3 +306,22 @@ def test_hooks_owed_by_a_destroyed_domain_are_dropped():
     e.guest.do_upcall(0)
     e.send(q)
     assert kicked == [d.vcpus[0], e.vcpus[0]]
+
+
+def test_a_listed_domain_whose_bits_were_taken_runs_no_hook():
+    """Another thread may take a domain's bits while the domain is still listed."""
+    from xenevtchn._native import lib
+
+    hv = xe.Hypervisor()
+    d = hv.create_domain(vcpus=2)
+    p = d.bind_ipi(vcpu=1)
+    d.guest.do_upcall(1)
+    calls = []
+    hv.on_kick = hv.on_wake = calls.append
+    assert lib.xe_evtchn_send(d._c, p) == lib.XE_EV_HOOKS   # recorded, hooks not yet run
+    assert lib.xe_take_kicked(d._c) == 0b10                 # someone else took the bit
+    hv._after(lib.XE_EV_HOOKS)
+    assert calls == []
+    d.guest.do_upcall(1)
+    d.send(p)
+    assert calls == [d.vcpus[1]]

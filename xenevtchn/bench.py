@@ -224,6 +224,25 @@ def _send_row(xe: Any, floors: Any, pending: bool) -> Built:
     return "d.send(port) per call", ours, floor
 
 
+def _send_kick_row(xe: Any, floors: Any) -> Built:
+    """Every send kicks: 32 IPIs, one per vCPU, each vCPU's upcall flag clear."""
+    w = _Ipis(xe, vcpus=32)
+    hot = [w.ports[64 * 32 + v] for v in range(32)]
+    kicked: list[Any] = []
+    w.hv.on_kick = kicked.append
+
+    def setup() -> None:
+        w.clear()
+        kicked.clear()
+
+    def check(_r: Any) -> None:
+        assert len(kicked) == len(hot), len(kicked)
+
+    ours = Case(_loop1(w.d.send, hot), len(hot), setup, check)
+    floor = _floor_call(floors, len(hot))
+    return "d.send(port) that kicks its vCPU: the on_kick hook runs (list.append)", ours, floor
+
+
 def _send_vs_reference_row(xe: Any, floors: Any) -> Built:
     from . import reference
 
@@ -389,6 +408,7 @@ _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
      lambda xe, f: _send_many_row(xe, f, "numpy", True)),
     (Spec("d.send first raise", _CFFI, 2.5, rounds=100), lambda xe, f: _send_row(xe, f, False)),
     (Spec("d.send already pending", _CFFI, 2.5, rounds=100), lambda xe, f: _send_row(xe, f, True)),
+    (Spec("(info) d.send that kicks", _CFFI, None, rounds=200), _send_kick_row),
     (Spec("d.send vs reference", "reference model's send", 4.0, "speedup", rounds=30),
      _send_vs_reference_row),
     (Spec("guest.unmask masked, not pending", _CFFI, 2.5, rounds=100),

@@ -270,19 +270,23 @@ class Hypervisor:
             buf = pool.pop()
         except IndexError:  # another thread has the pool's buffer right now
             buf = ffi.new("uint32_t[]", 3 * _HOOK_RECORDS)
-        try:
+        n = lib.xe_hv_take_hooks(self._c, buf, _HOOK_RECORDS)
+        rec = ffi.unpack(buf, 3 * n) if n else None
+        while n == _HOOK_RECORDS:
             n = lib.xe_hv_take_hooks(self._c, buf, _HOOK_RECORDS)
-            if not n:
-                return
-            rec = ffi.unpack(buf, 3 * n)
-            while n == _HOOK_RECORDS:
-                n = lib.xe_hv_take_hooks(self._c, buf, _HOOK_RECORDS)
-                rec += ffi.unpack(buf, 3 * n)
-        finally:
-            pool.append(buf)
+            rec += ffi.unpack(buf, 3 * n)
+        pool.append(buf)
+        if rec is None:
+            return
         on_kick, on_wake = self.on_kick, self.on_wake
         if on_kick is None and on_wake is None:
             return  # the bits are taken; nobody to call
+        if len(rec) == 3 and rec[1] and not rec[2] and rec[1] & (rec[1] - 1) == 0:
+            # The usual case: one vCPU of one domain kicked, nobody woken.
+            d = self._domains.get(rec[0])
+            if d is not None and on_kick is not None:
+                on_kick(d.vcpus[rec[1].bit_length() - 1])
+            return
         domains = self._domains
         owed: dict[int, list[Any]] = {}
         for i in range(0, len(rec), 3):
