@@ -179,7 +179,9 @@ class LinuxGuest(_Guest):
                 n = c_upcall(scan)
                 if n == 1:
                     return [views[vcpu][0]]
-                if 0 <= n < _UPCALL_CAP:
+                if n == 0:
+                    return []
+                if 0 < n < _UPCALL_CAP:
                     return views[vcpu][:n].tolist()
                 if n == _UPCALL_CAP:
                     out = views[vcpu]
