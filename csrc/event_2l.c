@@ -6,14 +6,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "evtchn_abi.h"
-#include "shinfo_layout.h"
-
-/* Xen's mark_events_pending(): bit 0 of upcall_pending; a kick only on its 0 -> 1 edge. */
-static inline int mark_events_pending(const struct xe_shinfo *s, uint32_t vcpu)
-{
-    return (atomic_fetch_or(upcall_pending(s, vcpu), 1) & 1) ? 0 : XE_SET_KICK;
-}
+#include "event_2l.h"
 
 /* ---- views ---------------------------------------------------------------------- */
 
@@ -83,18 +76,7 @@ void xe_vcpu_set_upcall_mask(const struct xe_shinfo *s, uint32_t vcpu, uint8_t v
 
 int xe_2l_set_pending(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
 {
-    if (port >= s->nr_ports || vcpu >= XE_MAX_VCPUS)
-        return 0;
-    /* 1. An already-pending port is a coalesced event: nothing else happens at all. */
-    if (xe_test_and_set(pending_words(s), s->word_bits, port))
-        return 0;
-    int flags = XE_SET_NEWLY;
-    /* 2. Unmasked: the selector bit of the port's word, and an upcall on its 0 -> 1 edge. */
-    if (!xe_test_bit(mask_words(s), s->word_bits, port) &&
-        !xe_test_and_set(pending_sel(s, vcpu), s->word_bits, port / s->word_bits))
-        flags |= mark_events_pending(s, vcpu);
-    /* 3. The caller checks pollers (masked ports wake pollers too). */
-    return flags;
+    return set_pending_2l(s, vcpu, port);
 }
 
 void xe_2l_clear_pending(const struct xe_shinfo *s, uint32_t port)
@@ -117,7 +99,7 @@ int xe_2l_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
     if (!xe_test_and_clear(mask_words(s), s->word_bits, port))
         return 0;
     if (xe_test_bit(pending_words(s), s->word_bits, port) &&
-        !xe_test_and_set(pending_sel(s, vcpu), s->word_bits, port / s->word_bits))
+        !xe_test_and_set(pending_sel(s, vcpu), s->word_bits, word_of(s, port)))
         return mark_events_pending(s, vcpu);
     return 0;
 }

@@ -11,8 +11,7 @@
 #include <errno.h>
 #include <stdatomic.h>
 
-#include "evtchn_abi.h"
-#include "shinfo_layout.h"
+#include "event_2l.h"
 
 #define A32(field) ((_Atomic uint32_t *)&(field))
 #define AI32(field) ((_Atomic int32_t *)&(field))
@@ -20,6 +19,22 @@
 static inline const struct xe_abi_ops *ops(const struct xe_domain *d)
 {
     return abi_ops(d);
+}
+
+#define AOWED(hv) ((_Atomic(struct xe_domain *) *)&(hv)->owed)
+
+/* Put d on its hypervisor's list of domains whose kicked/woken bits are to be taken, so
+ * the caller's hook runner visits only those. d's bits are set before this runs, and
+ * xe_hv_take_hooks clears hooks_owed before it takes them: a bit is never left behind. */
+static void owe_hooks(struct xe_domain *d)
+{
+    struct xe_hv *hv = d->hv;
+    if (!hv || atomic_exchange(A32(d->hooks_owed), 1))
+        return;                                    /* already listed */
+    struct xe_domain *head = atomic_load(AOWED(hv));
+    do
+        d->owed_next = head;
+    while (!atomic_compare_exchange_weak(AOWED(hv), &head, d));
 }
 
 /* End vCPU v's poll if it is in one; report whether it was. */
@@ -30,6 +45,7 @@ static int end_poll(struct xe_domain *d, uint32_t v)
         return 0;
     atomic_store(AI32(d->poll_evtchn[v]), 0);
     atomic_fetch_or(A32(d->woken), bit);
+    owe_hooks(d);
     return XE_EV_HOOKS;
 }
 
@@ -37,14 +53,22 @@ static int end_poll(struct xe_domain *d, uint32_t v)
 static int kick(struct xe_domain *d, uint32_t v)
 {
     atomic_fetch_or(A32(d->kicked), UINT32_C(1) << v);
+    owe_hooks(d);
     end_poll(d, v);
     return XE_EV_HOOKS;
 }
 
-/* check_pollers(): vCPUs polling this port, or several / zero ports, wake up. */
-static int check_pollers(struct xe_domain *d, uint32_t port)
+/* The ABI's set_pending; the 2-level one inlined (the table holds the same function). */
+XE_INLINE int abi_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port)
 {
-    uint32_t polling = atomic_load(A32(d->poll_mask));
+    if (d->abi == XE_ABI_2L)
+        return set_pending_2l(&d->si, vcpu, port);
+    return ops(d)->set_pending(d, vcpu, port);
+}
+
+/* check_pollers(): vCPUs polling this port, or several / zero ports, wake up. */
+static int wake_pollers(struct xe_domain *d, uint32_t port, uint32_t polling)
+{
     int ev = 0;
     while (polling) {
         uint32_t v = (uint32_t)__builtin_ctz(polling);
@@ -54,6 +78,12 @@ static int check_pollers(struct xe_domain *d, uint32_t port)
             ev |= end_poll(d, v);
     }
     return ev;
+}
+
+XE_INLINE int check_pollers(struct xe_domain *d, uint32_t port)
+{
+    uint32_t polling = atomic_load(A32(d->poll_mask));
+    return polling ? wake_pollers(d, port, polling) : 0;   /* nobody polls: the usual case */
 }
 
 /* A port bound through a libxenevtchn handle is taken the moment it is raised, as the
@@ -69,8 +99,9 @@ static int deliver_user(struct xe_domain *d, uint32_t port)
     return check_pollers(d, port);                  /* pending went 0 -> 1 */
 }
 
-/* evtchn_port_set_pending(): skipped for channels that are not usable. */
-static inline int deliver(struct xe_domain *d, uint32_t vcpu, uint32_t port)
+/* evtchn_port_set_pending(): skipped for channels that are not usable. (Inlined: it is
+ * the body of every send.) */
+XE_INLINE int deliver(struct xe_domain *d, uint32_t vcpu, uint32_t port)
 {
     struct xe_chan *c = &d->chans[port];
     if (!chan_usable(c) || vcpu >= d->nr_vcpus)
@@ -78,7 +109,7 @@ static inline int deliver(struct xe_domain *d, uint32_t vcpu, uint32_t port)
     struct xe_user *u = __atomic_load_n(&c->user, __ATOMIC_ACQUIRE);
     if (u)
         return deliver_user(d, port);
-    int f = ops(d)->set_pending(d, vcpu, port);
+    int f = abi_set_pending(d, vcpu, port);
     if (!f)
         return 0;
     int ev = 0;
@@ -128,7 +159,7 @@ int xe_evtchn_raise(struct xe_domain *d, uint32_t port)
                                            memory_order_relaxed), port);
 }
 
-static inline int send_one(struct xe_domain *d, uint32_t port)
+XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
 {
     if (!port_is_valid(d, port))
         return -EINVAL;
@@ -175,6 +206,18 @@ int xe_evtchn_send_many(struct xe_domain *d, const uint32_t *ports, size_t n,
     }
     if (failed_at)
         *failed_at = n;
+    return ev;
+}
+
+int64_t xe_evtchn_send_batch(struct xe_domain *d, const uint32_t *ports, size_t n)
+{
+    int ev = 0;
+    for (size_t i = 0; i < n; i++) {
+        int rc = send_one(d, ports[i]);
+        if (rc < 0)
+            return -((int64_t)i * 256 + (int64_t)-rc);
+        ev |= rc;
+    }
     return ev;
 }
 
@@ -270,4 +313,85 @@ uint32_t xe_take_kicked(struct xe_domain *d)
 uint32_t xe_take_woken(struct xe_domain *d)
 {
     return atomic_exchange(A32(d->woken), 0);
+}
+
+size_t xe_hv_take_hooks(struct xe_hv *hv, uint32_t *out, size_t cap)
+{
+    if (!atomic_load_explicit(AOWED(hv), memory_order_relaxed))
+        return 0;
+    struct xe_domain *d = atomic_exchange(AOWED(hv), NULL);
+    size_t n = 0;
+    while (d && n < cap) {
+        struct xe_domain *next = d->owed_next;
+        atomic_store(A32(d->hooks_owed), 0);      /* before its bits are taken */
+        if (hv->domains[d->domid] == d) {          /* a destroyed domain owes nothing */
+            out[3 * n] = d->domid;
+            out[3 * n + 1] = atomic_exchange(A32(d->kicked), 0);
+            out[3 * n + 2] = atomic_exchange(A32(d->woken), 0);
+            n++;
+        }
+        d = next;
+    }
+    if (d) {                                       /* out is full: the rest go back */
+        struct xe_domain *tail = d;
+        while (tail->owed_next)
+            tail = tail->owed_next;
+        struct xe_domain *head = atomic_load(AOWED(hv));
+        do
+            tail->owed_next = head;
+        while (!atomic_compare_exchange_weak(AOWED(hv), &head, d));
+    }
+    return n;
+}
+
+/* ---- one-argument fast paths ------------------------------------------------------------ */
+
+/* Domains by slot, for Python's per-event calls: a cffi call with one argument takes a
+ * fast path that one with two does not, so (slot, port) travel as one small int. */
+static _Atomic(struct xe_domain *) slots[XE_NR_SLOTS];
+
+int xe_slot_set(uint32_t slot, struct xe_domain *d)
+{
+    if (slot >= XE_NR_SLOTS)
+        return -EINVAL;
+    atomic_store_explicit(&slots[slot], d, memory_order_release);
+    return 0;
+}
+
+static inline struct xe_domain *key_domain(uint32_t key)
+{
+    uint32_t slot = key >> XE_KEY_PORT_BITS;
+    if (slot >= XE_NR_SLOTS)
+        return NULL;
+    return atomic_load_explicit(&slots[slot], memory_order_acquire);
+}
+
+int xe_send_key(uint32_t key)
+{
+    struct xe_domain *d = key_domain(key);
+    return d ? send_one(d, key & XE_KEY_PORT_MASK) : -ESRCH;
+}
+
+int xe_unmask_key(uint32_t key)
+{
+    struct xe_domain *d = key_domain(key);
+    return d ? xe_evtchn_unmask(d, key & XE_KEY_PORT_MASK) : -ESRCH;
+}
+
+int xe_linux_unmask_key(uint32_t key)
+{
+    struct xe_domain *d = key_domain(key);
+    uint32_t port = key & XE_KEY_PORT_MASK;
+    if (!d || d->abi != XE_ABI_2L)
+        return -ENOSYS;
+    if (port >= d->si.nr_ports)
+        return -EINVAL;
+    uint32_t v = 0;                                /* as Linux: vCPU 0 past the valid range */
+    if (port_is_valid(d, port)) {
+        struct xe_chan *c = &d->chans[port];
+        if (__atomic_load_n(&c->user, __ATOMIC_ACQUIRE))
+            return xe_user_unmask(d, port);
+        v = atomic_load_explicit((_Atomic uint16_t *)&c->notify_vcpu, memory_order_relaxed);
+    }
+    return xe_2l_guest_unmask(&d->si, v, port);
 }

@@ -11,8 +11,7 @@
 #include <errno.h>
 #include <unistd.h>
 
-#include "evtchn_abi.h"
-#include "shinfo_layout.h"
+#include "event_2l.h"
 
 static inline uint64_t low_mask_from(uint32_t b)
 {
@@ -92,7 +91,7 @@ static inline void finish_visit(struct xe_scan *s, uint32_t W)
     /* The start word stays selected after its first visit: it is visited again last. */
     if (!(s->w == s->start_w && s->i == 0))
         s->pending_words &= ~(UINT64_C(1) << s->w);
-    s->w = (s->w + 1) % W;
+    s->w = (s->w + 1) & (W - 1);            /* W is 32 or 64: no division */
     s->i++;
     s->in_word = 0;
     s->end_visit = 0;
@@ -124,8 +123,8 @@ int32_t xe_2l_scan_next(struct xe_domain *d, struct xe_scan *s)
         }
         uint32_t bit = (uint32_t)__builtin_ctzll(m);
         uint32_t port = s->w * W + bit;
-        s->b = (bit + 1) % W;
-        s->next_word = s->b ? s->w : (s->w + 1) % W;
+        s->b = (bit + 1) & (W - 1);
+        s->next_word = s->b ? s->w : (s->w + 1) & (W - 1);
         s->next_bit = s->b;
         s->commit = 1;
         s->end_visit = s->b == 0;  /* the bit index wrapped: this visit ends */
@@ -192,6 +191,41 @@ size_t xe_minios_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out
     return scan_fill(d, s, out, cap, xe_minios_scan_next);
 }
 
+/* LinuxGuest.do_upcall with no handler, whole: each pass clears the upcall flag, takes
+ * the VIRQ_TIMER port first, then scans; passes repeat while the flag was set again. */
+int32_t xe_2l_upcall(struct xe_scan *s)
+{
+    struct xe_domain *d = s->d;
+    if (!d || d->abi != XE_ABI_2L)
+        return -ENOSYS;
+    const struct xe_shinfo *si = &d->si;
+    uint32_t v = s->vcpu, cap = s->cap, n = 0;
+    uint32_t *out = s->out;
+    if (v >= d->nr_vcpus || cap < 2)
+        return -EINVAL;
+    for (;;) {
+        if (s->phase == 0) {
+            xe_vcpu_set_upcall_pending(si, v, 0);
+            if (s->timer) {
+                int32_t port = xe_2l_take_timer(d, v, s->timer);
+                if (port >= 0)
+                    out[n++] = (uint32_t)port;
+            }
+            xe_2l_scan_begin(d, s);
+            s->phase = 1;
+        }
+        int32_t port;
+        while (n < cap && (port = xe_2l_scan_next(d, s)) >= 0)
+            out[n++] = (uint32_t)port;
+        if (n == cap)
+            return (int32_t)n;                     /* the caller comes back for the rest */
+        xe_2l_scan_end(s);
+        s->phase = 0;
+        if (!xe_vcpu_upcall_pending(si, v))
+            return (int32_t)n;
+    }
+}
+
 int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
 {
     if (port >= s->nr_ports || vcpu >= XE_MAX_VCPUS)
@@ -200,8 +234,11 @@ int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
     xe_test_and_clear(mask_words(s), s->word_bits, port);
     if (!xe_test_bit(pending_words(s), s->word_bits, port))
         return 0;
-    /* Re-fire the swallowed edge locally; the guest writes its own upcall flag. */
-    if (xe_test_and_set(pending_sel(s, vcpu), s->word_bits, port / s->word_bits))
+    /* Re-fire the swallowed edge locally; the guest writes its own upcall flag. (A selector
+     * bit a load finds set is the test-and-set that finds it set.) */
+    void *sel = pending_sel(s, vcpu);
+    uint32_t w = word_of(s, port);
+    if (xe_test_bit(sel, s->word_bits, w) || xe_test_and_set(sel, s->word_bits, w))
         return 0;
     atomic_store(upcall_pending(s, vcpu), 1);
     return 1;

@@ -50,7 +50,14 @@ enum {
     XE_FIFO_PRIORITY_DEFAULT = 7,
     XE_FIFO_WORDS_PER_PAGE = 1024,
     XE_FIFO_MAX_PAGES = 128,
-    XE_FIFO_CB_SIZE = 72             /* struct evtchn_fifo_control_block */
+    XE_FIFO_CB_SIZE = 72,            /* struct evtchn_fifo_control_block */
+
+    /* Keys of the one-argument fast paths: slot << XE_KEY_PORT_BITS | port, where a slot
+     * names a domain registered with xe_slot_set. Keys stay below 2**30 (a port of either
+     * ABI fits 17 bits), so Python passes them as small ints. */
+    XE_KEY_PORT_BITS = 17,
+    XE_KEY_PORT_MASK = 131071,
+    XE_NR_SLOTS = 8192
 };
 
 /* A view of one shared_info struct in memory the caller owns. */
@@ -121,11 +128,14 @@ struct xe_domain {
     uint32_t kicked;           /* bit v: vCPU v was kicked since the last xe_take_kicked */
     uint32_t woken;            /* bit v: vCPU v left poll since the last xe_take_woken */
     struct xe_fifo *fifo;      /* FIFO state while abi == XE_ABI_FIFO, else NULL */
+    uint32_t hooks_owed;       /* on hv's list of domains with kicked/woken bits to take */
+    struct xe_domain *owed_next;   /* that list's link */
 };
 
 /* The hypervisor: domains by domid, so an interdomain send can reach its peer. */
 struct xe_hv {
     struct xe_domain *domains[32752];
+    struct xe_domain *owed;    /* domains that recorded kicks or wake-ups (xe_hv_take_hooks) */
 };
 
 /* One Linux 2-level handle_events pass on one vCPU, in progress; the fairness cursor
@@ -146,6 +156,12 @@ struct xe_scan {
     uint32_t commit;           /* the port just returned still owes its cursor update */
     uint32_t next_word;        /* ... to (next_word, next_bit) */
     uint32_t next_bit;
+    /* xe_2l_upcall: the whole upcall of a vCPU in C, for callers with no handler. */
+    struct xe_domain *d;
+    uint32_t *out;             /* cap ports per call */
+    uint32_t cap;
+    uint32_t timer;            /* the vCPU's VIRQ_TIMER port, or 0 */
+    uint32_t phase;            /* 0: next call starts a pass; 1: a pass is in progress */
 };
 
 /* ---- shared_info views ---------------------------------------------------------- */
@@ -191,6 +207,21 @@ int xe_vcpu_polling(struct xe_domain *d, uint32_t vcpu);
 uint32_t xe_take_kicked(struct xe_domain *d);
 uint32_t xe_take_woken(struct xe_domain *d);
 
+/* Every domain of hv that recorded kicks or wake-ups since the last call, as records of
+ * three words (domid, kicked bits, woken bits) taken atomically, at most cap records;
+ * the rest stay for the next call. Returns the number of records. */
+size_t xe_hv_take_hooks(struct xe_hv *hv, uint32_t *out, size_t cap);
+
+/* send_many with the failure in the result: >= 0 XE_EV_HOOKS flags, or
+ * -(index * 256 + errno) of the first port that failed (the ports before it were sent). */
+int64_t xe_evtchn_send_batch(struct xe_domain *d, const uint32_t *ports, size_t n);
+
+/* ---- one-argument fast paths (keys: see XE_KEY_PORT_BITS) ------------------------------ */
+
+int xe_slot_set(uint32_t slot, struct xe_domain *d);
+int xe_send_key(uint32_t key);         /* xe_evtchn_send */
+int xe_unmask_key(uint32_t key);       /* xe_evtchn_unmask (EVTCHNOP_unmask) */
+
 /* ---- the guest side (Linux's events_2l.c, Mini-OS's events.c) ------------------------ */
 
 int32_t xe_2l_take_timer(struct xe_domain *d, uint32_t vcpu, uint32_t port);
@@ -202,6 +233,13 @@ void xe_minios_scan_begin(struct xe_domain *d, struct xe_scan *s);
 int32_t xe_minios_scan_next(struct xe_domain *d, struct xe_scan *s);
 size_t xe_minios_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, size_t cap);
 int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port);
+/* Linux's local unmask on the port's notify vCPU (a handle's port: re-fired into its
+ * queue); -EINVAL for a port past the shared_info, -ENOSYS for a non-2-level domain. */
+int xe_linux_unmask_key(uint32_t key);
+/* A Linux upcall on s->vcpu of s->d with no handler: ports into s->out, at most s->cap
+ * per call; a call that fills s->out leaves s->phase set and the next call goes on.
+ * Returns the number of ports, or -ENOSYS for a non-2-level domain. */
+int32_t xe_2l_upcall(struct xe_scan *s);
 
 /* ---- the FIFO ABI (Xen's event_fifo.c; spec section 9) ----------------------------- */
 

@@ -8,6 +8,8 @@ types and ranges first (``TypeError`` / ``ValueError``, nothing runs), then rais
 from __future__ import annotations
 
 import errno
+import threading
+import weakref
 from array import array
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -37,6 +39,46 @@ U64 = 0xFFFFFFFFFFFFFFFF
 U32 = 0xFFFFFFFF
 U16 = 0xFFFF
 MAX_PORT_UNLIMITED = 0x7FFFFFFF  # Xen's INT_MAX for a domain created with -1
+KEY_PORT_BITS: int = lib.XE_KEY_PORT_BITS
+KEY_PORT_SPAN = 1 << KEY_PORT_BITS   # ports a key can carry (every port of either ABI)
+
+
+class _Slot:
+    """A domain's number in the C core's slot table, for the one-argument fast paths.
+
+    A cffi call with one argument takes a fast path that a call with two does not, so the
+    per-event calls pass ``key = slot << KEY_PORT_BITS | port`` (a small int) and C finds
+    the domain by its slot. The closures that use a key hold the slot; the slot number is
+    reused only once the slot object is gone, so a stale ``d.send`` never reaches another
+    domain. The table entry is cleared before the domain's C struct can be freed.
+    """
+
+    __slots__ = ("n", "base", "__weakref__")
+
+    _lock = threading.Lock()
+    _free = list(range(lib.XE_NR_SLOTS - 1, 0, -1))  # slot 0 is never used
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.base = n << KEY_PORT_BITS
+
+    @classmethod
+    def take(cls, cdom: Any) -> _Slot | None:
+        """A free slot now naming ``cdom``, or None when all are taken (slow paths then)."""
+        with cls._lock:
+            if not cls._free:
+                return None
+            n = cls._free.pop()
+        lib.xe_slot_set(n, cdom)
+        slot = cls(n)
+        weakref.finalize(slot, cls._give_back, n, cdom)  # holds cdom until the entry is gone
+        return slot
+
+    @classmethod
+    def _give_back(cls, n: int, _cdom: Any) -> None:
+        lib.xe_slot_set(n, ffi.NULL)
+        with cls._lock:
+            cls._free.append(n)
 
 
 def _uint(value: Any, name: str, top: int) -> int:
@@ -117,20 +159,44 @@ class Domain:
         self._bind_fast_paths()
 
     def _bind_fast_paths(self) -> None:
-        """``send``: one C call per event, no lock (the C path reads the port table)."""
-        c_send = lib.xe_evtchn_send
+        """Per-instance fast paths: ``send``, ``event_channel_op`` and the guest's.
+
+        ``send`` is one C call per event, with no lock (the C path reads the port table):
+        a one-argument call with the domain's slot in the key, or, when no slot is free,
+        a two-argument call. Anything a key cannot carry goes to the checked class method.
+        """
         c = self._c
         after = self.hv._after
+        slot = _Slot.take(c)
+        self._slot = slot
+        slow = Domain.send.__get__(self)
+        if slot is not None:
+            c_send, base = lib.xe_send_key, slot.base
 
-        def send(port: int) -> None:
-            rc = c_send(c, port)
-            if rc:
-                if rc < 0:
-                    raise EvtchnError(-rc, "send")
-                after(rc)
+            def send(port: int) -> None:
+                if 0 <= port < KEY_PORT_SPAN:
+                    rc = c_send(base + port)
+                    if rc:
+                        if rc < 0:
+                            raise EvtchnError(-rc, "send")
+                        after(rc)
+                else:
+                    slow(port)
+        else:
+            c_send2 = lib.xe_evtchn_send
+
+            def send(port: int) -> None:
+                rc = c_send2(c, port)
+                if rc:
+                    if rc < 0:
+                        raise EvtchnError(-rc, "send")
+                    after(rc)
 
         send.__doc__ = Domain.send.__doc__
         self.send = send  # type: ignore[method-assign]
+        if slot is not None:
+            self.event_channel_op = hypercalls.fast_event_channel_op(self, slot.base)  # type: ignore[method-assign]
+        self.guest._bind_fast_paths(slot)
 
     def _kill(self) -> None:
         """After destruction every call answers ESRCH."""
@@ -140,6 +206,12 @@ class Domain:
             raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
 
         self.send = gone  # type: ignore[method-assign]
+        self.__dict__.pop("event_channel_op", None)  # the general path answers -ESRCH
+        self.guest._unbind_fast_paths()
+        if self._slot is not None:
+            # Closures taken earlier now reach no domain in C: ESRCH, or their checked
+            # path. The number stays reserved while any of them lives.
+            lib.xe_slot_set(self._slot.n, ffi.NULL)
 
     def _call(self, fn, *args):
         with self.hv._lock:
@@ -233,20 +305,21 @@ class Domain:
         """
         if self.dead:
             raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
-        arr, n = _uint32_array(ports)
+        arr, n, view = _uint32_array(ports)
         if n == 0:
             return
-        failed_at = ffi.new("size_t *")
         try:
-            rc = lib.xe_evtchn_send_many(self._c, arr, n, failed_at)
-            bad_port = int(arr[failed_at[0]]) if rc < 0 else 0
+            rc = lib.xe_evtchn_send_batch(self._c, arr, n)  # the GIL is released meanwhile
+            bad_port = int(arr[-rc >> 8]) if rc < 0 else 0
         finally:
             ffi.release(arr)  # hand the caller's buffer back now, not at some GC
+            if view is not None:
+                view.release()
         if rc:
             if rc < 0:
-                i = int(failed_at[0])
+                i, err = divmod(-rc, 256)
                 self.hv._after(1)
-                raise EvtchnError(-rc, f"send_many: port {bad_port} (index {i})")
+                raise EvtchnError(err, f"send_many: port {bad_port} (index {i})")
             self.hv._after(rc)
 
     # ---- SCHEDOP_poll --------------------------------------------------------------
@@ -264,25 +337,38 @@ class Domain:
         return f"<Domain {self.domid} vcpus={len(self.vcpus)} {self.layout}{state}>"
 
 
-def _uint32_array(ports: Any) -> tuple[Any, int]:
-    """A ``uint32_t *`` over ``ports`` without copying a suitable buffer."""
+_U32_ARRAY = ffi.typeof("uint32_t[]")
+_U32_FORMATS = frozenset(("I", "=I", "<I", "L", "=L", "<L"))
+
+
+def _uint32_array(ports: Any) -> tuple[Any, int, memoryview | None]:
+    """A ``uint32_t *`` over ``ports`` without copying a suitable buffer.
+
+    Returns ``(cdata or None, n, view)``: release both the cdata and the view (if any)
+    once C is done, so the caller's buffer is theirs again at once.
+    """
     try:
         view = memoryview(ports)
     except TypeError:
         view = None
     if view is not None:
-        with view:
-            if view.itemsize != 4 or view.format not in ("I", "=I", "<I", "L", "=L", "<L"):
-                raise TypeError(f"a port buffer must hold uint32 (format 'I'), not format {view.format!r}")
-            if not view.c_contiguous:
-                raise TypeError("a port buffer must be contiguous")
-            n = view.nbytes // 4
-        return (ffi.from_buffer("uint32_t[]", ports) if n else None), n
+        if view.itemsize != 4 or view.format not in _U32_FORMATS:
+            fmt = view.format
+            view.release()
+            raise TypeError(f"a port buffer must hold uint32 (format 'I'), not format {fmt!r}")
+        if not view.c_contiguous:
+            view.release()
+            raise TypeError("a port buffer must be contiguous")
+        n = view.nbytes >> 2
+        if not n:
+            view.release()
+            return None, 0, None
+        return ffi.from_buffer(_U32_ARRAY, view), n, view
     try:
         buf = array("I", ports)
     except OverflowError:
         raise ValueError("ports must be in 0..2**32-1") from None
-    return (ffi.from_buffer("uint32_t[]", buf) if len(buf) else None), len(buf)
+    return (ffi.from_buffer(_U32_ARRAY, buf) if len(buf) else None), len(buf), None
 
 
 def _sched_poll(d: Domain, ports: list[int], timeout: int, vcpu: int) -> bool:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 Handler = Callable[[int], object]
 _CHUNK = 4096  # ports taken from C per call when no handler runs in between
+_UPCALL_CAP = 1024  # ports per xe_2l_upcall call (the fast do_upcall), per vCPU
+_KEY_PORT_SPAN = 1 << lib.XE_KEY_PORT_BITS
 
 
 class _Guest:
@@ -53,6 +55,21 @@ class _Guest:
     def _alive(self) -> None:
         if self._d.dead:
             raise EvtchnError(errno.ESRCH, f"domain {self._d.domid} was destroyed")
+
+    # ---- per-instance fast paths ---------------------------------------------------
+
+    _FAST = ("unmask", "do_upcall")
+
+    def _bind_fast_paths(self, slot) -> None:
+        """Install per-instance fast paths (the domain's slot keys them); none here."""
+
+    def _unbind_fast_paths(self) -> None:
+        """The domain is gone: back to the class methods, which answer ESRCH (closures
+        taken earlier find no domain in C and fall back to them too)."""
+        for name in self._FAST:
+            self.__dict__.pop(name, None)
+        for scan in self._scans:
+            scan.d = ffi.NULL
 
     # ---- mask / unmask -------------------------------------------------------------
 
@@ -159,6 +176,65 @@ class LinuxGuest(_Guest):
                 self._d.unmask(port)
             except EvtchnError:
                 pass  # Linux ignores the hypercall's answer (e.g. EINVAL past the valid range)
+
+    def _bind_fast_paths(self, slot) -> None:
+        """``unmask(port)`` and ``do_upcall(vcpu)`` without a handler: one C call each.
+
+        Anything else (a ``vcpu`` for unmask, a handler, an argument to refuse, a domain
+        that is not 2-level) goes to the class method, which checks it and does the work.
+        """
+        slow_unmask = LinuxGuest.unmask.__get__(self)
+        slow_upcall = LinuxGuest.do_upcall.__get__(self)
+        if slot is not None:
+            c_unmask, base = lib.xe_linux_unmask_key, slot.base
+
+            def unmask(port: int, vcpu: int | None = None) -> None:
+                if vcpu is None and 0 <= port < _KEY_PORT_SPAN and c_unmask(base + port) >= 0:
+                    return
+                slow_unmask(port, vcpu)
+
+            unmask.__doc__ = LinuxGuest.unmask.__doc__
+            self.unmask = unmask  # type: ignore[method-assign]
+
+        nv = len(self._d.vcpus)
+        block = ffi.new("uint32_t[]", nv * _UPCALL_CAP)
+        self._upcall_out = block
+        views = []   # each vCPU's part of block as uint32 items: tolist() beats ffi.unpack
+        for v, scan in enumerate(self._scans):
+            scan.d = self._d._c
+            scan.out = block + v * _UPCALL_CAP
+            scan.cap = _UPCALL_CAP
+            views.append(memoryview(ffi.buffer(scan.out, 4 * _UPCALL_CAP)).cast("I"))
+        scans = self._scans
+        timers = [0] * nv               # what each scan's .timer holds
+        virq_ports = self._d._virq_to_evtchn
+        c_upcall = lib.xe_2l_upcall
+
+        def do_upcall(vcpu: int = 0, handler: Handler | None = None) -> list[int]:
+            if handler is None and vcpu.__class__ is int and 0 <= vcpu < nv:
+                scan = scans[vcpu]
+                timer = virq_ports[vcpu][VIRQ_TIMER]
+                if timer != timers[vcpu]:
+                    scan.timer = timers[vcpu] = timer
+                n = c_upcall(scan)
+                if n == 1:
+                    return [views[vcpu][0]]
+                if n == 0:
+                    return []
+                if 0 < n < _UPCALL_CAP:
+                    return views[vcpu][:n].tolist()
+                if n == _UPCALL_CAP:
+                    out = views[vcpu]
+                    handled = out.tolist()
+                    while (n := c_upcall(scan)) == _UPCALL_CAP:
+                        handled += out.tolist()
+                    if n > 0:
+                        handled += out[:n].tolist()
+                    return handled
+            return slow_upcall(vcpu, handler)
+
+        do_upcall.__doc__ = LinuxGuest.do_upcall.__doc__
+        self.do_upcall = do_upcall  # type: ignore[method-assign]
 
     def cursor(self, vcpu: int = 0) -> tuple[int, int]:
         """The vCPU's fairness cursor (word, bit): where the next scan starts."""

@@ -25,6 +25,7 @@ from .memory import DEFAULT_FRAMES, GuestMemory
 from .shared_info import SharedInfo
 
 Hook = Callable[[Vcpu], Any]
+_HOOK_RECORDS = 64  # (domid, kicked, woken) records taken from C per call
 
 
 class Hypervisor:
@@ -51,6 +52,8 @@ class Hypervisor:
         self.now = 0
         self.on_kick: Hook | None = None
         self.on_wake: Hook | None = None
+        self._created = 0  # creation order of domains: the order their hooks run in
+        self._hook_bufs = [ffi.new("uint32_t[]", 3 * _HOOK_RECORDS)]  # a pool: one per thread at once
 
     # ---- domains ---------------------------------------------------------------------
 
@@ -89,6 +92,8 @@ class Hypervisor:
                     raise EvtchnError(errno.EEXIST, f"domain {domid} exists")
             d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, si, guest,
                        memory)
+            self._created += 1
+            d._created = self._created
             self._domains[domid] = d
             self._c.domains[domid] = d._c
             if privileged and not self._hardware_domain_created:
@@ -272,21 +277,59 @@ class Hypervisor:
     # ---- hooks ---------------------------------------------------------------------------
 
     def _after(self, flags: int) -> None:
-        """Run the hooks owed for kicks and wake-ups the C core recorded."""
+        """Run the hooks owed for kicks and wake-ups the C core recorded.
+
+        C lists the domains that recorded any (``xe_hv_take_hooks``), so this touches only
+        those; they run in the order the domains were created, as if every domain were
+        visited in turn.
+        """
         if not flags:
             return
+        pool = self._hook_bufs
+        try:
+            buf = pool.pop()
+        except IndexError:  # another thread has the pool's buffer right now
+            buf = ffi.new("uint32_t[]", 3 * _HOOK_RECORDS)
+        n = lib.xe_hv_take_hooks(self._c, buf, _HOOK_RECORDS)
+        rec = ffi.unpack(buf, 3 * n) if n else None
+        while n == _HOOK_RECORDS:
+            n = lib.xe_hv_take_hooks(self._c, buf, _HOOK_RECORDS)
+            rec += ffi.unpack(buf, 3 * n)
+        pool.append(buf)
+        if rec is None:
+            return
+        on_kick, on_wake = self.on_kick, self.on_wake
+        if on_kick is None and on_wake is None:
+            return  # the bits are taken; nobody to call
+        if len(rec) == 3 and rec[1] and not rec[2] and rec[1] & (rec[1] - 1) == 0:
+            # The usual case: one vCPU of one domain kicked, nobody woken.
+            d = self._domains.get(rec[0])
+            if d is not None and on_kick is not None:
+                on_kick(d.vcpus[rec[1].bit_length() - 1])
+            return
+        domains = self._domains
+        owed: dict[int, list[Any]] = {}
+        for i in range(0, len(rec), 3):
+            d = domains.get(rec[i])
+            if d is None:
+                continue
+            o = owed.get(d._created)
+            if o is None:
+                owed[d._created] = [d, rec[i + 1], rec[i + 2]]
+            else:  # listed again while an earlier batch was taken: one visit
+                o[1] |= rec[i + 1]
+                o[2] |= rec[i + 2]
         calls = []
-        for d in tuple(self._domains.values()):
-            kicked = lib.xe_take_kicked(d._c)
-            woken = lib.xe_take_woken(d._c)
+        for key in sorted(owed) if len(owed) > 1 else owed:
+            d, kicked, woken = owed[key]
             # A kick ends that vCPU's poll (spec 10.2) before other pollers are checked
             # (8.1 step 3): its wake follows its kick, then the other wakes.
             for v in _bits(kicked):
-                calls.append((self.on_kick, d.vcpus[v]))
+                calls.append((on_kick, d.vcpus[v]))
                 if woken >> v & 1:
-                    calls.append((self.on_wake, d.vcpus[v]))
+                    calls.append((on_wake, d.vcpus[v]))
                     woken &= ~(1 << v)
-            calls += [(self.on_wake, d.vcpus[v]) for v in _bits(woken)]
+            calls += [(on_wake, d.vcpus[v]) for v in _bits(woken)]
         first_error: BaseException | None = None
         for hook, vcpu in calls:
             if hook is None:

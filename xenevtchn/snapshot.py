@@ -597,6 +597,6 @@ def _apply_domain(d: Domain, p: dict[str, Any]) -> None:
     d._reset_next = p["reset_next"]
     d._permitted_pirqs = set(p["permitted_pirqs"])
     d._pirq_to_port = dict(p["pirq_to_port"])
-    d._virq_to_evtchn = [list(row) for row in p["virq_to_evtchn"]]
+    d._virq_to_evtchn[:] = [list(row) for row in p["virq_to_evtchn"]]  # in place: fast paths hold it
     for name, plan in p["sections"].items():
         SECTIONS[name].apply(d, plan)

@@ -1,0 +1,595 @@
+"""The hot paths against their floors, as ratios measured in one run (``xenevtchn bench``).
+
+Each row of the table times *ours* (a xenevtchn path) and its *floor* (what the machine
+does with no simulator at all) on the same number of events, in alternating rounds of the
+same process, and reports ours/floor against the row's target. ``benchmarks/`` runs the
+very same cases through pytest-benchmark (one group per row); this module needs no pytest
+so that it works from an installed package::
+
+    python -m xenevtchn.bench                 # every row, then the table
+    python -m xenevtchn.bench --quick         # fewer rounds (a rough look)
+    python -m xenevtchn.bench --from-json F   # the table of a pytest-benchmark --benchmark-json file
+
+What a row measures
+-------------------
+* The floors are built at run time by :mod:`xenevtchn._bench_floors` (cffi, a cache
+  directory): a bare one-argument cffi call (``int64_t f(int64_t)``, returning its
+  argument) and a C loop of ``atomic_fetch_or`` on the pending words of the very ports a
+  batch send raises, called from Python on the whole batch (call overhead amortised
+  exactly as for ``send_many``).
+* Per-call rows loop over a list in Python, ``for x in xs: f(x)``, for ours and for the
+  floor alike, so both carry the same loop overhead (about what ``timeit`` adds).
+* "first raise": before every round the receiver's pending bits, selector words and
+  upcall flags are cleared (untimed), so every send really raises its port (only the
+  first send of a round kicks the vCPU). "already pending": the bits stay set, so every
+  send is a coalesced event. Both are reported; they differ.
+* ``do_upcall k``: before every round k ports of a domain with 4095 bound ports are made
+  pending (untimed); the round is one ``do_upcall()`` with no handler, and the time is
+  per handled port. For k=1 a round is 32 upcalls, on 32 vCPUs with one pending port
+  each (so the timer's own cost does not sit on a single call).
+* ``event_channel_op``: one preallocated ``bytearray`` per port, as a guest keeps its
+  hypercall argument; EVTCHNOP_status has no fast path and is shown for information.
+* Threads: two domains, each fed by its own thread with long ``send_many`` batches, against
+  one thread doing both; the "(info) 2 C threads vs 1" row runs the C floor loop the same
+  way with pthreads, to show what the machine itself gives two threads at that moment.
+* Times are the minimum over rounds of (round time / events in the round); the garbage
+  collector is off while timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import struct
+import sys
+import threading
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+N_CHANNELS = 4095          # a full x86_64 2-level table: ports 1..4095 (port 0 is reserved)
+PENDING_OFF = 2048         # evtchn_pending[] in shared_info
+MASK_OFF = 2560            # evtchn_mask[] (x86_64)
+VCPU_INFO = 64
+_ZERO512 = bytes(512)
+_ONES512 = b"\xff" * 512
+
+
+@dataclass
+class Case:
+    """One side of a row: ``run()`` is timed; ``setup()`` runs untimed before each round."""
+
+    run: Callable[[], Any]
+    ops: int
+    setup: Callable[[], None] | None = None
+    check: Callable[[Any], None] | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a row compares and its target, known without building anything."""
+
+    name: str
+    floor_name: str
+    target: float | None      # None: for information only
+    kind: str = "max"         # "max": ours/floor <= target; "speedup": floor/ours >= target
+    rounds: int = 600
+
+    def ratio(self, ours_ns: float, floor_ns: float) -> float:
+        return floor_ns / ours_ns if self.kind == "speedup" else ours_ns / floor_ns
+
+    def meets(self, ratio: float) -> bool | None:
+        if self.target is None:
+            return None
+        return ratio >= self.target if self.kind == "speedup" else ratio <= self.target
+
+    def target_text(self) -> str:
+        if self.target is None:
+            return "-"
+        return f">= {self.target:g}x faster" if self.kind == "speedup" else f"<= {self.target:g}x"
+
+
+@dataclass
+class Row:
+    """A row built for measuring: its spec, and ours and the floor over one world."""
+
+    spec: Spec
+    what: str
+    ours: Case
+    floor: Case
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+# ---- loops: the same code object for ours and the floor ------------------------------
+
+def _loop1(fn: Callable[[Any], Any], args: Sequence[Any]) -> Callable[[], None]:
+    def run() -> None:
+        for a in args:
+            fn(a)
+    return run
+
+
+def _loop2(fn: Callable[[Any, Any], Any], first: Any, args: Sequence[Any]) -> Callable[[], None]:
+    def run() -> None:
+        for a in args:
+            fn(first, a)
+    return run
+
+
+def _py_identity(x: int) -> int:
+    return x
+
+
+# ---- worlds ------------------------------------------------------------------------------
+
+class _Channels:
+    """dom0 -> guest over N interdomain channels (native or reference implementation)."""
+
+    def __init__(self, xe: Any, n: int = N_CHANNELS) -> None:
+        self.hv = xe.Hypervisor()
+        self.dom0 = self.hv.create_domain(privileged=True)
+        self.guest = self.hv.create_domain()
+        self.remote: list[int] = []
+        self.local: list[int] = []
+        for _ in range(n):
+            r = self.guest.alloc_unbound(self.dom0.domid)
+            self.local.append(self.dom0.bind_interdomain(self.guest.domid, r))
+            self.remote.append(r)
+        self.buf = self.guest.shared_info.buffer
+
+    def clear(self) -> None:
+        """The guest's pending words, selector and upcall flag of vCPU 0 back to 0."""
+        b = self.buf
+        b[PENDING_OFF:PENDING_OFF + 512] = _ZERO512
+        b[0] = 0
+        b[8:16] = bytes(8)
+
+    def all_pending(self, _result: Any = None) -> None:
+        si = self.guest.shared_info
+        missing = [p for p in self.remote if not si.is_pending(p)]
+        assert not missing, f"{len(missing)} ports not pending, e.g. {missing[:5]}"
+
+
+class _Ipis:
+    """One domain with N IPI ports spread over ``vcpus`` vCPUs (port p on vCPU p % vcpus)."""
+
+    def __init__(self, xe: Any, vcpus: int = 1, n: int = N_CHANNELS) -> None:
+        self.hv = xe.Hypervisor()
+        self.d = self.hv.create_domain(vcpus=vcpus)
+        self.vcpus = vcpus
+        self.ports = []
+        for i in range(n):
+            self.ports.append(self.d.bind_ipi(vcpu=(i + 1) % vcpus))
+        assert self.ports == list(range(1, n + 1))
+        self.buf = self.d.shared_info.buffer
+
+    def clear(self) -> None:
+        b = self.buf
+        b[PENDING_OFF:PENDING_OFF + 512] = _ZERO512
+        b[MASK_OFF:MASK_OFF + 512] = _ZERO512
+        for v in range(self.vcpus):
+            b[v * VCPU_INFO] = 0
+            b[v * VCPU_INFO + 8:v * VCPU_INFO + 16] = bytes(8)
+
+
+# ---- the rows ------------------------------------------------------------------------------
+
+def _floor_call(floors: Any, n: int) -> Case:
+    """n bare cffi calls, in the same Python loop as ours."""
+    return Case(_loop1(floors[1].xe_floor_identity, list(range(1, n + 1))), n)
+
+
+Built = tuple[str, Case, Case]   # (what is measured, ours, floor)
+
+
+def _send_many_row(xe: Any, floors: Any, kind: str, pending: bool) -> Built:
+    w = _Channels(xe)
+    if kind == "numpy":
+        import numpy as np
+
+        arg: Any = np.array(w.local, dtype=np.uint32)
+    elif kind == "array":
+        arg = array("I", w.local)
+    else:
+        arg = memoryview(array("I", w.local))
+    send_many = w.dom0.send_many
+    fffi, flib = floors
+    remote = array("I", w.remote)
+    words = fffi.from_buffer("uint64_t[]", w.buf[PENDING_OFF:PENDING_OFF + 512])
+    rports = fffi.from_buffer("uint32_t[]", remote)
+    fetch_or, n = flib.xe_floor_fetch_or, len(remote)
+    setup = None if pending else w.clear
+    if pending:
+        send_many(arg)
+    ours = Case(lambda: send_many(arg), n, setup, w.all_pending)
+    floor = Case(lambda: fetch_or(words, rports, n), n, setup)
+    return f"d.send_many({kind} uint32[{n}]), per event", ours, floor
+
+
+def _send_row(xe: Any, floors: Any, pending: bool) -> Built:
+    w = _Channels(xe)
+    floor = _floor_call(floors, len(w.local))
+    setup = None if pending else w.clear
+    if pending:
+        for p in w.local:
+            w.dom0.send(p)
+    ours = Case(_loop1(w.dom0.send, w.local), len(w.local), setup, w.all_pending)
+    floor.setup = setup
+    return "d.send(port) per call", ours, floor
+
+
+def _send_kick_row(xe: Any, floors: Any) -> Built:
+    """Every send kicks: 32 IPIs, one per vCPU, each vCPU's upcall flag clear."""
+    w = _Ipis(xe, vcpus=32)
+    hot = [w.ports[64 * 32 + v] for v in range(32)]
+    kicked: list[Any] = []
+    w.hv.on_kick = kicked.append
+
+    def setup() -> None:
+        w.clear()
+        kicked.clear()
+
+    def check(_r: Any) -> None:
+        assert len(kicked) == len(hot), len(kicked)
+
+    ours = Case(_loop1(w.d.send, hot), len(hot), setup, check)
+    floor = _floor_call(floors, len(hot))
+    return "d.send(port) that kicks its vCPU: the on_kick hook runs (list.append)", ours, floor
+
+
+def _send_vs_reference_row(xe: Any, floors: Any) -> Built:
+    from . import reference
+
+    w, r = _Channels(xe), _Channels(reference)
+    ours = Case(_loop1(w.dom0.send, w.local), len(w.local), w.clear, w.all_pending)
+    ref = Case(_loop1(r.dom0.send, r.local), len(r.local), r.clear, r.all_pending)
+    return "d.send(port), first raise, per call", ours, ref
+
+
+def _unmask_row(xe: Any, floors: Any, pending: bool) -> Built:
+    w = _Ipis(xe)
+    b, si = w.buf, w.d.shared_info
+    mask_bytes = bytes(_ONES512)
+    pend_bytes = _ONES512 if pending else _ZERO512
+
+    def setup() -> None:
+        w.clear()
+        b[MASK_OFF:MASK_OFF + 512] = mask_bytes
+        b[PENDING_OFF:PENDING_OFF + 512] = pend_bytes
+
+    def check(_r: Any) -> None:
+        assert not any(si.is_masked(p) for p in w.ports)
+        assert si.upcall_pending(0) == (1 if pending else 0)
+
+    ours = Case(_loop1(w.d.guest.unmask, w.ports), len(w.ports), setup, check)
+    return "d.guest.unmask(port) per call (Linux, local)", ours, _floor_call(floors, len(w.ports))
+
+
+def _upcall_row(xe: Any, floors: Any, k: int) -> Built:
+    if k == 1:
+        # 32 vCPUs, one pending port each: 32 upcalls of k=1 per round.
+        w = _Ipis(xe, vcpus=32)
+        hot = [w.ports[64 * 32 + v] for v in range(32)]   # ports in word 64
+        up = w.d.guest.do_upcall
+        vcpus = [(p % 32) for p in hot]
+        ops = 32
+
+        run = _loop1(up, vcpus)
+        si = w.d.shared_info
+
+        def check(_res: Any) -> None:
+            assert not any(si.is_pending(p) for p in hot)
+            assert not any(si.upcall_pending(v) for v in range(32))
+    else:
+        w = _Ipis(xe, vcpus=1)
+        step = max(1, len(w.ports) // k)
+        hot = w.ports[::step][:k]
+        up = w.d.guest.do_upcall
+        ops = len(hot)
+
+        def run() -> list[int]:
+            return up(0)
+
+        def check(res: Any) -> None:
+            assert sorted(res) == hot, (len(res), len(hot))
+    send_many = w.d.send_many
+    hot_arr = array("I", hot)
+
+    def setup() -> None:
+        w.clear()
+        send_many(hot_arr)
+
+    label = f"{len(hot)} of 4096" if k > 1 else "1 of 4096, on each of 32 vCPUs"
+    return (f"d.guest.do_upcall() without handler, {label}; per port",
+            Case(run, ops, setup, check), _floor_call(floors, ops))
+
+
+def _hypercall_row(xe: Any, floors: Any, op: str) -> Built:
+    w = _Channels(xe)
+    if op == "send":
+        cmd, caller, bufs = 4, w.dom0, [bytearray(struct.pack("=I", p)) for p in w.local]
+        setup, check = w.clear, w.all_pending
+    elif op == "unmask":
+        cmd, caller, bufs = 9, w.guest, [bytearray(struct.pack("=I", p)) for p in w.remote]
+        b = w.buf
+
+        def setup() -> None:
+            w.clear()
+            b[MASK_OFF:MASK_OFF + 512] = _ONES512
+
+        def check(_r: Any) -> None:
+            assert not any(w.guest.shared_info.is_masked(p) for p in w.remote)
+    else:
+        cmd, caller = 5, w.guest
+        bufs = [bytearray(struct.pack("=HHI16x", 0x7FF0, 0, p)) for p in w.remote]
+
+        def setup() -> None:
+            for buf in bufs:
+                buf[8:12] = bytes(4)
+
+        def check(_r: Any) -> None:
+            assert all(struct.unpack_from("=I", buf, 8)[0] == 2 for buf in bufs)  # interdomain
+    ours = Case(_loop2(caller.event_channel_op, cmd, bufs), len(bufs), setup, check)
+    what = f"d.event_channel_op(EVTCHNOP_{op}, bytearray) per call"
+    if op == "status":
+        what += " (no fast path: the general dispatcher)"
+    return what, ours, _floor_call(floors, len(bufs))
+
+
+def _threads_row(xe: Any, floors: Any) -> Built:
+    pairs = [_Channels(xe), _Channels(xe)]
+    # Long batches (every port 16 times, 65520 events a call): the work is C's, so two
+    # threads overlap as far as the GIL lets them (each call re-takes it to return).
+    arrs = [array("I", p.local * 16) for p in pairs]
+    reps = 8
+
+    def work(i: int) -> None:
+        sm, a = pairs[i].dom0.send_many, arrs[i]
+        for _ in range(reps):
+            sm(a)
+
+    def setup() -> None:
+        for p in pairs:
+            p.clear()
+
+    def two_threads() -> None:
+        t = threading.Thread(target=work, args=(1,))
+        t.start()
+        work(0)
+        t.join()
+
+    def one_thread() -> None:
+        work(0)
+        work(1)
+
+    def check(_r: Any) -> None:
+        for p in pairs:
+            p.all_pending()
+
+    n = 2 * reps * len(arrs[0])
+    return (f"two domains, 2 x {reps} x send_many({len(arrs[0])} ports): 2 threads (one each) "
+            "vs 1 thread (both)", Case(two_threads, n, setup, check), Case(one_thread, n, setup, check))
+
+
+def _machine_threads_row(xe: Any, floors: Any) -> Built:
+    fffi, flib = floors
+    ports = array("I", range(1, N_CHANNELS + 1))
+    pages = fffi.new("uint64_t[]", 512), fffi.new("uint64_t[]", 512)   # a page each: no
+    w1, w2 = (page + 256 for page in pages)                             # line is shared
+    p = fffi.from_buffer("uint32_t[]", ports)
+    jobs, iters = flib.xe_floor_fetch_or_jobs, 128
+    n = 2 * iters * len(ports)
+    return ("the C atomic_fetch_or loop, 2 x 128 passes: 2 pthreads vs 1 (what this machine "
+            "gives two threads right now)", Case(lambda: jobs(w1, w2, p, len(ports), iters, 2), n),
+            Case(lambda: jobs(w1, w2, p, len(ports), iters, 1), n))
+
+
+def _python_call_row(xe: Any, floors: Any) -> Built:
+    n = 4096
+    return ("def f(x): return x, per call", Case(_loop1(_py_identity, list(range(n))), n),
+            _floor_call(floors, n))
+
+
+_CFFI = "bare cffi call"
+_FETCH_OR = "C atomic_fetch_or loop"
+_SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
+    (Spec("send_many[numpy] first raise", _FETCH_OR, 2.0, rounds=900),
+     lambda xe, f: _send_many_row(xe, f, "numpy", False)),
+    (Spec("send_many[array] first raise", _FETCH_OR, 2.0, rounds=900),
+     lambda xe, f: _send_many_row(xe, f, "array", False)),
+    (Spec("send_many[memoryview] first raise", _FETCH_OR, 2.0, rounds=900),
+     lambda xe, f: _send_many_row(xe, f, "memoryview", False)),
+    (Spec("send_many[numpy] already pending", _FETCH_OR, 2.0, rounds=900),
+     lambda xe, f: _send_many_row(xe, f, "numpy", True)),
+    (Spec("d.send first raise", _CFFI, 2.5, rounds=300), lambda xe, f: _send_row(xe, f, False)),
+    (Spec("d.send already pending", _CFFI, 2.5, rounds=300), lambda xe, f: _send_row(xe, f, True)),
+    (Spec("(info) d.send that kicks", _CFFI, None, rounds=600), _send_kick_row),
+    (Spec("d.send vs reference", "reference model's send", 4.0, "speedup", rounds=90),
+     _send_vs_reference_row),
+    (Spec("guest.unmask masked, not pending", _CFFI, 2.5, rounds=300),
+     lambda xe, f: _unmask_row(xe, f, False)),
+    (Spec("guest.unmask masked, pending: re-fired", _CFFI, 2.5, rounds=300),
+     lambda xe, f: _unmask_row(xe, f, True)),
+    (Spec("do_upcall k=1", _CFFI + " per port", 2.0), lambda xe, f: _upcall_row(xe, f, 1)),
+    (Spec("do_upcall k=64", _CFFI + " per port", 2.0), lambda xe, f: _upcall_row(xe, f, 64)),
+    (Spec("do_upcall k=4095", _CFFI + " per port", 2.0, rounds=300),
+     lambda xe, f: _upcall_row(xe, f, 4095)),
+    (Spec("event_channel_op send", _CFFI, 4.0, rounds=300),
+     lambda xe, f: _hypercall_row(xe, f, "send")),
+    (Spec("event_channel_op unmask", _CFFI, 4.0, rounds=300),
+     lambda xe, f: _hypercall_row(xe, f, "unmask")),
+    (Spec("(info) event_channel_op status", _CFFI, None, rounds=90),
+     lambda xe, f: _hypercall_row(xe, f, "status")),
+    (Spec("2 threads vs 1: send_many batches", "the same work on 1 thread", 0.9, rounds=90),
+     _threads_row),
+    (Spec("(info) 2 C threads vs 1", "the same on 1 thread", None, rounds=90),
+     _machine_threads_row),
+    (Spec("(info) pure-Python call", _CFFI, None, rounds=300), _python_call_row),
+]
+ROWS: dict[str, Spec] = {spec.name: spec for spec, _ in _SPECS}
+_FACTORIES = {spec.name: factory for spec, factory in _SPECS}
+
+
+def build_row(name: str, floors: Any = None) -> Row:
+    """The row ``name`` with a fresh world (native implementation)."""
+    import xenevtchn
+
+    from . import _bench_floors
+
+    what, ours, floor = _FACTORIES[name](xenevtchn, floors or _bench_floors.load())
+    return Row(ROWS[name], what, ours, floor)
+
+
+# ---- timing ------------------------------------------------------------------------------
+
+def _time_round(case: Case) -> float:
+    if case.setup is not None:
+        case.setup()
+    t0 = time.perf_counter_ns()
+    case.run()
+    t1 = time.perf_counter_ns()
+    return (t1 - t0) / case.ops
+
+
+@dataclass
+class Result:
+    row: Row
+    ours: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+
+    @property
+    def ours_ns(self) -> float:
+        return min(self.ours)
+
+    @property
+    def floor_ns(self) -> float:
+        return min(self.floor)
+
+    @property
+    def ratio(self) -> float:
+        return self.row.spec.ratio(self.ours_ns, self.floor_ns)
+
+
+def measure(row: Row, rounds: int | None = None, warmup: int = 3) -> Result:
+    """Alternate floor and ours, ``rounds`` times each, after ``warmup`` untimed rounds."""
+    rounds = rounds or row.spec.rounds
+    res = Result(row)
+    for case in (row.floor, row.ours):   # one correctness round each
+        if case.setup is not None:
+            case.setup()
+        out = case.run()
+        if case.check is not None:
+            case.check(out)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(warmup):
+            _time_round(row.floor)
+            _time_round(row.ours)
+        for _ in range(rounds):
+            res.floor.append(_time_round(row.floor))
+            res.ours.append(_time_round(row.ours))
+    finally:
+        if gc_was:
+            gc.enable()
+    return res
+
+
+# ---- the table -----------------------------------------------------------------------------
+
+def _fmt_ns(ns: float) -> str:
+    return f"{ns:.1f} ns" if ns < 10_000 else f"{ns / 1000:.1f} us"
+
+
+def format_table(results: Sequence[tuple[Spec, float, float]]) -> str:
+    """Rows of (spec, ours ns/event, floor ns/event) as a Markdown table."""
+    lines = ["| row | ours | floor | ratio | target | result |",
+             "|---|---:|---:|---:|---|---|"]
+    for row, ours, floor in results:
+        ratio = row.ratio(ours, floor)
+        ok = row.meets(ratio)
+        verdict = "info" if ok is None else ("PASS" if ok else "MISS")
+        lines.append(f"| {row.name} | {_fmt_ns(ours)} | {_fmt_ns(floor)} ({row.floor_name}) | "
+                     f"{ratio:.2f}x | {row.target_text()} | {verdict} |")
+    return "\n".join(lines)
+
+
+def _platform_line() -> str:
+    import os
+    import platform
+
+    import cffi
+
+    return (f"Python {platform.python_version()}, cffi {cffi.__version__}, {platform.machine()}, "
+            f"{os.cpu_count()} CPUs; min over rounds, ns per event")
+
+
+def _rows_from_json(path: str) -> list[tuple[Spec, float, float]]:
+    """The table of a ``pytest benchmarks --benchmark-json=path`` run."""
+    with open(path) as f:
+        data = json.load(f)
+    sides: dict[str, dict[str, float]] = {}
+    for b in data["benchmarks"]:
+        ops = b.get("extra_info", {}).get("ops", 1)
+        side = b.get("extra_info", {}).get("side")
+        if side is None:
+            continue
+        sides.setdefault(b["group"], {})[side] = b["stats"]["min"] * 1e9 / ops
+    out = []
+    for name, spec in ROWS.items():
+        got = sides.get(name, {})
+        if "ours" in got and "floor" in got:
+            out.append((spec, got["ours"], got["floor"]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks and print the ratio table; 0 if every row meets its target."""
+    parser = argparse.ArgumentParser(
+        prog="xenevtchn bench",
+        description="Time the hot paths against their floors and print the ratio table.")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the rounds")
+    parser.add_argument("--rounds", type=float, default=1.0, help="scale every row's rounds")
+    parser.add_argument("-k", dest="match", default="", help="only rows whose name contains this")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="print the table of a pytest-benchmark JSON file instead of measuring")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any row misses its target")
+    args = parser.parse_args(argv)
+
+    if args.from_json:
+        table = _rows_from_json(args.from_json)
+    else:
+        from . import _bench_floors
+
+        floors = _bench_floors.load()
+        scale = args.rounds * (0.1 if args.quick else 1.0)
+        table = []
+        for name in ROWS:
+            if args.match not in name:
+                continue
+            if "numpy" in name and importlib.util.find_spec("numpy") is None:
+                print(f"  {name}: skipped (numpy is not installed)", file=sys.stderr)
+                continue
+            row = build_row(name, floors)
+            res = measure(row, max(3, int(row.spec.rounds * scale)))
+            table.append((row.spec, res.ours_ns, res.floor_ns))
+            print(f"  {name}: {res.ours_ns:.1f} vs {res.floor_ns:.1f} ns -> {res.ratio:.2f}x",
+                  file=sys.stderr, flush=True)
+            del row, res
+            gc.collect()
+    print(_platform_line())
+    print(format_table(table))
+    missed = [r.name for r, o, f in table if r.meets(r.ratio(o, f)) is False]
+    if missed:
+        print(f"\n{len(missed)} row(s) miss their target: " + "; ".join(missed))
+    return 1 if (missed and args.strict) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
