@@ -156,6 +156,28 @@ class _Channels:
         assert not missing, f"{len(missing)} ports not pending, e.g. {missing[:5]}"
 
 
+class _FifoChannels(_Channels):
+    """The same channels, with the guest on the FIFO ABI (4 array pages, one queue)."""
+
+    def __init__(self, xe: Any, n: int = N_CHANNELS) -> None:
+        super().__init__(xe, n)
+        g = self.guest
+        g.init_control(0x10, 0, 0)       # after binding: every port gets priority 7
+        for i in range(4):
+            g.expand_array(0x20 + i)
+        g.guest.do_upcall(0)             # the binds left every port pending: take them
+
+    def clear(self) -> None:
+        """The guest consumes everything (Linux's queue walk): words, READY, HEAD all clear."""
+        self.guest.guest.do_upcall(0)
+
+    def all_pending(self, _result: Any = None) -> None:
+        pages = [self.guest.memory.page(0x20 + i) for i in range(4)]
+        missing = [p for p in self.remote
+                   if not struct.unpack_from("<I", pages[p // 1024], 4 * (p % 1024))[0] >> 31]
+        assert not missing, f"{len(missing)} ports not PENDING, e.g. {missing[:5]}"
+
+
 class _Ipis:
     """One domain with N IPI ports spread over ``vcpus`` vCPUs (port p on vCPU p % vcpus)."""
 
@@ -222,6 +244,40 @@ def _send_row(xe: Any, floors: Any, pending: bool) -> Built:
     ours = Case(_loop1(w.dom0.send, w.local), len(w.local), setup, w.all_pending)
     floor.setup = setup
     return "d.send(port) per call", ours, floor
+
+
+def _fifo_send_many_row(xe: Any, floors: Any) -> Built:
+    w = _FifoChannels(xe)
+    arg = array("I", w.local)
+    fffi, flib = floors
+    remote = array("I", w.remote)
+    scratch = fffi.new("uint64_t[]", 512)     # the floor's pending words (2-level shape)
+    rports = fffi.from_buffer("uint32_t[]", remote)
+    fetch_or, n = flib.xe_floor_fetch_or, len(remote)
+    send_many = w.dom0.send_many
+    ours = Case(lambda: send_many(arg), n, w.clear, w.all_pending)
+    floor = Case(lambda: fetch_or(scratch, rports, n), n)
+    return f"FIFO guest: d.send_many(array uint32[{n}]), linking each event, per event", ours, floor
+
+
+def _fifo_send_row(xe: Any, floors: Any) -> Built:
+    w = _FifoChannels(xe)
+    ours = Case(_loop1(w.dom0.send, w.local), len(w.local), w.clear, w.all_pending)
+    floor = _floor_call(floors, len(w.local))
+    return "FIFO guest: d.send(port) per call, first raise", ours, floor
+
+
+def _fifo_upcall_row(xe: Any, floors: Any) -> Built:
+    w = _FifoChannels(xe)
+    arg = array("I", w.local)
+    up = w.guest.guest.do_upcall
+
+    def check(res: Any) -> None:
+        assert sorted(res) == w.remote, len(res)
+
+    ours = Case(lambda: up(0), len(w.local), lambda: w.dom0.send_many(arg), check)
+    floor = _floor_call(floors, len(w.local))
+    return f"FIFO guest: do_upcall() with k={len(w.local)} queued ports, per port", ours, floor
 
 
 def _send_kick_row(xe: Any, floors: Any) -> Built:
@@ -420,6 +476,9 @@ _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
     (Spec("do_upcall k=64", _CFFI + " per port", 2.0), lambda xe, f: _upcall_row(xe, f, 64)),
     (Spec("do_upcall k=4095", _CFFI + " per port", 2.0, rounds=300),
      lambda xe, f: _upcall_row(xe, f, 4095)),
+    (Spec("(info) FIFO send_many first raise", _FETCH_OR, None, rounds=300), _fifo_send_many_row),
+    (Spec("(info) FIFO d.send first raise", _CFFI, None, rounds=100), _fifo_send_row),
+    (Spec("(info) FIFO do_upcall k=4095", _CFFI + " per port", None, rounds=100), _fifo_upcall_row),
     (Spec("event_channel_op send", _CFFI, 4.0, rounds=300),
      lambda xe, f: _hypercall_row(xe, f, "send")),
     (Spec("event_channel_op unmask", _CFFI, 4.0, rounds=300),
