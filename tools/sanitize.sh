@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Run the whole test suite against a C core built with AddressSanitizer and
+# UndefinedBehaviorSanitizer, and the C stress test under ASan+UBSan and ThreadSanitizer.
+#
+#   tools/sanitize.sh                 # from anywhere; exits non-zero on any report
+#   tools/sanitize.sh -k threads      # extra arguments go to pytest
+#
+# What it does, in order:
+#   1. copies the package sources (no build/ dir, no compiled module) to $OUT/src and
+#      installs them, with XENEVTCHN_SANITIZE=address,undefined (see build.py), into a
+#      venv of their own at $OUT/venv: the developer's editable build is never touched;
+#   2. checks that the installed _core module really links libasan and libubsan;
+#   3. runs pytest on tests/ with that venv, libasan preloaded (CPython itself is not
+#      instrumented, so the runtime must come first), PYTHONMALLOC=malloc (every Python
+#      allocation goes through ASan's allocator, so overruns into Python objects are
+#      caught), every report fatal, and every report also written under $OUT/logs;
+#      tests/test_stress_c.py runs in a second pytest without the preload: it builds its
+#      own binaries, one with -fsanitize=thread, and the TSan runtime cannot share a
+#      process with ASan's;
+#   4. builds tests/c/stress_2l.c with -fsanitize=address,undefined and runs it on both
+#      layouts (the data path under real threads, checked by ASan/UBSan);
+#   5. fails if any sanitizer wrote a report anywhere (also from subprocesses).
+#
+# ASAN_OPTIONS has detect_leaks=0: CPython does not free everything at exit and a leak
+# report on the interpreter would drown ours. Our C core allocates nothing (cffi and
+# Python own every buffer), so there is nothing of ours for LeakSanitizer to find.
+#
+# Environment: XENEVTCHN_SANITIZE_DIR (default <repo>/build/sanitize, git-ignored),
+# PYTHON (default python3), CC (default gcc: its libasan is the one preloaded).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${XENEVTCHN_SANITIZE_DIR:-$ROOT/build/sanitize}"
+PY="${PYTHON:-python3}"
+export CC="${CC:-gcc}"
+SAN="address,undefined"
+
+step() { printf '\n== sanitize: %s\n' "$*"; }
+
+step "sources -> $OUT/src"
+rm -rf "$OUT/src" "$OUT/logs" "$OUT/stress"
+mkdir -p "$OUT/src" "$OUT/logs" "$OUT/stress"
+for f in build.py setup.py pyproject.toml MANIFEST.in README.md LICENSE csrc xenevtchn; do
+    cp -R "$ROOT/$f" "$OUT/src/"
+done
+find "$OUT/src" \( -name '*.so' -o -name '__pycache__' \) -prune -exec rm -rf {} +
+
+step "venv $OUT/venv, C core built with -fsanitize=$SAN"
+if [ ! -x "$OUT/venv/bin/python" ]; then
+    "$PY" -m venv "$OUT/venv"
+    "$OUT/venv/bin/python" -m pip install -q --upgrade pip
+fi
+"$OUT/venv/bin/pip" uninstall -q -y xenevtchn 2>/dev/null || true   # always a fresh build
+XENEVTCHN_SANITIZE="$SAN" "$OUT/venv/bin/pip" install -q "$OUT/src[test]"
+
+core="$(ls "$OUT"/venv/lib/python3*/site-packages/xenevtchn/_core*.so)"
+needed="$(readelf -d "$core")"
+for lib in libasan libubsan; do
+    if ! grep -q "$lib" <<<"$needed"; then
+        echo "sanitize: $core does not link $lib: the sanitizer build did not happen" >&2
+        exit 1
+    fi
+done
+echo "ok: $core links libasan and libubsan"
+
+LIBASAN="$("$CC" -print-file-name=libasan.so)"
+[ -f "$LIBASAN" ] || { echo "sanitize: $CC has no libasan.so ($LIBASAN)" >&2; exit 1; }
+ASAN_OPTS="detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1"
+ASAN_OPTS="$ASAN_OPTS:check_initialization_order=1:strict_init_order=1"
+UBSAN_OPTS="halt_on_error=1:print_stacktrace=1"
+
+status=0
+step "pytest tests/ (libasan preloaded, PYTHONMALLOC=malloc)"
+(
+    cd "$ROOT"
+    export LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc
+    export ASAN_OPTIONS="$ASAN_OPTS:log_path=$OUT/logs/asan"
+    export UBSAN_OPTIONS="$UBSAN_OPTS:log_path=$OUT/logs/ubsan"
+    "$OUT/venv/bin/pytest" tests -q -p no:cacheprovider --ignore=tests/test_stress_c.py "$@"
+) || status=$?
+
+step "pytest tests/test_stress_c.py (plain and -fsanitize=thread builds of the C stress test)"
+(
+    cd "$ROOT"
+    "$OUT/venv/bin/pytest" tests/test_stress_c.py -q -p no:cacheprovider -rs "$@"
+) || status=$?
+
+step "tests/c/stress_2l.c built with -fsanitize=$SAN"
+"$CC" -std=c11 -pthread -O1 -g -fno-omit-frame-pointer -fsanitize="$SAN" -fno-sanitize-recover=all \
+    -Wall -Wextra -I"$ROOT/csrc" "$ROOT"/csrc/*.c "$ROOT/tests/c/stress_2l.c" -o "$OUT/stress/stress_2l"
+for layout in x86_64 x86_32; do
+    ASAN_OPTIONS="$ASAN_OPTS:log_path=$OUT/logs/asan" UBSAN_OPTIONS="$UBSAN_OPTS:log_path=$OUT/logs/ubsan" \
+        "$OUT/stress/stress_2l" 1 "$layout" 5 | tail -1 || status=$?
+done
+
+reports="$(find "$OUT/logs" -type f | sort)"
+if [ -n "$reports" ]; then
+    step "sanitizer reports"
+    for r in $reports; do
+        echo "--- $r"
+        head -c 20000 "$r"
+    done
+    status=1
+fi
+
+if [ "$status" -ne 0 ]; then
+    echo "sanitize: FAILED (exit $status)" >&2
+    exit "$status"
+fi
+echo "sanitize: no ASan/UBSan/TSan report; every test passed"
