@@ -33,6 +33,7 @@ Hypervisor does.
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import struct
@@ -88,9 +89,9 @@ class SharedPage:
     """
 
     def __init__(self, _name: str, _shm: shared_memory.SharedMemory | None) -> None:
+        self._map: mmap.mmap | None = _map(_name)
         self.name: str = _name.lstrip("/")
         self._shm = _shm                      # the owner's handle, kept to unlink the name
-        self._map: mmap.mmap | None = _map(_name)
         self._si: SharedInfo | None = None
         self._domain: Domain | None = None
         magic, version, code = self._header()[:3]
@@ -217,9 +218,16 @@ class SharedPage:
             try:
                 m.close()
             except BufferError:
-                raise BufferError("the page is still in use (a SharedInfo or memoryview of "
-                                  "it is alive): drop those before close()") from None
+                gc.collect()          # a view may live only in a dead reference cycle
+                try:
+                    m.close()
+                except BufferError:
+                    raise BufferError("the page is still in use (a SharedInfo or memoryview "
+                                      "of it is alive): drop those before close()") from None
         # else the domain's SharedInfo holds the mapping; it goes with the Hypervisor
+        self._forget()
+
+    def _forget(self) -> None:
         self._map = None
         self._si = None
         self._domain = None
