@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzzing of every way in: bytes become a sequence of calls on 4 domains.
 
     pip install -e '.[test,fuzz]'
