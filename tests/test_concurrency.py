@@ -19,6 +19,7 @@ Every assertion is deterministic (no timing threshold); thread switches are forc
 from __future__ import annotations
 
 import errno
+import os
 import random
 import struct
 import sys
@@ -31,7 +32,8 @@ import xenevtchn as xe
 from test_fuzz_entry import check_consistency, make_world
 from test_threads import run_threads
 
-ROUNDS = 3000
+SCALE = int(os.environ.get("XENEVTCHN_THREADS_SCALE", "1"))  # > 1 for long stress runs
+ROUNDS = 3000 * SCALE
 
 
 @pytest.fixture(autouse=True)
@@ -251,7 +253,7 @@ def test_destroy_while_sending():
     hv, doms = make_world()
     d0 = doms[0]
     bad = []
-    for k in range(6):
+    for k in range(6 * SCALE):
         victim = hv.create_domain(vcpus=2, domid=10)
         out = [d0.bind_interdomain(10, victim.alloc_unbound(0)) for _ in range(4)]
         back = [victim.bind_interdomain(0, d0.alloc_unbound(10)) for _ in range(4)]
