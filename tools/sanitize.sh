@@ -14,12 +14,23 @@
 #      instrumented, so the runtime must come first), PYTHONMALLOC=malloc (every Python
 #      allocation goes through ASan's allocator, so overruns into Python objects are
 #      caught), every report fatal, and every report also written under $OUT/logs;
+#      (the hypothesis differential test runs 15 examples instead of 50: its cost is the
+#      pure-Python reference model, not the C calls; XENEVTCHN_DIFF_EXAMPLES overrides);
 #      tests/test_stress_c.py runs in a second pytest without the preload: it builds its
 #      own binaries, one with -fsanitize=thread, and the TSan runtime cannot share a
 #      process with ASan's;
 #   4. builds tests/c/stress_2l.c with -fsanitize=address,undefined and runs it on both
 #      layouts (the data path under real threads, checked by ASan/UBSan);
 #   5. fails if any sanitizer wrote a report anywhere (also from subprocesses).
+#
+# Tests that start processes or compile C: every child inherits LD_PRELOAD, ASAN_OPTIONS
+# and UBSAN_OPTIONS (log_path included), so a report in a child interpreter (the spawned
+# senders of test_processes.py, test_shared_info_buffers.py's children) fails the run even
+# if the test itself would not notice. test_packaging.py builds and imports a plain wheel
+# (XENEVTCHN_SANITIZE is only set for our own install), in a child whose environment it
+# strips, which is fine: that wheel needs no sanitizer runtime. The C programs that tests
+# compile run with libasan preloaded, which a plain binary tolerates; only the TSan one
+# cannot, hence step 3's second pytest.
 #
 # ASAN_OPTIONS has detect_leaks=0: CPython does not free everything at exit and a leak
 # report on the interpreter would drown ours. Our C core allocates nothing (cffi and
