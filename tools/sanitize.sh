@@ -13,7 +13,7 @@
 #   3. runs pytest on tests/ with that venv, libasan preloaded (CPython itself is not
 #      instrumented, so the runtime must come first), PYTHONMALLOC=malloc (every Python
 #      allocation goes through ASan's allocator, so overruns into Python objects are
-#      caught), every report fatal, and every report also written under $OUT/logs;
+#      caught), every report fatal, ASan's also written under $OUT/logs;
 #      (the hypothesis differential test runs 15 examples instead of 50: its cost is the
 #      pure-Python reference model, not the C calls; XENEVTCHN_DIFF_EXAMPLES overrides);
 #      tests/test_stress_c.py runs in a second pytest without the preload: it builds its
@@ -21,7 +21,9 @@
 #      process with ASan's;
 #   4. builds tests/c/stress_2l.c with -fsanitize=address,undefined and runs it on both
 #      layouts (the data path under real threads, checked by ASan/UBSan);
-#   5. fails if any sanitizer wrote a report anywhere (also from subprocesses).
+#   5. fails if any sanitizer wrote a report anywhere (ASan's log files catch those of
+#      subprocesses too; a child's UBSan report makes that child exit 1, which its test
+#      sees) or printed one.
 #
 # Tests that start processes or compile C: every child inherits LD_PRELOAD, ASAN_OPTIONS
 # and UBSAN_OPTIONS (log_path included), so a report in a child interpreter (the spawned
@@ -83,17 +85,20 @@ step "pytest tests/ (libasan preloaded, PYTHONMALLOC=malloc)"
     cd "$ROOT"
     export LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc
     export ASAN_OPTIONS="$ASAN_OPTS:log_path=$OUT/logs/asan"
-    export UBSAN_OPTIONS="$UBSAN_OPTS:log_path=$OUT/logs/ubsan"
+    export UBSAN_OPTIONS="$UBSAN_OPTS"
     # the hypothesis differential test: fewer examples than the plain run (its C calls are
     # the same in every example; its Python reference model is what costs the time)
     export XENEVTCHN_DIFF_EXAMPLES="${XENEVTCHN_DIFF_EXAMPLES:-15}"
-    "$OUT/venv/bin/pytest" tests -q -p no:cacheprovider --ignore=tests/test_stress_c.py "$@"
-) || status=$?
+    # --capture=sys: a report printed by the C core goes to the real stderr, not into a
+    # capture file that dies with the process
+    "$OUT/venv/bin/pytest" tests -q -p no:cacheprovider --capture=sys \
+        --ignore=tests/test_stress_c.py "$@" 2>&1
+) | tee "$OUT/pytest.log" || status=$?
 
 step "pytest tests/test_stress_c.py (plain and -fsanitize=thread builds of the C stress test)"
 (
     cd "$ROOT"
-    "$OUT/venv/bin/pytest" tests/test_stress_c.py -q -p no:cacheprovider -rs
+    "$OUT/venv/bin/pytest" tests/test_stress_c.py -q -p no:cacheprovider -rs 2>&1
 ) | tee "$OUT/stress/pytest.log" || status=$?
 if grep -qi "skipped" "$OUT/stress/pytest.log"; then
     echo "sanitize: the ThreadSanitizer stress test was skipped (no TSan runtime?)" >&2
@@ -104,10 +109,18 @@ step "tests/c/stress_2l.c built with -fsanitize=$SAN"
 "$CC" -std=c11 -pthread -O1 -g -fno-omit-frame-pointer -fsanitize="$SAN" -fno-sanitize-recover=all \
     -Wall -Wextra -I"$ROOT/csrc" "$ROOT"/csrc/*.c "$ROOT/tests/c/stress_2l.c" -o "$OUT/stress/stress_2l"
 for layout in x86_64 x86_32; do
-    ASAN_OPTIONS="$ASAN_OPTS:log_path=$OUT/logs/asan" UBSAN_OPTIONS="$UBSAN_OPTS:log_path=$OUT/logs/ubsan" \
-        "$OUT/stress/stress_2l" 1 "$layout" 5 | tail -1 || status=$?
+    ASAN_OPTIONS="$ASAN_OPTS:log_path=$OUT/logs/asan" UBSAN_OPTIONS="$UBSAN_OPTS" \
+        "$OUT/stress/stress_2l" 1 "$layout" 5 >> "$OUT/stress/run.log" 2>&1 || status=$?
+    tail -1 "$OUT/stress/run.log"
 done
 
+# ASan writes its reports to $OUT/logs (log_path); UBSan, in a build with ASan, ignores
+# log_path and always prints to stderr: look for both kinds in everything printed.
+if grep -E -n "runtime error:|ERROR: AddressSanitizer|WARNING: ThreadSanitizer" \
+        "$OUT/pytest.log" "$OUT/stress/pytest.log" "$OUT/stress/run.log"; then
+    echo "sanitize: a sanitizer report was printed (above)" >&2
+    status=1
+fi
 reports="$(find "$OUT/logs" -type f | sort)"
 if [ -n "$reports" ]; then
     step "sanitizer reports"
