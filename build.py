@@ -7,11 +7,17 @@ dropped, so the headers the C compiler sees are the ones cffi sees.
 Running ``python -m build`` in the project root imports this file instead of the PyPA
 ``build`` tool (the current directory comes first on ``sys.path``); when that happens we
 hand over to the real tool, or say clearly how to build a wheel.
+
+``XENEVTCHN_SANITIZE`` (opt-in, e.g. ``address,undefined``) builds the C core with those
+sanitizers: ``-fsanitize=...``, ``-fno-sanitize-recover=all`` (every report is fatal),
+``-fno-omit-frame-pointer`` and ``-g`` on compile and link. Unset or empty, nothing
+changes. ``tools/sanitize.sh`` uses it; see docs/readme-reliability.md.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +27,26 @@ CDEF_HEADERS = ("xen_abi.h", "xenevtchn.h")
 # Every C file except the standalone examples/tests is part of the module.
 SOURCES = sorted(p for p in CSRC.glob("*.c"))
 HEADERS = sorted(CSRC.glob("*.h"))
+SANITIZE_ENV = "XENEVTCHN_SANITIZE"
+SANITIZERS = {"address", "undefined", "leak", "thread"}
+
+
+def sanitize_flags() -> list[str]:
+    """Compile and link flags asked for by ``XENEVTCHN_SANITIZE`` (none when unset).
+
+    The build id (below) stays a fingerprint of the sources alone: a sanitized build of
+    the same sources is the same code, so the stale-build check still holds for it.
+    """
+    value = os.environ.get(SANITIZE_ENV, "").strip()
+    if not value:
+        return []
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = sorted(set(names) - SANITIZERS)
+    if unknown:
+        raise SystemExit(f"{SANITIZE_ENV}={value!r}: unknown sanitizer(s) {unknown}; "
+                         f"choose from {sorted(SANITIZERS)}")
+    return [f"-fsanitize={','.join(names)}", "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer", "-g"]
 
 
 def build_id() -> str:
@@ -55,7 +81,8 @@ def make_builder():
         include_dirs=[str(CSRC.relative_to(HERE))],
         depends=[str(p.relative_to(HERE)) for p in HEADERS],
         extra_compile_args=["-std=c11", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra",
-                            "-Wno-unused-parameter"],
+                            "-Wno-unused-parameter", *sanitize_flags()],
+        extra_link_args=sanitize_flags(),
     )
     return ffibuilder
 

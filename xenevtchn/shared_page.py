@@ -1,0 +1,255 @@
+"""Many processes, one page: a domain's shared_info in ``multiprocessing.shared_memory``.
+
+The owning process creates the page and the domain on it; any other process attaches the
+page by name and raises ports on it with the 2-level bit rules, while the owner handles
+the upcalls::
+
+    # the owner (also runs the Hypervisor and the guest's upcalls)
+    page = SharedPage.create()
+    guest = page.create_domain(hv, vcpus=2)
+    ...                                    # bind channels; hand page.name to the senders
+
+    # any other process (a device model, another simulator, a worker)
+    with SharedPage.attach(name) as p:
+        flags = p.raise_port(port, vcpu)   # SET_NEWLY | SET_KICK, exactly as Xen's set_pending
+
+An attached process has the page, not the hypervisor: ``raise_port`` is Xen's 2-level
+``set_pending`` on the shared bits (pending bit, then selector and ``evtchn_upcall_pending``
+for an unmasked port) with C11 atomics, so raises from any number of processes and the
+owner's own sends and upcalls interleave without losing or duplicating an edge. It does
+no channel checks (is the port bound, which vCPU it notifies): the port tables live in the
+owner. ``SET_KICK`` in the result means this call raised the vCPU's
+``evtchn_upcall_pending`` from 0 to 1; the owner's ``hv.on_kick`` does not run for it, so
+a sender that must wake the owner does so its own way (a pipe, a semaphore, ...).
+
+The block is one 4096-byte page: the shared_info struct (Xen's layout, as the domain sees
+it) and, in the page's last 64 bytes (past the struct, which neither Xen nor this
+simulator ever touches), a small header (magic, layout, domid, vCPU count) so that
+``attach`` needs only the name. Linux only (the block is mapped from /dev/shm). The owner's ``close()`` also unlinks the name. The owner's mapping
+stays alive while the domain may still use it (a destroyed domain's page is kept for the
+Hypervisor's lifetime): ``close()`` then only unlinks, and the mapping goes when the
+Hypervisor does.
+"""
+
+from __future__ import annotations
+
+import gc
+import mmap
+import os
+import struct
+from multiprocessing import shared_memory
+from typing import TYPE_CHECKING, Any
+
+from .constants import PAGE_SIZE
+from .shared_info import SharedInfo, layout_code
+
+if TYPE_CHECKING:
+    from .domain import Domain
+    from .hypervisor import Hypervisor
+
+SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory (shm_open) blocks
+MAGIC = b"XEVTCHN\x00"
+VERSION = 1
+_HEADER = struct.Struct("<8sIIII")          # magic, version, layout, domid, nr_vcpus
+HEADER_OFFSET = PAGE_SIZE - 64              # past the struct in both layouts
+_NO_DOMAIN = 0xFFFFFFFF
+_LAYOUTS = {layout_code(name): name for name in ("x86_64", "x86_32")}
+
+
+def _map(name: str) -> mmap.mmap:
+    """Map the block ``name`` read-write, by its file under /dev/shm.
+
+    Mapping the file directly (rather than through ``SharedMemory(name)``) keeps the
+    block away from this process's resource tracker: before Python 3.13 that tracker
+    unlinks every block a process opened when the process exits (CPython issue 82300),
+    and only the owner may decide when the name goes. It also lets a domain's buffer
+    outlive the ``SharedPage`` object without warnings at garbage collection.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    bare = name.lstrip("/")
+    if not bare or "/" in bare or "\0" in bare:
+        raise ValueError(f"not a shared memory block name: {name!r}")
+    fd = os.open(os.path.join(SHM_DIR, bare), os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size < PAGE_SIZE:
+            raise ValueError(f"shared memory block {name!r} holds {size} bytes; "
+                             f"a xenevtchn page needs {PAGE_SIZE}")
+        return mmap.mmap(fd, PAGE_SIZE)
+    finally:
+        os.close(fd)
+
+
+class SharedPage:
+    """A shared_info page in a named shared memory block; see the module docstring.
+
+    Use ``SharedPage.create()`` (owner) or ``SharedPage.attach(name)`` (anyone else),
+    not the constructor.
+    """
+
+    def __init__(self, _name: str, _shm: shared_memory.SharedMemory | None) -> None:
+        self._map: mmap.mmap | None = _map(_name)
+        self.name: str = _name.lstrip("/")
+        self._shm = _shm                      # the owner's handle, kept to unlink the name
+        self._si: SharedInfo | None = None
+        self._domain: Domain | None = None
+        magic, version, code = self._header()[:3]
+        if magic != MAGIC or version != VERSION or code not in _LAYOUTS:
+            self._map.close()
+            self._map = None
+            raise ValueError(f"shared memory block {_name!r} is not a xenevtchn shared_info page")
+        self.layout: str = _LAYOUTS[code]
+
+    def _header(self) -> tuple[Any, ...]:
+        m = self._map
+        if m is None:
+            raise ValueError("operation on a closed SharedPage")
+        return _HEADER.unpack(m[HEADER_OFFSET:HEADER_OFFSET + _HEADER.size])
+
+    def _write_header(self, code: int, domid: int, vcpus: int) -> None:
+        assert self._map is not None
+        self._map[HEADER_OFFSET:HEADER_OFFSET + _HEADER.size] = _HEADER.pack(
+            MAGIC, VERSION, code, domid, vcpus)
+
+    # ---- creating and attaching -----------------------------------------------------
+
+    @classmethod
+    def create(cls, layout: str = "x86_64", name: str | None = None) -> SharedPage:
+        """A new zeroed page (named ``name``, or a fresh name) owned by this process."""
+        code = layout_code(layout)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+        shm = shared_memory.SharedMemory(name=name, create=True, size=PAGE_SIZE)
+        try:
+            shm.buf[HEADER_OFFSET:HEADER_OFFSET + _HEADER.size] = _HEADER.pack(
+                MAGIC, VERSION, code, _NO_DOMAIN, 0)
+            shm.close()  # our own mapping (below) is the one the domain uses
+            return cls(shm.name, shm)
+        except BaseException:
+            shm.close()
+            shm.unlink()
+            raise
+
+    @classmethod
+    def attach(cls, name: str) -> SharedPage:
+        """Map the page that another process created as ``name`` (``FileNotFoundError``
+        if there is none, ``ValueError`` if the block is not a xenevtchn page)."""
+        return cls(name, None)
+
+    def create_domain(self, hv: Hypervisor, **kwargs: Any) -> Domain:
+        """``hv.create_domain(**kwargs)`` with its shared_info in this page (owner only).
+
+        ``layout`` comes from the page; ``shared_info`` may not be given.
+        """
+        self._header()
+        if self._shm is None:
+            raise ValueError("only the process that created the page may create its domain")
+        if self._domain is not None:
+            raise ValueError(f"this page already holds the shared_info of domain {self._domain.domid}")
+        if "shared_info" in kwargs:
+            raise TypeError("create_domain() on a SharedPage takes no shared_info argument")
+        if kwargs.setdefault("layout", self.layout) != self.layout:
+            raise ValueError(f"this page was created for layout {self.layout!r}, "
+                             f"not {kwargs['layout']!r}")
+        if self._si is not None:
+            raise ValueError("close the page's own shared_info view before creating its domain")
+        # The mmap itself is the buffer (not a memoryview of it: a memoryview with a live
+        # export must never be left to the cycle collector).
+        d = hv.create_domain(shared_info=self._map, **kwargs)
+        self._domain = d
+        self._si = d.shared_info
+        self._write_header(layout_code(self.layout), d.domid, len(d.vcpus))
+        return d
+
+    # ---- what the page holds ------------------------------------------------------------
+
+    @property
+    def domid(self) -> int | None:
+        """The domain whose shared_info this is, or None before ``create_domain``."""
+        domid = self._header()[3]
+        return None if domid == _NO_DOMAIN else int(domid)
+
+    @property
+    def nr_vcpus(self) -> int:
+        """The domain's vCPU count (0 before ``create_domain``)."""
+        return int(self._header()[4])
+
+    @property
+    def shared_info(self) -> SharedInfo:
+        """A ``SharedInfo`` over the page (in the owner, the domain's own one)."""
+        self._header()
+        if self._si is None:
+            self._si = SharedInfo(self._map, self.layout)
+        return self._si
+
+    # ---- the sender's side ----------------------------------------------------------------
+
+    def raise_port(self, port: int, vcpu: int = 0) -> int:
+        """Xen's 2-level set_pending of ``port`` towards ``vcpu``, on the shared bits.
+
+        Returns ``SET_NEWLY`` (the pending bit went 0 -> 1) | ``SET_KICK`` (this call
+        raised ``evtchn_upcall_pending`` 0 -> 1: the vCPU is owed a kick). ``vcpu`` must
+        be one of the domain's vCPUs, ``port`` below the layout's port count.
+        """
+        if not isinstance(vcpu, int):
+            raise TypeError(f"vcpu must be an int, not {type(vcpu).__name__}")
+        n = self.nr_vcpus
+        if n == 0:
+            raise ValueError("no domain on this page yet (the owner has not called create_domain)")
+        if not 0 <= vcpu < n:
+            raise ValueError(f"vcpu {vcpu} does not exist (the domain has {n})")
+        return self.shared_info.set_pending(port, vcpu)
+
+    # ---- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach from the block; the owner also unlinks its name. Idempotent.
+
+        In the owner, a mapping the domain still uses stays mapped until the Hypervisor
+        is gone; the name is unlinked at once either way. Elsewhere, ``BufferError`` if
+        a ``SharedInfo`` or memoryview of the page is still alive (the page stays open).
+        """
+        m = self._map
+        if m is None:
+            return
+        if self._domain is None:
+            self._si = None           # ours; a caller's reference keeps it alive
+            try:
+                m.close()
+            except BufferError:
+                gc.collect()          # a view may live only in a dead reference cycle
+                try:
+                    m.close()
+                except BufferError:
+                    raise BufferError("the page is still in use (a SharedInfo or memoryview "
+                                      "of it is alive): drop those before close()") from None
+        # else the domain's SharedInfo holds the mapping; it goes with the Hypervisor
+        self._forget()
+
+    def _forget(self) -> None:
+        self._map = None
+        self._si = None
+        self._domain = None
+        if self._shm is not None:
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self._map is None
+
+    def __enter__(self) -> SharedPage:
+        self._header()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._map is None:
+            return f"<SharedPage {self.name!r} closed>"
+        role = "owner" if self._shm is not None else "attached"
+        return f"<SharedPage {self.name!r} {self.layout} {role} domid={self.domid}>"
