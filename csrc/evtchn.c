@@ -168,7 +168,9 @@ XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
         return -EINVAL;
     switch (atomic_load_explicit(A8(c->state), memory_order_acquire)) {
     case XE_ECS_INTERDOMAIN: {
-        struct xe_domain *rd = d->hv->domains[c->remote_dom];
+        /* A racing close and rebind can show a stale peer id: never index past the table. */
+        uint32_t rdom = __atomic_load_n(&c->remote_dom, __ATOMIC_RELAXED);
+        struct xe_domain *rd = rdom < XE_NR_DOMIDS ? d->hv->domains[rdom] : NULL;
         uint32_t rport = c->remote_port;
         if (!rd || !port_is_valid(rd, rport))
             return 0;

@@ -275,7 +275,8 @@ int xe_user_take(struct xe_domain *d, uint32_t port)
     }
     u->ring[u->prod % u->cap] = port;
     u->prod++;
-    user_unlock(u);
+    /* The eventfd's count moves with the queue, under the same lock: a pop between the
+     * push and this write would otherwise leave the fd readable with nothing queued. */
     if (u->fd >= 0) {
         uint64_t one = 1;
         ssize_t rc;
@@ -283,6 +284,7 @@ int xe_user_take(struct xe_domain *d, uint32_t port)
             rc = write(u->fd, &one, sizeof one);
         while (rc < 0 && errno == EINTR);
     }
+    user_unlock(u);
     return 1;
 }
 
@@ -307,7 +309,6 @@ int64_t xe_user_pop(struct xe_user *u)
     }
     uint32_t port = u->ring[u->cons % u->cap];
     u->cons++;
-    user_unlock(u);
     if (u->fd >= 0) {
         uint64_t v;
         ssize_t rc;
@@ -315,6 +316,7 @@ int64_t xe_user_pop(struct xe_user *u)
             rc = read(u->fd, &v, sizeof v);
         while (rc < 0 && errno == EINTR);
     }
+    user_unlock(u);
     return port;
 }
 

@@ -363,7 +363,14 @@ def _uint32_array(ports: Any) -> tuple[Any, int, memoryview | None]:
         if not n:
             view.release()
             return None, 0, None
-        return ffi.from_buffer(_U32_ARRAY, view), n, view
+        cdata = ffi.from_buffer(_U32_ARRAY, view)
+        if int(ffi.cast("uintptr_t", cdata)) & 3:
+            # Not 4-aligned (a byte-offset slice): C reads words, so take a copy.
+            ffi.release(cdata)
+            buf = array("I", view)
+            view.release()
+            return ffi.from_buffer(_U32_ARRAY, buf), n, None
+        return cdata, n, view
     try:
         buf = array("I", ports)
     except OverflowError:

@@ -31,6 +31,7 @@ class _Guest:
         self._d = domain
         self._si = domain.shared_info
         self._scans = [ffi.new("struct xe_scan *", {"vcpu": v}) for v in range(len(domain.vcpus))]
+        self._nesting = [0] * len(domain.vcpus)  # upcalls in progress per vCPU (and re-entries)
         self._fifo_scans = [ffi.new("struct xe_fifo_scan *", {"vcpu": v})
                             for v in range(len(domain.vcpus))]
         self._out = ffi.new("uint32_t[]", _CHUNK)
@@ -122,12 +123,23 @@ class _Guest:
             scan, run = self._fifo_scans[vcpu], self._fifo_pass
         else:
             scan, run = self._scans[vcpu], self._pass
+        nesting = self._nesting
+        if nesting[vcpu]:
+            # Called again from one of this vCPU's own handlers: return at once, and the
+            # upcall in progress runs another pass (Linux's nesting count).
+            nesting[vcpu] += 1
+            return []
         handled: list[int] = []
-        while True:
-            lib.xe_vcpu_set_upcall_pending(si, vcpu, 0)
-            run(c, vcpu, scan, handler, handled)
-            if not lib.xe_vcpu_upcall_pending(si, vcpu):
-                return handled
+        nesting[vcpu] = 1
+        try:
+            while True:
+                seen = nesting[vcpu]
+                lib.xe_vcpu_set_upcall_pending(si, vcpu, 0)
+                run(c, vcpu, scan, handler, handled)
+                if nesting[vcpu] == seen and not lib.xe_vcpu_upcall_pending(si, vcpu):
+                    return handled
+        finally:
+            nesting[vcpu] = 0
 
     def _pass(self, c, vcpu, scan, handler, handled) -> None:
         raise NotImplementedError
@@ -209,9 +221,10 @@ class LinuxGuest(_Guest):
         timers = [0] * nv               # what each scan's .timer holds
         virq_ports = self._d._virq_to_evtchn
         c_upcall = lib.xe_2l_upcall
+        nesting = self._nesting
 
         def do_upcall(vcpu: int = 0, handler: Handler | None = None) -> list[int]:
-            if handler is None and vcpu.__class__ is int and 0 <= vcpu < nv:
+            if handler is None and vcpu.__class__ is int and 0 <= vcpu < nv and not nesting[vcpu]:
                 scan = scans[vcpu]
                 timer = virq_ports[vcpu][VIRQ_TIMER]
                 if timer != timers[vcpu]:

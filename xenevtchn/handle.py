@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import weakref
 from typing import TYPE_CHECKING
 
 from . import commands as cmds
@@ -26,8 +27,12 @@ class XenEvtchn:
     """One open ``/dev/xen/evtchn`` of ``domain`` (``xenevtchn_open``)."""
 
     def __init__(self, domain: Domain) -> None:
+        if domain.dead:
+            raise EvtchnError(errno.ESRCH, f"domain {domain.domid} was destroyed")
         self._d = domain
         self._fd: int | None = os.eventfd(0, os.EFD_SEMAPHORE | os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # A handle dropped without close() still gives its descriptor back.
+        self._closer = weakref.finalize(self, os.close, self._fd)
         cap = EVTCHN_FIFO_NR_CHANNELS  # one slot per port the domain can ever have
         self._ring = ffi.new("uint32_t[]", cap)
         self._u = ffi.new("struct xe_user *", {"ring": self._ring, "cap": cap, "fd": self._fd})
@@ -120,7 +125,8 @@ class XenEvtchn:
         self._ports.clear()
         while lib.xe_user_pop(self._u) >= 0:
             pass  # the ring goes with the file
-        os.close(self._fd)
+        self._u.fd = -1  # C signals nothing from now on
+        self._closer()   # closes the descriptor, once
         self._fd = None
 
     def __enter__(self) -> XenEvtchn:

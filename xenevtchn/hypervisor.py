@@ -82,6 +82,11 @@ class Hypervisor:
         memory = GuestMemory(memory_frames)
         si = SharedInfo(shared_info, layout)  # the buffer is an argument: checked first
         with self._lock:
+            lo, hi = si.address_range
+            for other in self._domains.values():
+                olo, ohi = other.shared_info.address_range
+                if lo < ohi and olo < hi:
+                    raise ValueError(f"that shared_info buffer is in use by domain {other.domid}")
             if domid is None:
                 domid = next(i for i in range(DOMID_FIRST_RESERVED + 1) if i not in self._domains)
                 if domid >= DOMID_FIRST_RESERVED:

@@ -72,6 +72,17 @@ class GuestMemory:
             self._retired.append(old)
         self._frames[gfn] = (ffi.cast("char *", cdata), (cdata, buffer))
 
+    def __del__(self) -> None:
+        # Give callers' pages their buffer exports back before the cycle collector clears
+        # the buffers themselves (see SharedInfo.__del__).
+        for entry in [*getattr(self, "_frames", {}).values(), *getattr(self, "_retired", ())]:
+            owner = entry[1]
+            if isinstance(owner, tuple):
+                try:
+                    ffi.release(owner[0])
+                except (ValueError, TypeError):  # pragma: no cover - already released
+                    pass
+
     # ---- the FIFO code's bookkeeping ------------------------------------------------
 
     def pin(self, gfn: int) -> Any:

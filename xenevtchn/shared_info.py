@@ -49,6 +49,14 @@ def _writable_cdata(buffer: Any, need: int, what: str = "shared_info") -> tuple[
     return cdata, nbytes
 
 
+def _byte(value: Any, name: str) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= 0xFF:
+        raise ValueError(f"{name} is one byte: {value} is outside 0..255")
+    return value
+
+
 class SharedInfo:
     """A view of one ``struct shared_info`` (x86_64) or ``compat_shared_info`` (x86_32).
 
@@ -61,16 +69,18 @@ class SharedInfo:
     """
 
     __slots__ = ("_owner", "_cdata", "_nbytes", "_s", "layout", "nr_ports", "word_bits",
-                 "buffer", "__weakref__")
+                 "buffer", "_borrowed", "__weakref__")
 
     def __init__(self, buffer: Any = None, layout: str = "x86_64") -> None:
         code = layout_code(layout)
         need = SHARED_INFO_SIZE[layout]
+        self._borrowed = None
         if buffer is None:
             buffer = ffi.new("uint64_t[]", PAGE_SIZE // 8)  # malloc'd: 8-byte aligned, zeroed
             cdata, nbytes = ffi.cast("char *", buffer), PAGE_SIZE
         else:
             cdata, nbytes = _writable_cdata(buffer, need)
+            self._borrowed = cdata
         self._owner = buffer
         self._cdata = cdata
         self._nbytes = nbytes
@@ -82,6 +92,23 @@ class SharedInfo:
         self.word_bits = int(self._s.word_bits)
         self.nr_ports = int(self._s.nr_ports)
         self.buffer: memoryview = memoryview(ffi.buffer(cdata, nbytes))
+
+    def __del__(self) -> None:
+        # Give a caller's buffer its export back before the cycle collector clears the
+        # buffer (a memoryview torn down with an export still held crashes CPython).
+        borrowed = getattr(self, "_borrowed", None)
+        if borrowed is not None:
+            self._borrowed = None
+            try:
+                ffi.release(borrowed)
+            except (ValueError, TypeError):  # pragma: no cover - already released
+                pass
+
+    @property
+    def address_range(self) -> tuple[int, int]:
+        """``(first, end)`` addresses of the struct in memory: what two domains must not share."""
+        start = int(ffi.cast("uintptr_t", self._cdata))
+        return start, start + self.size
 
     # ---- whole-struct operations -------------------------------------------------
 
@@ -141,10 +168,10 @@ class SharedInfo:
         return int(lib.xe_vcpu_pending_sel(self._s, self._vcpu(vcpu)))
 
     def set_upcall_pending(self, vcpu: int, value: int) -> None:
-        lib.xe_vcpu_set_upcall_pending(self._s, self._vcpu(vcpu), value & 0xFF)
+        lib.xe_vcpu_set_upcall_pending(self._s, self._vcpu(vcpu), _byte(value, "evtchn_upcall_pending"))
 
     def set_upcall_mask(self, vcpu: int, value: int) -> None:
-        lib.xe_vcpu_set_upcall_mask(self._s, self._vcpu(vcpu), value & 0xFF)
+        lib.xe_vcpu_set_upcall_mask(self._s, self._vcpu(vcpu), _byte(value, "evtchn_upcall_mask"))
 
     # ---- the 2-level bit rules (Xen's event_2l.c) ---------------------------------
 
