@@ -75,6 +75,11 @@ echo "ok: $core links libasan and libubsan"
 
 LIBASAN="$("$CC" -print-file-name=libasan.so)"
 [ -f "$LIBASAN" ] || { echo "sanitize: $CC has no libasan.so ($LIBASAN)" >&2; exit 1; }
+# C++ extensions the tests import (matplotlib's) throw exceptions: ASan intercepts
+# __cxa_throw and needs libstdc++ loaded when it starts, so preload that too.
+LIBSTDCXX="$("$CC" -print-file-name=libstdc++.so)"
+PRELOAD="$LIBASAN"
+[ -f "$LIBSTDCXX" ] && PRELOAD="$LIBASAN:$(readlink -f "$LIBSTDCXX")"
 ASAN_OPTS="detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1"
 ASAN_OPTS="$ASAN_OPTS:check_initialization_order=1:strict_init_order=1"
 UBSAN_OPTS="halt_on_error=1:print_stacktrace=1"
@@ -83,7 +88,7 @@ status=0
 step "pytest tests/ (libasan preloaded, PYTHONMALLOC=malloc)"
 (
     cd "$ROOT"
-    export LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc
+    export LD_PRELOAD="$PRELOAD" PYTHONMALLOC=malloc
     export ASAN_OPTIONS="$ASAN_OPTS:log_path=$OUT/logs/asan"
     export UBSAN_OPTIONS="$UBSAN_OPTS"
     # the hypothesis differential test: fewer examples than the plain run (its C calls are
