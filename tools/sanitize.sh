@@ -16,11 +16,12 @@
 #      caught), every report fatal, ASan's also written under $OUT/logs;
 #      (the hypothesis differential test runs 15 examples instead of 50: its cost is the
 #      pure-Python reference model, not the C calls; XENEVTCHN_DIFF_EXAMPLES overrides);
-#      tests/test_stress_c.py runs in a second pytest without the preload: it builds its
-#      own binaries, one with -fsanitize=thread, and the TSan runtime cannot share a
-#      process with ASan's;
-#   4. builds tests/c/stress_2l.c with -fsanitize=address,undefined and runs it on both
-#      layouts (the data path under real threads, checked by ASan/UBSan);
+#      the C stress tests (tests/test_stress_{c,fifo,hooks}.py) run in a second pytest
+#      without the preload: they build their own binaries, some with -fsanitize=thread,
+#      and the TSan runtime cannot share a process with ASan's;
+#   4. builds tests/c/stress_2l.c and tests/c/stress_fifo.c with
+#      -fsanitize=address,undefined and runs each on both layouts (the data paths under
+#      real threads, checked by ASan/UBSan);
 #   5. fails if any sanitizer wrote a report anywhere (ASan's log files catch those of
 #      subprocesses too; a child's UBSan report makes that child exit 1, which its test
 #      sees) or printed one.
@@ -97,26 +98,30 @@ step "pytest tests/ (libasan preloaded, PYTHONMALLOC=malloc)"
     # --capture=sys: a report printed by the C core goes to the real stderr, not into a
     # capture file that dies with the process
     "$OUT/venv/bin/pytest" tests -q -p no:cacheprovider --capture=sys \
-        --ignore=tests/test_stress_c.py "$@" 2>&1
+        --ignore=tests/test_stress_c.py --ignore=tests/test_stress_fifo.py \
+        --ignore=tests/test_stress_hooks.py "$@" 2>&1
 ) | tee "$OUT/pytest.log" || status=$?
 
-step "pytest tests/test_stress_c.py (plain and -fsanitize=thread builds of the C stress test)"
+step "pytest tests/test_stress_{c,fifo,hooks}.py (plain and -fsanitize=thread builds of the C stress tests)"
 (
     cd "$ROOT"
-    "$OUT/venv/bin/pytest" tests/test_stress_c.py -q -p no:cacheprovider -rs 2>&1
+    "$OUT/venv/bin/pytest" tests/test_stress_c.py tests/test_stress_fifo.py tests/test_stress_hooks.py \
+        -q -p no:cacheprovider -rs 2>&1
 ) | tee "$OUT/stress/pytest.log" || status=$?
 if grep -qi "skipped" "$OUT/stress/pytest.log"; then
     echo "sanitize: the ThreadSanitizer stress test was skipped (no TSan runtime?)" >&2
     status=1
 fi
 
-step "tests/c/stress_2l.c built with -fsanitize=$SAN"
-"$CC" -std=c11 -pthread -O1 -g -fno-omit-frame-pointer -fsanitize="$SAN" -fno-sanitize-recover=all \
-    -Wall -Wextra -I"$ROOT/csrc" "$ROOT"/csrc/*.c "$ROOT/tests/c/stress_2l.c" -o "$OUT/stress/stress_2l"
-for layout in x86_64 x86_32; do
-    ASAN_OPTIONS="$ASAN_OPTS:log_path=$OUT/logs/asan" UBSAN_OPTIONS="$UBSAN_OPTS" \
-        "$OUT/stress/stress_2l" 1 "$layout" 5 >> "$OUT/stress/run.log" 2>&1 || status=$?
-    tail -1 "$OUT/stress/run.log"
+for prog in stress_2l stress_fifo; do
+    step "tests/c/$prog.c built with -fsanitize=$SAN"
+    "$CC" -std=c11 -pthread -O1 -g -fno-omit-frame-pointer -fsanitize="$SAN" -fno-sanitize-recover=all \
+        -Wall -Wextra -I"$ROOT/csrc" "$ROOT"/csrc/*.c "$ROOT/tests/c/$prog.c" -o "$OUT/stress/$prog"
+    for layout in x86_64 x86_32; do
+        ASAN_OPTIONS="$ASAN_OPTS:log_path=$OUT/logs/asan" UBSAN_OPTIONS="$UBSAN_OPTS" \
+            "$OUT/stress/$prog" 1 "$layout" 5 >> "$OUT/stress/run.log" 2>&1 || status=$?
+        tail -1 "$OUT/stress/run.log"
+    done
 done
 
 # ASan writes its reports to $OUT/logs (log_path); UBSan, in a build with ASan, ignores
