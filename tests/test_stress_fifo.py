@@ -12,63 +12,42 @@ that the queues, control blocks and words are quiescent, and that nothing outsid
 guest pages was written; it exits non-zero on failure.
 
 It is built with the system ``cc`` against every csrc/*.c file, once plainly and once
-with ThreadSanitizer (skipped only when the TSan runtime is missing), like
-test_stress_c.py, whose helpers it shares.
+with ThreadSanitizer (skipped only when the TSan runtime is missing), with the helpers
+in cstress.py that every C stress test shares.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
-from pathlib import Path
 
 import pytest
-from test_stress_c import BASE_FLAGS, CSRC, _cc, _parse_stats, _run
+from cstress import build_tsan, compile_program, parse_stats, run, tsan_env
 
-STRESS_SRC = Path(__file__).resolve().parent / "c" / "stress_fifo.c"
-# Every C file of the core (the data path links as one unit), plus the stress program.
-SOURCES = [*sorted(CSRC.glob("*.c")), STRESS_SRC]
 NR_PORTS = 8192  # 8 event-array pages
 SECONDS = 1.0  # per plain run: two runs
 TSAN_SECONDS = 1.0
 
 
-def _compile(out: Path, extra: list[str]) -> subprocess.CompletedProcess:
-    for src in SOURCES:
-        assert src.is_file(), f"missing {src}"
-    cmd = [_cc(), *BASE_FLAGS, *extra, *map(str, SOURCES), "-o", str(out)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
-def fifo_bin(tmp_path_factory) -> Path:
+def fifo_bin(tmp_path_factory):
     out = tmp_path_factory.mktemp("stress_fifo") / "stress_fifo"
-    res = _compile(out, ["-O2"])
+    res = compile_program("stress_fifo.c", out, ["-O2"])
     assert res.returncode == 0, f"compiling the FIFO stress test failed:\n{res.stderr}"
     assert "stress_fifo.c" not in res.stderr, f"the FIFO stress program has warnings:\n{res.stderr}"
     return out
 
 
 @pytest.fixture(scope="module")
-def fifo_tsan_bin(tmp_path_factory, fifo_bin) -> Path:
-    out = tmp_path_factory.mktemp("stress_fifo_tsan") / "stress_fifo_tsan"
-    res = _compile(out, ["-O1", "-g", "-fsanitize=thread"])
-    if res.returncode != 0:
-        # The same sources just compiled without TSan (fifo_bin), so a failure here that
-        # names the sanitizer is the toolchain lacking it; anything else is a real failure.
-        if re.search(r"tsan|sanitiz", res.stderr, re.IGNORECASE):
-            pytest.skip(f"ThreadSanitizer runtime not available to {_cc()}: {res.stderr.strip()[-400:]}")
-        pytest.fail(f"compiling the TSan FIFO stress test failed:\n{res.stderr}")
-    return out
+def fifo_tsan_bin(tmp_path_factory, fifo_bin):
+    return build_tsan("stress_fifo.c", tmp_path_factory.mktemp("stress_fifo_tsan") / "stress_fifo_tsan")
 
 
-def _check_run(res: subprocess.CompletedProcess, layout: str) -> dict[str, int]:
+def _check_run(res, layout: str) -> dict[str, int]:
     """The program's own verdict, then its statistics cross-checked."""
     report = f"exit {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr[-6000:]}"
     assert res.returncode == 0, f"stress_fifo {layout} failed (events lost or bad accounting):\n{report}"
     assert res.stdout.rstrip().endswith("OK"), report
-    stats = _parse_stats(res.stdout)
+    stats = parse_stats(res.stdout)
     assert stats["lost"] == 0, report
     assert stats["rounds"] > 0, report
     # every thread did its job
@@ -97,9 +76,7 @@ def test_stress_fifo(fifo_bin, layout, seed, senders):
 
 
 def test_stress_fifo_tsan(fifo_tsan_bin):
-    env = dict(os.environ)
-    env.setdefault("TSAN_OPTIONS", "halt_on_error=0 second_deadlock_stack=1")
-    res = _run(fifo_tsan_bin, TSAN_SECONDS, "x86_64", seed=3, env=env)
+    res = run([str(fifo_tsan_bin), str(TSAN_SECONDS), "x86_64", "3"], tsan_env())
     out = res.stdout + res.stderr
     assert "WARNING: ThreadSanitizer" not in out, f"ThreadSanitizer reported a race:\n{out[-8000:]}"
     assert "ThreadSanitizer" not in res.stderr, f"ThreadSanitizer problem:\n{res.stderr[-8000:]}"
