@@ -162,9 +162,10 @@ static int ops_test_and_clear_pending(struct xe_domain *d, uint32_t port)
     return port < s->nr_ports && xe_test_and_clear(pending_words(s), s->word_bits, port);
 }
 
-static void ops_mask(struct xe_domain *d, uint32_t port)
+static int ops_mask(struct xe_domain *d, uint32_t port)
 {
-    xe_2l_mask(&d->si, port);
+    const struct xe_shinfo *s = &d->si;
+    return port >= s->nr_ports || xe_test_and_set(mask_words(s), s->word_bits, port);
 }
 
 static int ops_clear_mask(struct xe_domain *d, uint32_t port)

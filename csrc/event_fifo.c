@@ -289,11 +289,10 @@ static int ops_test_and_clear_pending(struct xe_domain *d, uint32_t port)
     return w && word_test_and_clear(w, W_PENDING);
 }
 
-static void ops_mask(struct xe_domain *d, uint32_t port)
+static int ops_mask(struct xe_domain *d, uint32_t port)
 {
     aword *w = word_of(fifo_of(d), port);
-    if (w)
-        atomic_fetch_or(w, W_MASKED);
+    return !w || word_test_and_set(w, W_MASKED);
 }
 
 static int ops_clear_mask(struct xe_domain *d, uint32_t port)

@@ -19,7 +19,7 @@ struct xe_abi_ops {
     /* For ports bound through a libxenevtchn handle, which are never queued: */
     int (*test_and_set_pending)(struct xe_domain *d, uint32_t port);  /* previous bit */
     int (*test_and_clear_pending)(struct xe_domain *d, uint32_t port);
-    void (*mask)(struct xe_domain *d, uint32_t port);
+    int (*mask)(struct xe_domain *d, uint32_t port);                  /* previous bit */
     int (*clear_mask)(struct xe_domain *d, uint32_t port);            /* previous bit */
 };
 

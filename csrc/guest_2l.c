@@ -266,12 +266,30 @@ int xe_user_take(struct xe_domain *d, uint32_t port)
     if (!u)
         return 0;
     const struct xe_abi_ops *o = abi_ops(d);
-    o->mask(d, port);
     user_lock(u);
-    /* A full queue leaves the port pending and masked: the next unmask takes it. */
-    if (u->prod - u->cons >= u->cap || !o->test_and_clear_pending(d, port)) {
-        user_unlock(u);
-        return 0;
+    /* Mask, then take the pending bit, under the queue's lock. A taker that finds the bit
+     * already taken (a racing raise or unmask queued the port, and it may since have been
+     * popped and unmasked) gives back a mask it set itself, or the port would stay masked
+     * with nothing queued and every later raise would be lost; a raise that saw that
+     * short-lived mask and left the port to us is taken here. */
+    for (;;) {
+        int was_masked = o->mask(d, port);
+        /* A full queue leaves the port pending and masked: the next unmask takes it. */
+        if (u->prod - u->cons >= u->cap) {
+            user_unlock(u);
+            return 0;
+        }
+        if (o->test_and_clear_pending(d, port))
+            break;
+        if (was_masked) {
+            user_unlock(u);
+            return 0;
+        }
+        o->clear_mask(d, port);
+        if (!o->is_pending(d, port)) {
+            user_unlock(u);
+            return 0;
+        }
     }
     u->ring[u->prod % u->cap] = port;
     u->prod++;
