@@ -24,8 +24,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 CDEF_HEADERS = ("xen_abi.h", "xenevtchn.h")
-# Every C file except the standalone examples/tests is part of the module.
-SOURCES = sorted(p for p in CSRC.glob("*.c"))
+# Every C file except the standalone examples/tests is part of the module: the core
+# (csrc/*.c, also csrc/libxenevtchn.a) and the one file written against CPython's API
+# (csrc/python/*.c, the builtin do_upcall).
+SOURCES = sorted([*CSRC.glob("*.c"), *CSRC.glob("python/*.c")])
 HEADERS = sorted(CSRC.glob("*.h"))
 SANITIZE_ENV = "XENEVTCHN_SANITIZE"
 SANITIZERS = {"address", "undefined", "leak", "thread"}
@@ -65,6 +67,7 @@ def cdef_text() -> str:
             if not line.lstrip().startswith("#"):
                 lines.append(line)
     lines.append("extern const char xe_build_id[];")
+    lines.append("int xe_py_install_fast_upcall(void);   /* csrc/python/fast_upcall.c */")
     return "\n".join(lines)
 
 

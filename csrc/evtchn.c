@@ -380,6 +380,34 @@ int xe_unmask_key(uint32_t key)
     return d ? xe_evtchn_unmask(d, key & XE_KEY_PORT_MASK) : -ESRCH;
 }
 
+struct xe_scan *xe_2l_key_scan(uint32_t key)
+{
+    struct xe_domain *d = key_domain(key);
+    uint32_t v = key & XE_KEY_PORT_MASK;
+    if (!d || !d->scans || v >= d->nr_vcpus || d->scans[v].d != d || d->scans[v].vcpu != v)
+        return NULL;
+    return &d->scans[v];
+}
+
+int32_t xe_2l_upcall_key(uint32_t key)
+{
+    struct xe_scan *s = xe_2l_key_scan(key);
+    if (!s)
+        return -EINVAL;
+    if (s->d->abi != XE_ABI_2L)
+        return -ENOSYS;
+    if (xe_upcall_enter(s))
+        return 0;                       /* the upcall running on this vCPU takes them */
+    int32_t n = xe_2l_upcall(s);
+    if (n < 0) {
+        xe_upcall_abort(s);
+        return n;
+    }
+    if (n == 1 && s->cap > 1)
+        return (int32_t)s->out[0];      /* never 0: port 0 is never usable */
+    return n ? XE_UPCALL_MANY + n : 0;
+}
+
 int xe_linux_unmask_key(uint32_t key)
 {
     struct xe_domain *d = key_domain(key);

@@ -38,12 +38,87 @@ static inline int taken_by_handle(struct xe_domain *d, uint32_t port)
     return 1;
 }
 
-/* Linux's active(): pending & ~mask & bound to this vCPU, read live, one word. */
+/* ---- Linux's per-CPU evtchn mask ---------------------------------------------------- */
+
+static inline uint64_t *route_map(struct xe_domain *d, uint32_t vcpu)
+{
+    return d->vcpu_ports + (size_t)vcpu * XE_2L_ROUTE_WORDS;
+}
+
+/* The map bits of word w (W bits wide) of vCPU v; all ones when the domain has no maps. */
+static inline uint64_t route_bits(struct xe_domain *d, uint32_t vcpu, uint32_t w, uint32_t W)
+{
+    if (!d->vcpu_ports || vcpu >= XE_MAX_VCPUS)
+        return ~UINT64_C(0);
+    const uint64_t *m = route_map(d, vcpu);
+    if (W == 64)
+        return w < XE_2L_ROUTE_WORDS ? __atomic_load_n(&m[w], __ATOMIC_ACQUIRE) : 0;
+    if (w / 2 >= XE_2L_ROUTE_WORDS)
+        return 0;
+    return (__atomic_load_n(&m[w / 2], __ATOMIC_ACQUIRE) >> (32 * (w & 1))) & 0xffffffffu;
+}
+
+static inline int route_covers(struct xe_domain *d, uint32_t port)
+{
+    return d->vcpu_ports && port < 64 * XE_2L_ROUTE_WORDS;
+}
+
+void xe_2l_route_add(struct xe_domain *d, uint32_t port, uint32_t vcpu)
+{
+    if (route_covers(d, port) && vcpu < d->nr_vcpus && vcpu < XE_MAX_VCPUS)
+        __atomic_fetch_or(&route_map(d, vcpu)[port / 64], UINT64_C(1) << (port % 64),
+                          __ATOMIC_RELEASE);
+}
+
+void xe_2l_route_sync(struct xe_domain *d, uint32_t port)
+{
+    if (!route_covers(d, port))
+        return;
+    uint64_t bit = UINT64_C(1) << (port % 64);
+    for (uint32_t v = 0; v < d->nr_vcpus && v < XE_MAX_VCPUS; v++) {
+        uint64_t *word = &route_map(d, v)[port / 64];
+        int want = handled_here(d, v, port);
+        int have = (__atomic_load_n(word, __ATOMIC_RELAXED) & bit) != 0;
+        if (want && !have)
+            __atomic_fetch_or(word, bit, __ATOMIC_RELEASE);
+        else if (!want && have)
+            __atomic_fetch_and(word, ~bit, __ATOMIC_RELEASE);
+    }
+}
+
+static uint32_t route_ports(struct xe_domain *d)
+{
+    uint32_t n = 64 * XE_2L_ROUTE_WORDS;
+    return d->max_ports < n ? d->max_ports : n;
+}
+
+void xe_2l_route_rebuild(struct xe_domain *d)
+{
+    for (uint32_t p = 0; p < route_ports(d); p++)
+        xe_2l_route_sync(d, p);
+}
+
+int32_t xe_2l_route_check(struct xe_domain *d)
+{
+    if (!d->vcpu_ports)
+        return -1;
+    for (uint32_t p = 0; p < route_ports(d); p++)
+        for (uint32_t v = 0; v < d->nr_vcpus && v < XE_MAX_VCPUS; v++) {
+            int have = (route_map(d, v)[p / 64] >> (p % 64)) & 1;
+            if (have != handled_here(d, v, p))
+                return (int32_t)p;
+        }
+    return -1;
+}
+
+/* Linux's active(): pending & ~mask & bound to this vCPU, read live, one word. The map
+ * narrows the candidates; the record of each one decides. */
 static uint64_t active_bits(struct xe_domain *d, uint32_t vcpu, uint32_t w)
 {
     const struct xe_shinfo *s = &d->si;
     uint32_t W = s->word_bits;
-    uint64_t cand = xe_load_word(pending_words(s), W, w) & ~xe_load_word(mask_words(s), W, w);
+    uint64_t cand = xe_load_word(pending_words(s), W, w) & ~xe_load_word(mask_words(s), W, w) &
+                    route_bits(d, vcpu, w, W);
     uint64_t out = 0;
     while (cand) {
         uint32_t bit = (uint32_t)__builtin_ctzll(cand);
@@ -191,8 +266,36 @@ size_t xe_minios_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out
     return scan_fill(d, s, out, cap, xe_minios_scan_next);
 }
 
+/* ---- the nesting count, and the whole upcall without a handler ------------------------ */
+
+uint32_t xe_upcall_enter(struct xe_scan *s)
+{
+    return __atomic_fetch_add(&s->nesting, 1, __ATOMIC_ACQ_REL);
+}
+
+void xe_upcall_pass_begin(struct xe_scan *s)
+{
+    s->seen = __atomic_load_n(&s->nesting, __ATOMIC_ACQUIRE);
+}
+
+int xe_upcall_leave(struct xe_scan *s, const struct xe_shinfo *si)
+{
+    if (xe_vcpu_upcall_pending(si, s->vcpu))
+        return 0;
+    uint32_t seen = s->seen;
+    /* Fails when an upcall came in after the pass began: it is owed another pass. */
+    return __atomic_compare_exchange_n(&s->nesting, &seen, 0, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+
+void xe_upcall_abort(struct xe_scan *s)
+{
+    __atomic_store_n(&s->nesting, 0, __ATOMIC_RELEASE);
+}
+
 /* LinuxGuest.do_upcall with no handler, whole: each pass clears the upcall flag, takes
- * the VIRQ_TIMER port first, then scans; passes repeat while the flag was set again. */
+ * the VIRQ_TIMER port first, then scans; passes repeat while the flag was set again or
+ * another upcall of the vCPU came in. */
 int32_t xe_2l_upcall(struct xe_scan *s)
 {
     struct xe_domain *d = s->d;
@@ -201,10 +304,11 @@ int32_t xe_2l_upcall(struct xe_scan *s)
     const struct xe_shinfo *si = &d->si;
     uint32_t v = s->vcpu, cap = s->cap, n = 0;
     uint32_t *out = s->out;
-    if (v >= d->nr_vcpus || cap < 2)
+    if (v >= d->nr_vcpus || cap < 2 || !out)
         return -EINVAL;
     for (;;) {
         if (s->phase == 0) {
+            xe_upcall_pass_begin(s);
             xe_vcpu_set_upcall_pending(si, v, 0);
             if (s->timer) {
                 int32_t port = xe_2l_take_timer(d, v, s->timer);
@@ -221,7 +325,7 @@ int32_t xe_2l_upcall(struct xe_scan *s)
             return (int32_t)n;                     /* the caller comes back for the rest */
         xe_2l_scan_end(s);
         s->phase = 0;
-        if (!xe_vcpu_upcall_pending(si, v))
+        if (xe_upcall_leave(s, si))
             return (int32_t)n;
     }
 }

@@ -57,7 +57,12 @@ enum {
      * ABI fits 17 bits), so Python passes them as small ints. */
     XE_KEY_PORT_BITS = 17,
     XE_KEY_PORT_MASK = 131071,
-    XE_NR_SLOTS = 8192
+    XE_NR_SLOTS = 8192,
+
+    /* Words per vCPU of a domain's vcpu_ports map: one bit per 2-level port (4096). */
+    XE_2L_ROUTE_WORDS = 64,
+    /* xe_2l_upcall_key: at least this, the rest is the number of ports in s->out. */
+    XE_UPCALL_MANY = 1 << 24
 };
 
 /* A view of one shared_info struct in memory the caller owns. */
@@ -130,6 +135,13 @@ struct xe_domain {
     struct xe_fifo *fifo;      /* FIFO state while abi == XE_ABI_FIFO, else NULL */
     uint32_t hooks_owed;       /* on hv's list of domains with kicked/woken bits to take */
     struct xe_domain *owed_next;   /* that list's link */
+    /* The guest's side, read by its Linux upcall (guest_2l.c). vcpu_ports: nr_vcpus maps of
+     * XE_2L_ROUTE_WORDS words, Linux's per-CPU evtchn mask: the bit of a port is set in
+     * the map of the vCPU it notifies whenever the port is usable (extra bits are harmless:
+     * the scan checks the record of every port the map lets through). NULL: no maps, the
+     * scan checks the record of every pending port. Kept by xe_2l_route_*(). */
+    uint64_t *vcpu_ports;
+    struct xe_scan *scans;     /* nr_vcpus Linux upcall states (xe_2l_upcall_key), or NULL */
 };
 
 /* The hypervisor: domains by domid, so an interdomain send can reach its peer. */
@@ -162,6 +174,11 @@ struct xe_scan {
     uint32_t cap;
     uint32_t timer;            /* the vCPU's VIRQ_TIMER port, or 0 */
     uint32_t phase;            /* 0: next call starts a pass; 1: a pass is in progress */
+    /* Linux's nesting count of the vCPU's upcall: 0 when none runs; an upcall entered
+     * while one runs (a handler's, or another thread's) only adds 1, and the running one
+     * makes another pass. Used by every upcall of the vCPU, whatever the ABI. */
+    uint32_t nesting;
+    uint32_t seen;             /* nesting when the pass in progress began */
 };
 
 /* ---- shared_info views ---------------------------------------------------------- */
@@ -236,10 +253,36 @@ int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port);
 /* Linux's local unmask on the port's notify vCPU (a handle's port: re-fired into its
  * queue); -EINVAL for a port past the shared_info, -ENOSYS for a non-2-level domain. */
 int xe_linux_unmask_key(uint32_t key);
-/* A Linux upcall on s->vcpu of s->d with no handler: ports into s->out, at most s->cap
- * per call; a call that fills s->out leaves s->phase set and the next call goes on.
- * Returns the number of ports, or -ENOSYS for a non-2-level domain. */
+/* Linux's per-CPU evtchn mask (d->vcpu_ports). Before a port may become usable on vCPU
+ * v (a bind, a move to v), xe_2l_route_add(d, port, v); after any change of its record,
+ * xe_2l_route_sync(d, port). _rebuild recomputes every map from the records; _check
+ * returns the first port whose bits differ from its record, or -1. */
+void xe_2l_route_add(struct xe_domain *d, uint32_t port, uint32_t vcpu);
+void xe_2l_route_sync(struct xe_domain *d, uint32_t port);
+void xe_2l_route_rebuild(struct xe_domain *d);
+int32_t xe_2l_route_check(struct xe_domain *d);
+/* The nesting count of a vCPU's upcall (s->nesting). _enter returns the count before it
+ * (non-zero: another upcall runs; it makes another pass). _pass_begin records the count
+ * at the start of a pass; _leave ends the upcall (1, count back to 0) unless the count
+ * moved during the pass or the vCPU's upcall flag is set again (0: make another pass).
+ * _abort drops the count to 0 (an upcall that stops on an exception). */
+uint32_t xe_upcall_enter(struct xe_scan *s);
+void xe_upcall_pass_begin(struct xe_scan *s);
+int xe_upcall_leave(struct xe_scan *s, const struct xe_shinfo *si);
+void xe_upcall_abort(struct xe_scan *s);
+/* A Linux upcall on s->vcpu of s->d with no handler, inside an entered nesting count:
+ * ports into s->out, at most s->cap per call; a call that fills s->out leaves s->phase
+ * set and the next call goes on; the call that finishes leaves the count. Returns the
+ * number of ports, or -ENOSYS for a non-2-level domain, -EINVAL for a bad scan. */
 int32_t xe_2l_upcall(struct xe_scan *s);
+/* The whole no-handler upcall of vCPU (key & XE_KEY_PORT_MASK) of the key's domain, with
+ * the nesting count entered and left here. Returns 0 (no port, or another upcall of the
+ * vCPU runs), the port when exactly one was handled, or XE_UPCALL_MANY + n with n ports
+ * in d->scans[v].out (n == cap: the upcall goes on with xe_2l_upcall). Negative: the key
+ * names no 2-level domain with scans, or no such vCPU (take the checked path). */
+int32_t xe_2l_upcall_key(uint32_t key);
+/* The scan xe_2l_upcall_key uses for that key, or NULL. */
+struct xe_scan *xe_2l_key_scan(uint32_t key);
 
 /* ---- the FIFO ABI (Xen's event_fifo.c; spec section 9) ----------------------------- */
 

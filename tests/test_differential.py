@@ -45,6 +45,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import xenevtchn as native_mod
 from xenevtchn import reference as ref_mod
+from xenevtchn._native import lib as native_lib
 
 DOMID_SELF = 0x7FF0
 SI_SIZE = {"x86_64": 3136, "x86_32": 2344}
@@ -312,6 +313,8 @@ class Differential(RuleBasedStateMachine):
             layout = self.layout[domid]
             size = SI_SIZE[layout]
             dn, dr = self.N.doms[domid], self.R.doms[domid]
+            bad = native_lib.xe_2l_route_check(dn._c)   # the guest's per-vCPU port maps
+            assert bad < 0, f"dom{domid}: port {bad}'s per-vCPU map bits disagree with its record"
             bn = bytes(dn.shared_info.buffer[:size])
             br = bytes(dr.shared_info.buffer[:size])
             if bn != br:

@@ -138,6 +138,10 @@ def test_world_checks_catch_corruption():
     w.hv._irq_shareable[9] = True
     _fails(w, "shareable")
 
+    w, d0, d1, p, q = _world()
+    d1.ports.chans[p].notify_vcpu = 1      # moved behind the per-vCPU maps' back
+    _fails(w, "per-vCPU map")
+
 
 def test_step_checks_catch_lost_edges_and_kicks():
     w, d0, d1, p, q = _world()

@@ -32,7 +32,7 @@ def _source_build_id() -> str | None:
     if not (csrc.is_dir() and builder.is_file()):
         return None
     h = hashlib.sha256()
-    files = [*csrc.glob("*.c"), *csrc.glob("*.h"), builder]
+    files = [*csrc.glob("*.c"), *csrc.glob("python/*.c"), *csrc.glob("*.h"), builder]
     for path in sorted(files):
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -49,4 +49,9 @@ if _expected is not None and _expected != BUILD_ID:
         "Rebuild it with: pip install -e ."
     )
 
-__all__ = ["ffi", "lib", "BUILD_ID"]
+# The builtin do_upcall factory (csrc/python/fast_upcall.c) adds itself to the module.
+if lib.xe_py_install_fast_upcall() != 0:  # pragma: no cover - only if CPython refuses
+    raise ImportError("xenevtchn._core could not install make_fast_upcall")
+from ._core import make_fast_upcall  # type: ignore[import-not-found]  # noqa: E402
+
+__all__ = ["ffi", "lib", "BUILD_ID", "make_fast_upcall"]

@@ -19,6 +19,7 @@ from .constants import (
     IRQ_MAX_GUESTS,
     NR_PIRQS,
     NR_VIRQS,
+    VIRQ_TIMER,
     ChannelState as S,
     EvtchnStat,
     VirqClass,
@@ -111,6 +112,8 @@ def bind_virq(caller: Domain, virq: int, vcpu: int) -> int:
     port = _free_port(caller)
     caller.ports.bind(port, S.VIRQ, notify=vcpu, info=virq)
     table[virq] = port
+    if virq == VIRQ_TIMER:
+        caller.guest._sync_timer(vcpu)
     return port
 
 
@@ -170,6 +173,8 @@ def close_port(d: Domain, port: int, *, by_xen: bool = False) -> None:
         v = pt.notify(port) if virq_class(virq) == VirqClass.VCPU else 0
         if d._virq_to_evtchn[v][virq] == port:
             d._virq_to_evtchn[v][virq] = 0
+            if virq == VIRQ_TIMER:
+                d.guest._sync_timer(v)
     elif state == S.INTERDOMAIN:
         rdom, rport = pt.remote(port)
         rd = d.hv._domains.get(rdom)

@@ -145,6 +145,9 @@ class Domain:
         self._c.hv = hv._c
         self._c.nr_vcpus = vcpus
         self._c.domid = domid
+        # The guest's per-vCPU port maps (Linux's cpu_evtchn_mask), kept by the port table.
+        self._vcpu_ports = ffi.new("uint64_t[]", vcpus * lib.XE_2L_ROUTE_WORDS)
+        self._c.vcpu_ports = self._vcpu_ports
         self.ports = PortTable(self._c, abi_ports, min(abi_ports, self._port_cap + 1))
         self.vcpus: tuple[Vcpu, ...] = tuple(Vcpu(self, i) for i in range(vcpus))
         self.dying = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Callable
 
-from ._native import ffi, lib
+from ._native import ffi, lib, make_fast_upcall
 from .constants import EVTCHN_FIFO_NR_CHANNELS, VIRQ_TIMER
 from .errors import EvtchnError
 
@@ -30,8 +30,14 @@ class _Guest:
     def __init__(self, domain: Domain) -> None:
         self._d = domain
         self._si = domain.shared_info
-        self._scans = [ffi.new("struct xe_scan *", {"vcpu": v}) for v in range(len(domain.vcpus))]
-        self._nesting = [0] * len(domain.vcpus)  # upcalls in progress per vCPU (and re-entries)
+        nv = len(domain.vcpus)
+        # One block, so C can reach a vCPU's scan from the domain (xe_2l_upcall_key). Each
+        # scan also holds its vCPU's upcall nesting count, whatever the ABI.
+        self._scan_block = ffi.new("struct xe_scan[]", nv)
+        self._scans = [self._scan_block + v for v in range(nv)]
+        for v, scan in enumerate(self._scans):
+            scan.vcpu = v
+            scan.timer = domain._virq_to_evtchn[v][VIRQ_TIMER]
         self._fifo_scans = [ffi.new("struct xe_fifo_scan *", {"vcpu": v})
                             for v in range(len(domain.vcpus))]
         self._out = ffi.new("uint32_t[]", _CHUNK)
@@ -69,8 +75,13 @@ class _Guest:
         taken earlier find no domain in C and fall back to them too)."""
         for name in self._FAST:
             self.__dict__.pop(name, None)
+        self._d._c.scans = ffi.NULL
         for scan in self._scans:
             scan.d = ffi.NULL
+
+    def _sync_timer(self, vcpu: int) -> None:
+        """The vCPU's VIRQ_TIMER binding changed: the C upcall takes the new port first."""
+        self._scans[vcpu].timer = self._d._virq_to_evtchn[vcpu][VIRQ_TIMER]
 
     # ---- mask / unmask -------------------------------------------------------------
 
@@ -119,27 +130,26 @@ class _Guest:
         if handler is not None and not callable(handler):
             raise TypeError("handler must be callable or None")
         si, c = self._si._s, self._d._c
+        count = self._scans[vcpu]       # holds the vCPU's nesting count
         if self._d.fifo is not None:
             scan, run = self._fifo_scans[vcpu], self._fifo_pass
         else:
-            scan, run = self._scans[vcpu], self._pass
-        nesting = self._nesting
-        if nesting[vcpu]:
-            # Called again from one of this vCPU's own handlers: return at once, and the
-            # upcall in progress runs another pass (Linux's nesting count).
-            nesting[vcpu] += 1
+            scan, run = count, self._pass
+        if lib.xe_upcall_enter(count):
+            # An upcall of this vCPU is running (this is one of its handlers, or another
+            # thread): return at once; that upcall makes another pass (Linux's nesting count).
             return []
         handled: list[int] = []
-        nesting[vcpu] = 1
         try:
             while True:
-                seen = nesting[vcpu]
+                lib.xe_upcall_pass_begin(count)
                 lib.xe_vcpu_set_upcall_pending(si, vcpu, 0)
                 run(c, vcpu, scan, handler, handled)
-                if nesting[vcpu] == seen and not lib.xe_vcpu_upcall_pending(si, vcpu):
+                if lib.xe_upcall_leave(count, si):
                     return handled
-        finally:
-            nesting[vcpu] = 0
+        except BaseException:
+            lib.xe_upcall_abort(count)
+            raise
 
     def _pass(self, c, vcpu, scan, handler, handled) -> None:
         raise NotImplementedError
@@ -211,43 +221,15 @@ class LinuxGuest(_Guest):
         nv = len(self._d.vcpus)
         block = ffi.new("uint32_t[]", nv * _UPCALL_CAP)
         self._upcall_out = block
-        views = []   # each vCPU's part of block as uint32 items: tolist() beats ffi.unpack
         for v, scan in enumerate(self._scans):
             scan.d = self._d._c
             scan.out = block + v * _UPCALL_CAP
             scan.cap = _UPCALL_CAP
-            views.append(memoryview(ffi.buffer(scan.out, 4 * _UPCALL_CAP)).cast("I"))
-        scans = self._scans
-        timers = [0] * nv               # what each scan's .timer holds
-        virq_ports = self._d._virq_to_evtchn
-        c_upcall = lib.xe_2l_upcall
-        nesting = self._nesting
-
-        def do_upcall(vcpu: int = 0, handler: Handler | None = None) -> list[int]:
-            if handler is None and vcpu.__class__ is int and 0 <= vcpu < nv and not nesting[vcpu]:
-                scan = scans[vcpu]
-                timer = virq_ports[vcpu][VIRQ_TIMER]
-                if timer != timers[vcpu]:
-                    scan.timer = timers[vcpu] = timer
-                n = c_upcall(scan)
-                if n == 1:
-                    return [views[vcpu][0]]
-                if n == 0:
-                    return []
-                if 0 < n < _UPCALL_CAP:
-                    return views[vcpu][:n].tolist()
-                if n == _UPCALL_CAP:
-                    out = views[vcpu]
-                    handled = out.tolist()
-                    while (n := c_upcall(scan)) == _UPCALL_CAP:
-                        handled += out.tolist()
-                    if n > 0:
-                        handled += out[:n].tolist()
-                    return handled
-            return slow_upcall(vcpu, handler)
-
-        do_upcall.__doc__ = LinuxGuest.do_upcall.__doc__
-        self.do_upcall = do_upcall  # type: ignore[method-assign]
+        self._d._c.scans = self._scan_block
+        if slot is not None:
+            # A builtin (csrc/python/fast_upcall.c): no handler, a plain int vCPU -> one C
+            # upcall and the list; anything else -> slow_upcall.
+            self.do_upcall = make_fast_upcall(slow_upcall, slot.base, nv)  # type: ignore[method-assign]
 
     def cursor(self, vcpu: int = 0) -> tuple[int, int]:
         """The vCPU's fairness cursor (word, bit): where the next scan starts."""

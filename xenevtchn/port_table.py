@@ -89,6 +89,11 @@ class PortTable:
     def _write(self, port: int, state: int, *, notify: int | None = None,
                remote_dom: int = 0, remote_port: int = 0, info: int = 0) -> None:
         c = self.chans[port]
+        cdom = self._cdom
+        if state != FREE:
+            # The guest's per-vCPU map gains the port before it can be usable there, and
+            # is brought back in line once the record is written (xe_2l_route_*).
+            lib.xe_2l_route_add(cdom, port, c.notify_vcpu if notify is None else notify)
         if state == FREE:
             c.state = FREE
             c.user = ffi.NULL
@@ -105,6 +110,7 @@ class PortTable:
                 c.notify_vcpu = notify
             c.state = state
         self.state[port] = state
+        lib.xe_2l_route_sync(cdom, port)
 
     def bind(self, port: int, state: int, *, notify: int | None = None,
              remote_dom: int = 0, remote_port: int = 0, info: int = 0) -> None:
@@ -126,7 +132,9 @@ class PortTable:
         self._write(port, FREE)
 
     def set_notify(self, port: int, vcpu: int) -> None:
+        lib.xe_2l_route_add(self._cdom, port, vcpu)
         self.chans[port].notify_vcpu = vcpu
+        lib.xe_2l_route_sync(self._cdom, port)
 
     def notify(self, port: int) -> int:
         return int(self.chans[port].notify_vcpu)

@@ -42,7 +42,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._native import ffi
+from ._native import ffi, lib
 from .constants import (
     DOMID_FIRST_RESERVED,
     EVTCHN_FIFO_MAX_QUEUES,
@@ -598,5 +598,8 @@ def _apply_domain(d: Domain, p: dict[str, Any]) -> None:
     d._permitted_pirqs = set(p["permitted_pirqs"])
     d._pirq_to_port = dict(p["pirq_to_port"])
     d._virq_to_evtchn[:] = [list(row) for row in p["virq_to_evtchn"]]  # in place: fast paths hold it
+    for v in range(len(d.vcpus)):
+        d.guest._sync_timer(v)
+    lib.xe_2l_route_rebuild(d._c)   # the records were written field by field
     for name, plan in p["sections"].items():
         SECTIONS[name].apply(d, plan)

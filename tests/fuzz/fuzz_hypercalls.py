@@ -298,6 +298,8 @@ def check_world(w: World, snap: Snap) -> None:
         past = min(pt.chans_len, pt.valid + 64)      # the next bucket: never written yet
         beyond = ffi.buffer(pt.chans, past * _CHAN_SIZE)[pt.valid * _CHAN_SIZE:]
         assert beyond == bytes(len(beyond)), f"dom{A}: a record past the valid range was written"
+        bad = lib.xe_2l_route_check(d._c)      # the guest's per-vCPU maps match the records
+        assert bad < 0, f"dom{A}: port {bad}'s per-vCPU map bits disagree with its record"
         assert not any(pt.state[pt.valid:past]), f"dom{A}: state mirror set past the valid range"
         limit = min(abi_ports - 1 if not fifo(d) else 131071, d.max_evtchn_port)
         assert rows[0][0] == RESERVED, f"dom{A}: port 0 is not reserved"
