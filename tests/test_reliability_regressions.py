@@ -190,3 +190,26 @@ def test_interdomain_send_with_a_wild_peer_id_reads_nothing_out_of_range():
     d0.ports.chans[q].remote_dom = 0xFFFF
     d0.send(q)
     d0.send_many([q, q])
+
+
+def test_hooks_must_be_callable_when_set():
+    """A non-callable on_kick/on_wake is refused at once, not when the first event fires."""
+    hv = xe.Hypervisor()
+    for name in ("on_kick", "on_wake"):
+        with pytest.raises(TypeError, match=name):
+            setattr(hv, name, 42)
+        assert getattr(hv, name) is None
+        hook = [].append
+        setattr(hv, name, hook)
+        assert getattr(hv, name) is hook
+        setattr(hv, name, None)
+
+
+@pytest.mark.parametrize("bad", ["no", "", 2, -1, 1.0, None])
+def test_privileged_must_be_a_bool(bad):
+    """create_domain(privileged="no") used to make a privileged domain (truthy string)."""
+    hv = xe.Hypervisor()
+    with pytest.raises(TypeError, match="privileged"):
+        hv.create_domain(privileged=bad)
+    assert not hv.domains
+    assert hv.create_domain(privileged=1).privileged       # 0/1 are bools' values

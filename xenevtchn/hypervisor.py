@@ -28,6 +28,13 @@ Hook = Callable[[Vcpu], Any]
 _HOOK_RECORDS = 64  # (domid, kicked, woken) records taken from C per call
 
 
+def _hook(hook: Any, name: str) -> Any:
+    """A hook must be callable or None: refused when set, not when an event fires."""
+    if hook is not None and not callable(hook):
+        raise TypeError(f"{name} must be callable or None, not {type(hook).__name__}")
+    return hook
+
+
 class Hypervisor:
     """A simulated Xen: create domains, then drive them through their hypercalls.
 
@@ -50,10 +57,28 @@ class Hypervisor:
         self._timer_seq: dict[tuple[int, int], int] = {}
         self._seq = 0
         self.now = 0
-        self.on_kick: Hook | None = None
-        self.on_wake: Hook | None = None
+        self._on_kick: Hook | None = None
+        self._on_wake: Hook | None = None
         self._created = 0  # creation order of domains: the order their hooks run in
         self._hook_bufs = [ffi.new("uint32_t[]", 3 * _HOOK_RECORDS)]  # a pool: one per thread at once
+
+    @property
+    def on_kick(self) -> Hook | None:
+        """Called with the ``Vcpu`` whose ``evtchn_upcall_pending`` went from 0 to 1."""
+        return self._on_kick
+
+    @on_kick.setter
+    def on_kick(self, hook: Hook | None) -> None:
+        self._on_kick = _hook(hook, "on_kick")
+
+    @property
+    def on_wake(self) -> Hook | None:
+        """Called with the ``Vcpu`` woken from ``SCHEDOP_poll``."""
+        return self._on_wake
+
+    @on_wake.setter
+    def on_wake(self, hook: Hook | None) -> None:
+        self._on_wake = _hook(hook, "on_wake")
 
     # ---- domains ---------------------------------------------------------------------
 
@@ -68,6 +93,8 @@ class Hypervisor:
         """
         if guest not in GUESTS:
             raise ValueError(f"guest must be one of {sorted(GUESTS)}, not {guest!r}")
+        if not isinstance(privileged, int) or privileged not in (0, 1):
+            raise TypeError(f"privileged must be a bool, not {privileged!r}")
         if not isinstance(vcpus, int):
             raise TypeError(f"vcpus must be an int, not {type(vcpus).__name__}")
         if not 1 <= vcpus <= XEN_LEGACY_MAX_VCPUS:
@@ -303,7 +330,7 @@ class Hypervisor:
         pool.append(buf)
         if rec is None:
             return
-        on_kick, on_wake = self.on_kick, self.on_wake
+        on_kick, on_wake = self._on_kick, self._on_wake
         if on_kick is None and on_wake is None:
             return  # the bits are taken; nobody to call
         if len(rec) == 3 and rec[1] and not rec[2] and rec[1] & (rec[1] - 1) == 0:
