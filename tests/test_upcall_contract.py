@@ -20,6 +20,7 @@ snapshots (the reference has no ``snapshot``).
 from __future__ import annotations
 
 import collections
+import errno
 import sys
 import threading
 from typing import Any, Callable
@@ -143,7 +144,11 @@ FORMS: dict[str, Callable[[Any, int, Callable], list]] = {
 }
 
 
-def run_script(xe, form: Callable) -> list:
+HANDLER_FORMS = {"handler-positional", "handler-keyword", "both-keywords", "default-handler",
+                 "int-subclass-handler"}
+
+
+def run_script(xe, form: Callable, passes_handler: bool = False) -> list:
     """busy_guest, then rounds of raises and upcalls on every vCPU through ``form``;
     returns every result, with the handler's own log where the form passed one."""
     hv, d = busy_guest(xe)
@@ -169,7 +174,7 @@ def run_script(xe, form: Callable) -> list:
             h, log = recording()
             got = form(g, v, h)
             assert type(got) is list
-            assert not log or log == got
+            assert log == (got if passes_handler else [])
             out.append((v, got, cursor(d, v)))
     out.append(bytes(d.shared_info.buffer))
     return out
@@ -179,7 +184,7 @@ def test_every_accepted_form_gives_the_same_upcalls(xe):
     """One world per call form, the same events: every form returns the same lists,
     leaves the same cursors and the same shared_info, and a handler sees exactly the
     returned list."""
-    results = {name: run_script(xe, form) for name, form in FORMS.items()}
+    results = {name: run_script(xe, form, name in HANDLER_FORMS) for name, form in FORMS.items()}
     first = results["positional"]
     # Spot checks of the script itself (hand-worked): round 0 on vCPU 1 has its timer
     # first; round 3 (timer 70 closed, 70 an IPI of vCPU 1) has no timer first on vCPU 1.
@@ -259,10 +264,11 @@ def test_refused_calls_change_nothing(xe, call, exc):
     check_busy_handled(d)
 
 
-def test_numpy_integer_vcpu_is_refused():
+def test_numpy_integer_vcpu_is_refused(xe):
     """Only int (and its subclasses) names a vCPU: a NumPy integer is a TypeError."""
-    np = pytest.importorskip("numpy")
-    hv, d = busy_guest(native)
+    import numpy as np
+
+    hv, d = busy_guest(xe)
     before = world_digest(hv)
     with pytest.raises(TypeError):
         d.guest.do_upcall(np.int64(0))
@@ -418,6 +424,28 @@ def test_bind_vcpu_moves_a_port_and_the_old_vcpu_leaves_it(xe):
     assert pending(d, range(1, 75)) == []
 
 
+def test_bind_vcpu_from_a_handler_mid_upcall(xe):
+    """bind_vcpu run by a handler: a port already in the current word's snapshot is
+    still handled here; a port in a word not yet visited is left pending for its new
+    vCPU (which gets it once Linux's unmask re-fires it there)."""
+    hv = xe.Hypervisor()
+    d = hv.create_domain(vcpus=2)
+    assert [d.alloc_unbound(0) for _ in range(80)][-1] == 80
+
+    def handler(port):
+        if port == 1:
+            d.bind_vcpu(2, 1)
+            d.bind_vcpu(70, 1)
+
+    for p in (1, 2, 3, 70, 71):
+        hv.inject(d.domid, p)
+    assert d.guest.do_upcall(0, handler) == [1, 2, 3, 71]
+    assert pending(d, (2, 70)) == [70]
+    assert d.guest.do_upcall(1) == []                  # no selector bit on vCPU 1
+    d.guest.unmask(70)                                 # on its own vCPU, now 1
+    assert d.guest.do_upcall(0) == [] and d.guest.do_upcall(1) == [70]
+
+
 def test_close_and_rebind_on_another_vcpu(xe, hv, pair):
     """A port number closed and bound again on another vCPU is handled there only; an
     interdomain port whose peer closes keeps its notify vCPU (now unbound)."""
@@ -563,29 +591,71 @@ def test_timer_first_on_its_own_vcpu_through_close_and_rebind(xe):
     assert d.guest.do_upcall(2) == [71, 2]
 
 
-def test_timer_first_alternating_fast_and_handler_calls(xe):
-    """The timer port a vCPU takes first follows every bind and close, whichever form of
-    the call runs in between (no stale timer kept by either)."""
+def test_timer_bound_and_closed_by_a_handler_mid_upcall(xe):
+    """The timer port is looked up on every pass: bound by a handler, the next pass
+    takes it first; closed by a handler and its number bound again as an IPI, the next
+    pass (and the next upcall, either form) takes that port in scan order."""
     hv = xe.Hypervisor()
     d = hv.create_domain(vcpus=2)
+    assert [d.bind_ipi(0) for _ in range(100)][-1] == 100
+    box = {}
+
+    def bind_timer(port):
+        if port == 1:
+            box["t"] = d.bind_virq(TIMER, 0)
+            hv.send_virq(d.domid, TIMER, 0)
+            d.send(66)
+
+    d.send(1)
+    # Pass 1: 1 (its handler raises words 1); pass 2: the timer first, then from (0,2): 66.
+    assert d.guest.do_upcall(0, bind_timer) == [1, 101, 66] and box["t"] == 101
+
+    def close_timer(port):
+        if port == 3:
+            d.close(101)
+            assert d.bind_ipi(0) == 101
+            d.send(101)
+            d.send(66)
+            hv.send_virq(d.domid, TIMER, 0)           # dropped: not bound any more
+
+    d.send(3)
+    # Pass 2 from (0,4): word 1: 66, 101 (in scan order, not first).
+    assert d.guest.do_upcall(0, close_timer) == [3, 66, 101]
+    raise_(d, 101, 5)
+    # From (1,38): word 1: nothing above; word 0: 5; word 1 again: 101.
+    assert d.guest.do_upcall(0) == [5, 101]
+    raise_(d, 101, 7)
+    assert d.guest.do_upcall(0, _noop) == [7, 101]
+
+
+def test_timer_first_alternating_fast_and_handler_calls(xe):
+    """The timer port a vCPU takes first follows every bind and close, whichever form of
+    the call runs in between (no stale timer kept by either). A twin domain with no
+    timer, where port 101 is always a plain IPI, gives the expected scan order."""
+    hv = xe.Hypervisor()
+    d, twin = hv.create_domain(vcpus=2), hv.create_domain(vcpus=2)
     ipis = [d.bind_ipi(1) for _ in range(100)]        # 1..100 on vCPU 1
+    assert [twin.bind_ipi(1) for _ in range(101)] == ipis + [101]
     for rnd in range(8):
-        t = d.bind_virq(TIMER, 1)
-        raise_(d, ipis[rnd], ipis[99 - rnd])
+        def call(dom, rnd=rnd):
+            # Odd rounds put 101 last in scan order; each form gets two of them.
+            return dom.guest.do_upcall(1) if rnd % 4 in (1, 2) else dom.guest.do_upcall(1, _noop)
+
+        assert d.bind_virq(TIMER, 1) == 101
+        for dom in (d, twin):
+            raise_(dom, ipis[rnd], ipis[99 - rnd])
         hv.send_virq(d.domid, TIMER, 1)
-        call = (lambda: d.guest.do_upcall(1)) if rnd % 2 else (lambda: d.guest.do_upcall(1, _noop))
-        got = call()
-        assert got[0] == t and sorted(got[1:]) == sorted([ipis[rnd], ipis[99 - rnd]]), (rnd, got)
-        d.close(t)
+        assert call(d) == [101] + call(twin), rnd
+        d.close(101)
         hv.send_virq(d.domid, TIMER, 1)               # dropped: not bound
-        assert call() == []
-        # The closed timer's number, if it is one of the IPIs' range, is free again:
-        # bind it as a plain port of vCPU 1 for one round and check it is not first.
-        q = d.bind_ipi(1)
-        raise_(d, ipis[0], q)
-        got = call()
-        assert sorted(got) == sorted([ipis[0], q])
-        d.close(q)
+        assert call(d) == []
+        assert d.bind_ipi(1) == 101                    # the number as a plain IPI
+        for dom in (d, twin):
+            raise_(dom, 101, ipis[rnd + 1], ipis[50])
+        got = call(d)
+        assert got == call(twin) and sorted(got) == sorted([101, ipis[rnd + 1], ipis[50]]), rnd
+        assert cursor(d, 1) == cursor(twin, 1)
+        d.close(101)
 
 
 # --------------------------------------------------------- 5. more than one C call's worth
@@ -816,3 +886,385 @@ def test_after_an_exception_reentry_is_counted_afresh():
     assert d.guest.do_upcall(0, good) == [a, b] and inner == [[]]
     d.send(a)
     assert d.guest.do_upcall(0) == [a]
+
+
+# ---------------------------------------------------------------------------- 7. handles
+
+
+def test_handle_ports_never_in_the_result_even_when_the_scan_meets_them(xe, hv, pair):
+    """Handle ports interleaved with the guest's own ports in the same words, on both
+    vCPUs: raised, they go to the handle and never into do_upcall's list (either form);
+    raised again while the handle has them masked they stay pending, and with the mask
+    bit then cleared by hand the scan meets them pending and unmasked in a selected word:
+    they are taken for the handle, still not listed. Once the handle is closed, the same
+    numbers bound as guest ports are handled by do_upcall."""
+    dom0, domu = pair
+    h = xe.XenEvtchn(domu)
+    mine, theirs = [], []
+    for i in range(1, 132):
+        if i % 3 == 0:
+            p = h.bind_unbound_port(dom0.domid)
+            if i % 2:
+                domu.bind_vcpu(p, 1)
+            theirs.append(p)
+        else:
+            p = domu.bind_ipi(i % 2)
+            mine.append(p)
+        assert p == i
+    on1 = {p for p in range(1, 132) if p % 2}
+    for p in theirs:
+        hv.inject(domu.domid, p)
+    raise_(domu, *mine)
+    assert domu.guest.do_upcall(0) == [p for p in mine if p not in on1]
+    assert domu.guest.do_upcall(1, _noop) == [p for p in mine if p in on1]
+    queued = []
+    while (q := h.pending()) is not None:
+        queued.append(q)
+    assert queued == theirs
+    # Raised while the handle has them masked: pending, no selector bit from them.
+    for p in theirs:
+        hv.inject(domu.domid, p)
+    view = si(domu)
+    for p in theirs:
+        assert view.pending(p) and view.masked(p)
+        view.set_mask(p, 0)                            # pending and unmasked now
+    raise_(domu, *mine)                                # every word selected on both vCPUs
+    assert domu.guest.do_upcall(1) == [p for p in mine if p in on1]
+    assert domu.guest.do_upcall(0, _noop) == [p for p in mine if p not in on1]
+    assert pending(domu, range(1, 132)) == []
+    queued = []
+    while (q := h.pending()) is not None:
+        queued.append(q)
+    assert sorted(queued) == theirs
+    assert domu.guest.do_upcall(0) == [] and domu.guest.do_upcall(1) == []
+    h.close()
+    assert [domu.bind_ipi(p % 2) for p in theirs] == theirs
+    assert all(view.masked(p) for p in theirs)         # the handle's masks outlive it
+    for p in theirs:
+        domu.guest.unmask(p)                           # as Linux's request_irq does
+    raise_(domu, *theirs)
+    assert domu.guest.do_upcall(1) == [p for p in theirs if p in on1]
+    assert domu.guest.do_upcall(0) == [p for p in theirs if p not in on1]
+
+
+# ------------------------------------------------------------------ 8. Mini-OS and FIFO
+
+
+def test_minios_guest_through_the_same_calls(xe):
+    """Mini-OS: every form of the call, ascending order, no timer first, no per-vCPU
+    filter; the same refusals."""
+    hv = xe.Hypervisor()
+    d = hv.create_domain(vcpus=2, guest="minios")
+    assert d.guest.mode == "minios"
+    ps = [d.bind_ipi(p % 2) for p in range(1, 70)]
+    t = d.bind_virq(TIMER, 0)
+    assert t == 70
+    raise_(d, 66, 3, 2)
+    hv.send_virq(d.domid, TIMER, 0)
+    assert d.guest.do_upcall() == [2, 3, 66, 70]       # vCPU 0's selector: all of them
+    for call in (lambda: d.guest.do_upcall(1), lambda: d.guest.do_upcall(vcpu=1),
+                 lambda: d.guest.do_upcall(1, None), lambda: d.guest.do_upcall(handler=_noop)):
+        raise_(d, 5, 1)                                # sel on vCPU 1 (1 and 5 are vCPU 1's)
+        got = call()
+        if got == []:                                   # vCPU 0 form: nothing selected there
+            assert d.guest.do_upcall(1) == [1, 5]
+        else:
+            assert got == [1, 5]
+    h, log = recording()
+    raise_(d, 4, ps[0])
+    # No per-vCPU filter: vCPU 0's upcall takes vCPU 1's port 1 from the selected word.
+    assert d.guest.do_upcall(0, handler=h) == log == [1, 4]
+    assert d.vcpus[1].pending_sel == 1
+    assert d.guest.do_upcall(1, h) == [] and log == [1, 4]
+    for bad, exc in ((lambda: d.guest.do_upcall(2), ValueError), (lambda: d.guest.do_upcall("0"), TypeError),
+                     (lambda: d.guest.do_upcall(0, 1), TypeError)):
+        before = world_digest(hv)
+        with pytest.raises(exc):
+            bad()
+        assert world_digest(hv) == before
+
+
+def test_minios_reentry_returns_empty():
+    hv = native.Hypervisor()
+    d = hv.create_domain(guest="minios")
+    a, b = d.bind_ipi(0), d.bind_ipi(0)
+    inner = []
+
+    def handler(port):
+        if port == a and not inner:
+            inner.append(d.guest.do_upcall(0))
+            d.send(a)                                  # handled again by the outer call
+
+    d.send(a)
+    assert d.guest.do_upcall(0, handler) == [a, a] and inner == [[]]
+    d.send(b)
+    assert d.guest.do_upcall(0) == [b]
+
+
+@pytest.mark.parametrize("guest", ["linux", "minios"])
+def test_fifo_domain_through_the_same_calls(xe, guest):
+    """A FIFO domain: every form of the call, priority order, no timer first (the queue
+    decides); after EVTCHNOP_reset the domain is 2-level again and (Linux) the timer is
+    first again."""
+    from fifohelpers import fifo_domain
+
+    hv = xe.Hypervisor()
+    d, f = fifo_domain(hv, vcpus=2, guest=guest)
+    ps = [d.bind_ipi(0) for _ in range(5)]             # 1..5
+    q = d.bind_ipi(1)                                  # 6
+    t = d.bind_virq(TIMER, 0)                          # 7
+    d.set_priority(ps[3], 3)
+    raise_(d, ps[1], ps[3], q, ps[0])
+    hv.send_virq(d.domid, TIMER, 0)
+    assert d.guest.do_upcall() == [ps[3], ps[1], ps[0], t]
+    assert d.guest.do_upcall(vcpu=1) == [q]
+    for call in (lambda: d.guest.do_upcall(0), lambda: d.guest.do_upcall(0, None),
+                 lambda: d.guest.do_upcall(0, _noop), lambda: d.guest.do_upcall(handler=_noop)):
+        raise_(d, ps[2], ps[4], ps[3])
+        assert call() == [ps[3], ps[2], ps[4]]
+    h, log = recording()
+    raise_(d, q)
+    assert d.guest.do_upcall(1, handler=h) == log == [q]
+    assert d.guest.do_upcall(0) == [] and d.guest.do_upcall(1) == []
+    with pytest.raises(ValueError):
+        d.guest.do_upcall(2)
+    with pytest.raises(TypeError):
+        d.guest.do_upcall(0, 3)
+    d.reset()
+    assert d.fifo is None
+    ps = [d.bind_ipi(0) for _ in range(5)]
+    t = d.bind_virq(TIMER, 0)
+    assert (ps, t) == ([1, 2, 3, 4, 5], 6)
+    raise_(d, 4, 2)
+    hv.send_virq(d.domid, TIMER, 0)
+    assert d.guest.do_upcall(0) == ([6, 2, 4] if guest == "linux" else [2, 4, 6])
+
+
+# --------------------------------------------------------------------------- 9. threads
+
+
+@pytest.fixture
+def fast_switching():
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+def _join_all(threads, errors, timeout=60.0):
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not [t.name for t in threads if t.is_alive()], "upcall threads hung"
+    assert not errors, errors
+
+
+# The no-handler form loses and duplicates ports here today (two threads share the
+# vCPU's C output buffer and scan state); add "no-handler" once it is fixed.
+@pytest.mark.parametrize("form", ["handler"])
+@pytest.mark.parametrize("raiser", ["set_pending", "send"])
+def test_two_threads_upcall_the_same_vcpu_while_a_third_raises(fast_switching, raiser, form):
+    """Two threads run do_upcall(0, handler) on the same vCPU while a third raises 200
+    ports in a loop. Every raise that made a port newly pending is handled exactly once
+    in total (counted per port): "set_pending" raises with SharedInfo.set_pending and
+    counts the SET_NEWLY edges it reports; "send" raises with d.send only ports whose
+    previous event was handled (so every send is a new edge). A final upcall afterwards
+    leaves nothing pending. (With handlers, a call that finds the vCPU busy in another
+    thread counts as a re-entry today: it returns [] and the busy call does the work.)"""
+    from xenevtchn.shared_info import SET_NEWLY
+
+    hv = native.Hypervisor()
+    d = hv.create_domain(vcpus=2)
+    ports = [d.bind_ipi(0) for _ in range(200)]       # 1..200: words 0..3
+    lock = threading.Lock()
+    edges: collections.Counter = collections.Counter()
+    handled: collections.Counter = collections.Counter()
+    outstanding: set[int] = set()
+    twice: list[int] = []
+    stop = threading.Event()
+    errors: list = []
+
+    def handler(port):
+        with lock:
+            handled[port] += 1
+            if raiser == "send":
+                if port not in outstanding:
+                    twice.append(port)
+                outstanding.discard(port)
+
+    def upcalls():
+        try:
+            while not stop.is_set():
+                if form == "handler":
+                    assert type(d.guest.do_upcall(0, handler)) is list
+                else:
+                    for port in d.guest.do_upcall(0):
+                        handler(port)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    def raise_loop():
+        try:
+            si_ = d.shared_info
+            for r in range(30000):
+                p = ports[(r * 7) % 200]
+                if raiser == "set_pending":
+                    if si_.set_pending(p, 0) & SET_NEWLY:
+                        edges[p] += 1
+                else:
+                    with lock:
+                        if p in outstanding:
+                            continue
+                        outstanding.add(p)
+                        edges[p] += 1
+                    d.send(p)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            stop.set()
+
+    threads = [threading.Thread(target=upcalls, daemon=True, name=f"upcall{i}") for i in range(2)]
+    threads.append(threading.Thread(target=raise_loop, daemon=True, name="raiser"))
+    _join_all(threads, errors)
+    d.guest.do_upcall(0, handler)
+    assert not twice
+    assert pending(d, ports) == [] and not outstanding
+    assert sum(edges.values()) > 0
+    assert {p: handled[p] for p in ports} == {p: edges[p] for p in ports}
+
+
+# -------------------------------------------------------------- 10. destroyed domains
+
+
+def test_destroyed_domain_old_references_answer_esrch(xe):
+    """After destroy_domain, a do_upcall taken before (and the guest object kept) answers
+    EvtchnError(ESRCH) for every argument form, even ones it would refuse otherwise (the
+    domain is checked first), crashes nothing, and never reaches a new domain created
+    with the same domid."""
+    hv = xe.Hypervisor()
+    d = hv.create_domain(vcpus=2)
+    ports = [d.bind_ipi(p % 2) for p in range(1, 80)]
+    assert d.bind_virq(TIMER, 1) == 80
+    raise_(d, *ports)
+    hv.send_virq(d.domid, TIMER, 1)                   # work pending on both vCPUs
+    up, g = d.guest.do_upcall, d.guest
+    domid = d.domid
+    hv.destroy_domain(domid)
+    calls = (lambda f: f(), lambda f: f(0), lambda f: f(1), lambda f: f(vcpu=1),
+             lambda f: f(0, None), lambda f: f(1, _noop), lambda f: f(handler=_noop),
+             lambda f: f(99), lambda f: f("x"), lambda f: f(0, 5), lambda f: f(True))
+    for f in (up, g.do_upcall, d.guest.do_upcall):
+        for call in calls:
+            with pytest.raises(xe.EvtchnError) as ei:
+                call(f)
+            assert ei.value.errno == errno.ESRCH
+        with pytest.raises(TypeError):                 # Python's own argument binding
+            f(0, None, None)
+        with pytest.raises(TypeError):
+            f(bogus=1)
+    d2 = hv.create_domain(vcpus=2)
+    assert d2.domid == domid
+    mine = [d2.bind_ipi(0) for _ in range(5)]
+    raise_(d2, *mine)
+    for call in calls[:7]:
+        with pytest.raises(xe.EvtchnError):
+            call(up)
+    assert pending(d2, mine) == mine
+    assert d2.guest.do_upcall(0) == mine
+
+
+def test_destroyed_from_inside_a_handler(xe):
+    """A handler that destroys its own domain: the upcall in progress finishes the word
+    visit it had snapshotted (ports 1..63) and stops (the other words' ports are closed),
+    without error; afterwards the call answers ESRCH."""
+    hv = xe.Hypervisor()
+    d = hv.create_domain()
+    ports = [d.bind_ipi(0) for _ in range(100)]
+    raise_(d, *ports)
+
+    def killer(port):
+        if port == 3:
+            hv.destroy_domain(d.domid)
+
+    assert d.guest.do_upcall(0, killer) == list(range(1, 64))
+    with pytest.raises(xe.EvtchnError) as ei:
+        d.guest.do_upcall(0)
+    assert ei.value.errno == errno.ESRCH
+
+
+# ---------------------------------------------------------------------- 11. snapshots
+
+
+def _snapshot_world():
+    hv = native.Hypervisor()
+    d = hv.create_domain(vcpus=3)
+    for p in range(1, 200):
+        assert d.bind_ipi(p % 3) == p
+    t1, t2 = d.bind_virq(TIMER, 1), d.bind_virq(TIMER, 2)
+    u = d.alloc_unbound(0)
+    d.bind_vcpu(u, 2)
+    d.guest.mask(30)
+    # Cursors mid-word on every vCPU, then work pending everywhere (selectors, flags).
+    raise_(d, 9, 70, 131)
+    assert d.guest.do_upcall(0) == [9]
+    assert d.guest.do_upcall(1, _noop) == [70]
+    assert d.guest.do_upcall(2) == [131]
+    raise_(d, 3, 4, 5, 30, 33, 64, 65, 66, 130, 132, 133, 196, 197)
+    hv.send_virq(d.domid, TIMER, 1)
+    hv.inject(d.domid, u)
+    return hv, d, (t1, t2, u)
+
+
+def test_restored_domain_upcalls_as_the_original():
+    """hv.snapshot() / Hypervisor.restore: the copy's upcalls return the original's lists,
+    round after round (cursors mid-word, the timer first, a masked port unmasked, a
+    bind_vcpu, a timer closed and bound again, EVTCHNOP_reset), in both call forms."""
+    hv, d, (t1, t2, u) = _snapshot_world()
+    assert [cursor(d, v) for v in range(3)] == [(0, 10), (1, 7), (2, 4)]
+    copy = native.Hypervisor.restore(hv.snapshot())
+    c = copy.domain(d.domid)
+    assert [cursor(c, v) for v in range(3)] == [(0, 10), (1, 7), (2, 4)]
+    worlds = ((hv, d), (copy, c))
+
+    def both(fn):
+        return [fn(h, dom) for h, dom in worlds]
+
+    def upcalls(rnd):
+        out = []
+        for v in (2, 0, 1):
+            if (rnd + v) % 2:
+                res = both(lambda h, dom: dom.guest.do_upcall(v))
+            else:
+                res = both(lambda h, dom: dom.guest.do_upcall(v, _noop))
+            assert res[0] == res[1], (rnd, v, res)
+            out.append(res[0])
+        assert both(lambda h, dom: [cursor(dom, v) for v in range(3)]) == \
+            [[cursor(d, v) for v in range(3)]] * 2
+        assert bytes(d.shared_info.buffer) == bytes(c.shared_info.buffer)
+        return out
+
+    assert (t1, t2, u) == (200, 201, 202)
+    # Hand-worked first round. vCPU 2 from (2,4): word 3: 197, u=202; word 0: 5; word 1:
+    # 65. vCPU 0 from (0,10): 33 (30 masked); 66; 132; word 0 again: 3. vCPU 1: its
+    # timer, then from (1,7): word 2: 130, 133; word 3: 196; word 0: 4; word 1 again: 64.
+    assert upcalls(0) == [[197, 202, 5, 65], [33, 66, 132, 3], [200, 130, 133, 196, 4, 64]]
+    for rnd in range(1, 7):
+        if rnd == 2:
+            both(lambda h, dom: dom.guest.unmask(30))
+        if rnd == 3:
+            both(lambda h, dom: dom.bind_vcpu(u, 0))
+        if rnd == 4:
+            both(lambda h, dom: (dom.close(t1), dom.bind_ipi(0), dom.bind_virq(TIMER, 1)))
+        if rnd == 5:
+            both(lambda h, dom: dom.reset())
+            both(lambda h, dom: [dom.bind_ipi(p % 3) for p in range(1, 150)])
+            both(lambda h, dom: dom.bind_virq(TIMER, 2))
+        both(lambda h, dom: raise_(dom, *[p for p in (3 + rnd, 63 - rnd, 64 + 2 * rnd, 140 - rnd)]))
+        both(lambda h, dom: [h.send_virq(dom.domid, TIMER, v) for v in range(3)])
+        if rnd < 5:
+            both(lambda h, dom: h.inject(dom.domid, u))
+        upcalls(rnd)
+    assert hv.snapshot() == copy.snapshot()
