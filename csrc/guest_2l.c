@@ -135,6 +135,8 @@ int32_t xe_2l_take_timer(struct xe_domain *d, uint32_t vcpu, uint32_t port)
     if (port == 0 || port >= s->nr_ports || !handled_here(d, vcpu, port) ||
         !xe_2l_is_pending(s, port) || xe_2l_is_masked(s, port))
         return -1;
+    if (taken_by_handle(d, port))      /* a handle's timer port: the driver takes it */
+        return -1;
     xe_2l_clear_pending(s, port);
     return (int32_t)port;
 }
