@@ -34,3 +34,26 @@ def test_table_from_pytest_benchmark_json(tmp_path, capsys):
     assert "| do_upcall k=1 | 300.0 ns | 50.0 ns (bare cffi call per port) | 6.00x | <= 2x | MISS |" in out
     assert "| d.send vs reference | 100.0 ns | 1000.0 ns (reference model's send) | 10.00x | >= 4x faster | PASS |" in out
     assert bench.main(["--from-json", str(path), "--strict"]) == 1
+
+
+def test_the_readme_benchmark_commands_run_whole(tmp_path):
+    """The README's two commands, timed for real: every case runs its full rounds in one
+    process and the table has every row. Nothing about speed is asserted. (The first
+    command once crashed: a floor wrote through pointers into arrays nothing held. Where
+    freed memory lands varies, so this run is a smoke test, not a detector of that.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "bench.json"
+    here = Path(__file__).resolve().parent
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", str(here), "-q", "-k", "not readme_benchmark",
+         "-p", "no:cacheprovider", "--benchmark-enable", "--benchmark-disable-gc",
+         f"--benchmark-json={out}"],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    table = subprocess.run([sys.executable, "-m", "xenevtchn.bench", "--from-json", str(out)],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.count("\n| ") == len(bench.ROWS) + 1   # the header and every row

@@ -441,9 +441,14 @@ def _machine_threads_row(xe: Any, floors: Any) -> Built:
     p = fffi.from_buffer("uint32_t[]", ports)
     jobs, iters = flib.xe_floor_fetch_or_jobs, 128
     n = 2 * iters * len(ports)
+
+    def run(threads: int) -> Callable[[], Any]:
+        # w1 and w2 point into pages but do not own them: the closure keeps pages alive
+        # (without it the C loop wrote into freed memory once the row was built).
+        return lambda: (pages, jobs(w1, w2, p, len(ports), iters, threads))[1]
+
     return ("the C atomic_fetch_or loop, 2 x 128 passes: 2 pthreads vs 1 (what this machine "
-            "gives two threads right now)", Case(lambda: jobs(w1, w2, p, len(ports), iters, 2), n),
-            Case(lambda: jobs(w1, w2, p, len(ports), iters, 1), n))
+            "gives two threads right now)", Case(run(2), n), Case(run(1), n))
 
 
 def _python_call_row(xe: Any, floors: Any) -> Built:
