@@ -9,7 +9,7 @@ The normal test run (``addopts = --benchmark-disable``) runs every case once, wi
 setup, and checks what it did; ``--benchmark-enable`` times them:
 
     pytest benchmarks --benchmark-enable --benchmark-disable-gc --benchmark-json=bench.json
-    python -m xenevtchn.bench --from-json bench.json      # the ratio table of that run
+    xenevtchn bench --from-json bench.json                # the ratio table of that run
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m xenevtchn.bench``: the table printer, on a measured row and on a JSON file."""
+"""``xenevtchn bench``: the table printer, on a measured row and on a JSON file."""
 
 from __future__ import annotations
 
@@ -51,9 +51,10 @@ def test_the_readme_benchmark_commands_run_whole(tmp_path):
         [sys.executable, "-m", "pytest", str(here), "-q", "-k", "not readme_benchmark",
          "-p", "no:cacheprovider", "--benchmark-enable", "--benchmark-disable-gc",
          f"--benchmark-json={out}"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600,
+        cwd=tmp_path)   # from the source root, python -m would import the unbuilt tree
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    table = subprocess.run([sys.executable, "-m", "xenevtchn.bench", "--from-json", str(out)],
-                           capture_output=True, text=True, timeout=120)
+    table = subprocess.run([sys.executable, "-m", "xenevtchn", "bench", "--from-json", str(out)],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     assert table.stdout.count("\n| ") == len(bench.ROWS) + 1   # the header and every row

@@ -22,6 +22,10 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "(pip install .) and import it from outside the source tree, or build it in place "
         "with pip install -e ."
     )
+    if Path.cwd().resolve() == _SRC_TREE:
+        hint += (" (This is the source tree because Python was started in the project "
+                 "root: 'python -m' puts the current directory first. Use the installed "
+                 "'xenevtchn' command, or run from another directory.)")
     raise ImportError(hint) from exc
 
 

@@ -6,9 +6,9 @@ same process, and reports ours/floor against the row's target. ``benchmarks/`` r
 very same cases through pytest-benchmark (one group per row); this module needs no pytest
 so that it works from an installed package::
 
-    python -m xenevtchn.bench                 # every row, then the table
-    python -m xenevtchn.bench --quick         # fewer rounds (a rough look)
-    python -m xenevtchn.bench --from-json F   # the table of a pytest-benchmark --benchmark-json file
+    xenevtchn bench                           # every row, then the table
+    xenevtchn bench --quick                   # fewer rounds (a rough look)
+    xenevtchn bench --from-json F             # the table of a pytest-benchmark --benchmark-json file
 
 What a row measures
 -------------------
