@@ -69,3 +69,14 @@ def hooks(hv):
     hv.on_kick = lambda v: log.append(("kick", v.id))
     hv.on_wake = lambda v: log.append(("wake", v.id))
     return log
+
+
+@pytest.fixture
+def fast_switching():
+    """Python threads switch every 10 µs instead of 5 ms, so races get their chances."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)

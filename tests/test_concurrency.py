@@ -22,7 +22,6 @@ import errno
 import os
 import random
 import struct
-import sys
 import threading
 from array import array
 
@@ -36,14 +35,7 @@ SCALE = int(os.environ.get("XENEVTCHN_THREADS_SCALE", "1"))  # > 1 for long stre
 ROUNDS = 3000 * SCALE
 
 
-@pytest.fixture(autouse=True)
-def fast_switching():
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
+pytestmark = pytest.mark.usefixtures("fast_switching")   # tests/conftest.py
 
 
 def test_upcalls_masks_sends_and_churn_lose_nothing():

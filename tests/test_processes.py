@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import multiprocessing as mp
-import sys
 import threading
 import time
 
@@ -124,15 +123,8 @@ class Handler:
         return n
 
 
-@pytest.fixture(autouse=True)
-def fast_switching():
-    """The handler and the hypervisor-side sender share this process: switch often."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
+# The handler and the hypervisor-side sender share this process: switch often.
+pytestmark = pytest.mark.usefixtures("fast_switching")   # tests/conftest.py
 
 
 def _run(layout: str, use_guest: bool) -> None:

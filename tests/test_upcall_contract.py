@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import sys
 import threading
 from typing import Any, Callable
 
@@ -1041,16 +1040,6 @@ def test_fifo_domain_through_the_same_calls(xe, guest):
 
 
 # --------------------------------------------------------------------------- 9. threads
-
-
-@pytest.fixture
-def fast_switching():
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
 
 def _join_all(threads, errors, timeout=60.0):
