@@ -38,6 +38,7 @@
 #include <time.h>
 
 #include "xenevtchn.h"
+#include "stress_util.h"
 
 #define PAGE 4096u
 #define MAX_PORTS 4096u
@@ -63,30 +64,7 @@ static _Atomic int stop_senders, stop_masker, final_drain;
 /* Rounds: the main thread pauses senders and masker, unmasks every port, waits for the
  * consumer to drain and checks for lost events; an event lost near the end of a round is
  * then not hidden by a later raise of another port of the same word. */
-static _Atomic int paused, parked;
 static _Atomic uint64_t drain_req, drain_done;
-
-/* Called by senders and masker at a point where they hold nothing in flight; returns 1
- * if it parked (the caller then re-checks its stop flag before doing anything). */
-static int park_if_paused(_Atomic int *stop)
-{
-    if (!atomic_load(&paused))
-        return 0;
-    atomic_fetch_add(&parked, 1);
-    while (atomic_load(&paused) && !atomic_load(stop))
-        sched_yield();
-    atomic_fetch_sub(&parked, 1);
-    return 1;
-}
-
-static uint64_t rng_next(uint64_t *x)
-{
-    /* xorshift64* */
-    *x ^= *x >> 12;
-    *x ^= *x << 25;
-    *x ^= *x >> 27;
-    return *x * 0x2545F4914F6CDD1DULL;
-}
 
 /* A quarter of the picks hit 8 hot ports straddling the first word boundary (races between
  * sender, masker and consumer on the very same bits), a quarter the first two words

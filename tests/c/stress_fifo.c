@@ -62,6 +62,7 @@
 #include <time.h>
 
 #include "xenevtchn.h"
+#include "stress_util.h"
 
 #define PAGE 4096u
 #define NR_PAGES 8u
@@ -107,7 +108,6 @@ static _Atomic uint64_t masks, unmasks, guest_local, prio_changes;
 static uint64_t queue_moves;          /* ports whose last queue changed between two rounds */
 static uint8_t prev_lastq[NR_PORTS];
 static _Atomic int stop_senders, stop_others, final_drain;
-static _Atomic int paused, parked;
 static _Atomic uint64_t drain_req, drain_done[NR_VCPUS];
 /* Published by each consumer with drain_done: its private heads and local READY. */
 static _Atomic uint32_t priv_head[NR_VCPUS][NR_QUEUES];
@@ -135,26 +135,6 @@ static double now_seconds(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-static int park_if_paused(_Atomic int *stop)
-{
-    if (!atomic_load(&paused))
-        return 0;
-    atomic_fetch_add(&parked, 1);
-    while (atomic_load(&paused) && !atomic_load(stop))
-        sched_yield();
-    atomic_fetch_sub(&parked, 1);
-    return 1;
-}
-
-static uint64_t rng_next(uint64_t *x)
-{
-    /* xorshift64* */
-    *x ^= *x >> 12;
-    *x ^= *x << 25;
-    *x ^= *x >> 27;
-    return *x * 0x2545F4914F6CDD1DULL;
 }
 
 /* A quarter of the picks hit 8 hot ports straddling the first page boundary (sender,
