@@ -23,6 +23,7 @@
 #include <Python.h>
 
 #include "xenevtchn.h"
+#include "fast_upcall.h"
 
 struct fast_upcall {
     uint32_t base;             /* slot << XE_KEY_PORT_BITS */
