@@ -8,9 +8,9 @@ types and ranges first (``TypeError`` / ``ValueError``, nothing runs), then rais
 from __future__ import annotations
 
 import errno
-import threading
 import weakref
 from array import array
+from collections import deque
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from . import commands as cmds
@@ -55,8 +55,11 @@ class _Slot:
 
     __slots__ = ("n", "base", "__weakref__")
 
-    _lock = threading.Lock()
-    _free = list(range(lib.XE_NR_SLOTS - 1, 0, -1))  # slot 0 is never used
+    # No lock: ``_give_back`` runs as a weakref finalizer, which the cycle collector may
+    # call inside any allocation, including one made while ``take`` held a lock (the
+    # thread would then wait on itself). A deque's append and pop are atomic, so neither
+    # side needs one.
+    _free: deque[int] = deque(range(lib.XE_NR_SLOTS - 1, 0, -1))  # slot 0 is never used
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -65,10 +68,10 @@ class _Slot:
     @classmethod
     def take(cls, cdom: Any) -> _Slot | None:
         """A free slot now naming ``cdom``, or None when all are taken (slow paths then)."""
-        with cls._lock:
-            if not cls._free:
-                return None
+        try:
             n = cls._free.pop()
+        except IndexError:
+            return None
         lib.xe_slot_set(n, cdom)
         slot = cls(n)
         weakref.finalize(slot, cls._give_back, n, cdom)  # holds cdom until the entry is gone
@@ -76,9 +79,9 @@ class _Slot:
 
     @classmethod
     def _give_back(cls, n: int, _cdom: Any) -> None:
+        """The finalizer: clear the table entry, then make the number free (never blocks)."""
         lib.xe_slot_set(n, ffi.NULL)
-        with cls._lock:
-            cls._free.append(n)
+        cls._free.append(n)
 
 
 def _uint(value: Any, name: str, top: int) -> int:
