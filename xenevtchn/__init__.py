@@ -3,17 +3,47 @@
 A C core does the bit-level work with C11 atomics over a ``shared_info`` page laid out
 exactly like x86_64 Xen's; the control plane (port tables, the ``EVTCHNOP_*``
 dispatcher) is Python. Start with ``Hypervisor().create_domain()``.
+
+Every public name is importable from here and listed in ``__all__``: the hypervisor and
+its domains, the guest-side views, libxenevtchn's handle, the errors, and Xen's constants.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+
+from . import constants as _constants
 from .constants import *  # noqa: F403 - the constants are part of the public API
 from .domain import Domain, Vcpu
 from .errors import EvtchnError
 from .guest import LinuxGuest, MiniOSGuest
 from .handle import XenEvtchn
 from .hypervisor import Hypervisor
+from .memory import GuestMemory
 from .shared_info import SharedInfo
+from .shared_page import SharedPage
+from .simpy_adapter import SimPyAdapter
 from .status import EvtchnStatus
 
-__version__ = "0.1.0"
+try:
+    __version__: str = _dist_version("xenevtchn")
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "__version__",
+    "Domain",
+    "EvtchnError",
+    "EvtchnStatus",
+    "GuestMemory",
+    "Hypervisor",
+    "LinuxGuest",
+    "MiniOSGuest",
+    "SharedInfo",
+    "SharedPage",
+    "SimPyAdapter",
+    "Vcpu",
+    "XenEvtchn",
+]
+__all__ += _constants.__all__
