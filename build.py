@@ -65,8 +65,14 @@ def build_id() -> str:
 def cdef_text() -> str:
     lines: list[str] = []
     for name in CDEF_HEADERS:
+        cplusplus = False  # inside #ifdef __cplusplus (the extern "C" guard): not C
         for line in (CSRC / name).read_text().splitlines():
-            if not line.lstrip().startswith("#"):
+            stripped = line.strip()
+            if stripped == "#ifdef __cplusplus":
+                cplusplus = True
+            elif cplusplus and stripped == "#endif":
+                cplusplus = False
+            elif not cplusplus and not stripped.startswith("#"):
                 lines.append(line)
     lines.append("extern const char xe_build_id[];")
     return "\n".join(lines)

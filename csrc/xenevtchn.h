@@ -17,6 +17,10 @@
 #include <stdint.h>
 #include "xen_abi.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum {
     XE_LAYOUT_X86_64 = 0,      /* 64-bit words, 4096 ports */
     XE_LAYOUT_X86_32 = 1,      /* 32-bit words, 1024 ports (compat guests) */
@@ -323,5 +327,9 @@ int xe_user_take(struct xe_domain *d, uint32_t port);
 int xe_user_unmask(struct xe_domain *d, uint32_t port);
 int64_t xe_user_pop(struct xe_user *u);
 uint32_t xe_user_queued(struct xe_user *u);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

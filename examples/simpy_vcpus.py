@@ -35,10 +35,6 @@ back = dom0.bind_interdomain(guest.domid, front)
 timers = [guest.bind_virq(xe.VIRQ_TIMER, vcpu=v) for v in range(2)]
 kicker = guest.bind_ipi(vcpu=1)
 guest.guest.mask(kicker)                    # only ever polled, as Linux's spinlock kicker
-for d in (dom0, guest):                     # boot: event delivery on, fresh events taken
-    for v in d.vcpus:
-        d.shared_info.set_upcall_mask(v.id, 0)
-        d.guest.do_upcall(v.id)
 
 stats: Counter[str] = Counter()
 

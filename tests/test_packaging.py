@@ -119,3 +119,64 @@ def test_missing_build_in_a_source_tree_says_what_to_do(tmp_path):
     r = _python_in(tree, "import xenevtchn")
     assert r.returncode != 0
     assert "not built" in r.stderr
+
+
+CPP_PROGRAM = ROOT / "tests" / "c" / "embed_cpp.cpp"
+CPP_OUTPUT = [
+    "shinfo 3136 bytes",
+    "flags 3 0 1",                # newly pending + kick, coalesced, newly pending
+    "pending 5=1 70=1 6=0 upcall_pending=1",
+    "pending_sel 3",              # ports 5 and 70: words 0 and 1
+]
+
+
+def _installed_c_paths(wheel_dir: Path) -> tuple[str, str, str]:
+    r = _python_in(wheel_dir, "import xenevtchn as xe\n"
+                              "print(xe.get_include()); print(xe.get_library()); print(xe.get_pkgconfig_dir())")
+    assert r.returncode == 0, r.stderr
+    include, library, pcdir = r.stdout.split("\n")[:3]
+    for p in (include, library, pcdir):
+        assert Path(p).resolve().is_relative_to(wheel_dir.resolve()), p  # the installed copy
+    return include, library, pcdir
+
+
+def test_wheel_ships_the_header_library_and_pkgconfig_file(wheel_dir):
+    include, library, pcdir = _installed_c_paths(wheel_dir)
+    header = (Path(include) / "xenevtchn.h").read_text()
+    assert 'extern "C"' in header
+    assert (Path(include) / "xen_abi.h").is_file()
+    assert Path(library).name == "libxenevtchn.a" and Path(library).stat().st_size > 0
+    assert (Path(pcdir) / "xenevtchn.pc").is_file()
+    # Every exported symbol of the library carries the xe_ prefix; the core is all there.
+    nm = _run([shutil.which("nm") or "nm", "-g", "--defined-only", library], wheel_dir).stdout.split()
+    exported = {s for i, s in enumerate(nm) if i >= 2 and nm[i - 1] in ("T", "D", "R", "B")}
+    assert {"xe_shinfo_init", "xe_evtchn_send", "xe_2l_set_pending"} <= exported
+    assert all(s.startswith("xe_") for s in exported), sorted(exported)
+
+
+def test_a_cplusplus17_program_builds_against_the_installed_package(wheel_dir, tmp_path):
+    gxx = os.environ.get("CXX") or shutil.which("g++")
+    assert gxx, "no g++: the C++ test needs the system's g++"
+    include, library, _ = _installed_c_paths(wheel_dir)
+    exe = tmp_path / "embed_cpp"
+    r = _run([gxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{include}", str(CPP_PROGRAM),
+              library, "-o", str(exe)], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run([str(exe)], tmp_path)
+    assert r.returncode == 0 and r.stdout.splitlines() == CPP_OUTPUT, r.stdout + r.stderr
+
+
+def test_pkg_config_finds_the_installed_package(wheel_dir, tmp_path):
+    pkgconf = shutil.which("pkg-config")
+    assert pkgconf, "no pkg-config: the test needs the system's pkg-config"
+    gxx = os.environ.get("CXX") or shutil.which("g++")
+    assert gxx
+    _, _, pcdir = _installed_c_paths(wheel_dir)
+    r = _run([pkgconf, "--cflags", "--libs", "xenevtchn"], tmp_path,
+             env={**os.environ, "PKG_CONFIG_PATH": pcdir})
+    assert r.returncode == 0, r.stderr
+    flags = r.stdout.split()
+    exe = tmp_path / "embed_cpp"
+    r = _run([gxx, "-std=c++17", str(CPP_PROGRAM), *flags, "-o", str(exe)], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _run([str(exe)], tmp_path).stdout.splitlines() == CPP_OUTPUT

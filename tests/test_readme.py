@@ -36,3 +36,28 @@ def test_demo_raises_and_handles_events():
     assert stats["handled"] == 4 * 3 + 2 * 3 * (2 + 1)
     assert stats["sent"] == 4 * 3 * 2 + 4 * 3
     assert stats["kicks"] > 0
+
+
+def test_readme_cplusplus_section_builds_and_runs(tmp_path):
+    """The C/C++ section as written: its prog.cpp, then its first shell block (both routes)."""
+    import os
+    import subprocess
+    import sys
+
+    text = README.read_text()
+    section = text[text.index("## Embedding the C core"):]
+    section = section[:section.index("\n## ", 1)]
+    (cpp,) = re.findall(r"```cpp\n(.*?)```", section, re.S)
+    sh = re.findall(r"```sh\n(.*?)```", section, re.S)[0]
+    (tmp_path / "prog.cpp").write_text(cpp)
+    # `python` is the interpreter running the tests, with this xenevtchn installed.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run(["bash", "-e", "-c", sh], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == ["port 5 pending 1, kick 1"] * 2

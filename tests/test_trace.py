@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from xenevtchn.cli import main
-from xenevtchn.trace import XEN_PID
+from xenevtchn.trace import XEN_PID, pid_of
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +58,19 @@ def test_tracks_are_named_one_per_vcpu(traced):
     evs = doc["traceEvents"]
     procs = {e["pid"]: e["args"]["name"] for e in evs if e["name"] == "process_name"}
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in evs if e["name"] == "thread_name"}
-    assert procs[XEN_PID] == "Xen" and procs[0] == "dom0 (privileged)"
+    assert procs[pid_of(XEN_PID)] == "Xen" and procs[1] == "dom0 (privileged)"  # domid + 1
+    assert procs[2].startswith("d1 ")
     assert len(procs) == summary["scenario"]["domains"] + 1
-    assert sum(1 for pid, _ in threads if pid != XEN_PID) == summary["scenario"]["vcpus"]
-    assert threads[(1, 1)] == "vCPU1"
+    assert sum(1 for pid, _ in threads if pid != pid_of(XEN_PID)) == summary["scenario"]["vcpus"]
+    assert threads[(pid_of(1), 1)] == "vCPU1"
     used = {(e["pid"], e["tid"]) for e in evs if e["ph"] != "M"}
     assert used <= set(threads)
+
+
+def test_no_event_is_in_pid_0(traced):
+    """Perfetto's tools treat pid 0 as the kernel's idle process: pids start at 1."""
+    doc, _, _ = traced
+    assert min(ev["pid"] for ev in doc["traceEvents"]) == 1
 
 
 def test_one_trace_event_per_library_event(traced):

@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 
 from . import constants as _constants
+from .c_library import get_include, get_library, get_pkgconfig_dir
 from .constants import *  # noqa: F403 - the constants are part of the public API
 from .domain import Domain, Vcpu
 from .errors import EvtchnError
@@ -21,9 +22,19 @@ from .guest import LinuxGuest, MiniOSGuest
 from .handle import XenEvtchn
 from .hypervisor import Hypervisor
 from .memory import GuestMemory
+from .scenario import (
+    DeviceSpec,
+    GuestSpec,
+    Scenario,
+    ScenarioError,
+    default_scenario,
+    load_scenario,
+    parse_scenario,
+)
 from .shared_info import SharedInfo
 from .shared_page import SharedPage
 from .simpy_adapter import SimPyAdapter
+from .simulate import Simulation
 from .status import EvtchnStatus
 
 try:
@@ -33,17 +44,28 @@ except PackageNotFoundError:  # pragma: no cover - a source tree that was never 
 
 __all__ = [
     "__version__",
+    "DeviceSpec",
     "Domain",
     "EvtchnError",
     "EvtchnStatus",
     "GuestMemory",
+    "GuestSpec",
     "Hypervisor",
     "LinuxGuest",
     "MiniOSGuest",
+    "Scenario",
+    "ScenarioError",
     "SharedInfo",
     "SharedPage",
     "SimPyAdapter",
+    "Simulation",
     "Vcpu",
     "XenEvtchn",
+    "default_scenario",
+    "get_include",
+    "get_library",
+    "get_pkgconfig_dir",
+    "load_scenario",
+    "parse_scenario",
 ]
 __all__ += _constants.__all__

@@ -13,9 +13,10 @@ compiler), but into their own module outside the package:
   ``send_many``; ``xe_floor_fetch_or_timed`` runs the same loop ``iters`` times and times
   it in C with ``clock_gettime`` (a cross-check with no Python in the timed region).
 
-The module is cached under ``$XDG_CACHE_HOME/xenevtchn/bench-floors/<hash>`` (or the temp
-directory when that is not writable), keyed on the source, the Python version and cffi's
-version; it is never written into the package. Building needs a C compiler, as building
+The module is cached under ``$XDG_CACHE_HOME/xenevtchn/bench-floors/<hash>`` (or
+``~/.cache/...``), folders created mode 0700 and refused if another user owns them, keyed
+on the source, the Python version and cffi's version; it is never written into the
+package nor under a shared temp folder, whose names other users could take first. Building needs a C compiler, as building
 xenevtchn itself does.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -113,11 +115,30 @@ def _key() -> str:
 
 
 def _cache_roots() -> list[Path]:
-    roots = []
+    """The per-user cache (``$XDG_CACHE_HOME`` or ``~/.cache``), never a shared folder."""
     xdg = os.environ.get("XDG_CACHE_HOME")
-    roots.append(Path(xdg) if xdg else Path.home() / ".cache")
-    roots.append(Path(tempfile.gettempdir()))
-    return [r / "xenevtchn" / "bench-floors" for r in roots]
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return [base / "xenevtchn" / "bench-floors"]
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` and its parent ``xenevtchn`` folder, created mode 0700 and checked private.
+
+    A compiled module is loaded from here, so a folder another user could write into is
+    refused (OSError) rather than trusted.
+    """
+    path.parent.parent.mkdir(parents=True, exist_ok=True)
+    for d in (path.parent, path):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise OSError(f"{d} is not a folder of this user's: not used for compiled code")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(d, 0o700)
+    return path
 
 
 def _import_from(path: Path) -> tuple[Any, Any]:
@@ -127,6 +148,13 @@ def _import_from(path: Path) -> tuple[Any, Any]:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.ffi, mod.lib
+
+
+def _can_compile() -> bool:
+    """cffi compiles through setuptools, or through distutils before Python 3.12."""
+    if importlib.util.find_spec("setuptools") is not None:
+        return True
+    return sys.version_info < (3, 12) and importlib.util.find_spec("distutils") is not None
 
 
 def _find_built(d: Path) -> Path | None:
@@ -140,7 +168,7 @@ def _build_into(root: Path) -> Path:
     from cffi import FFI
 
     target = root / _key()
-    root.mkdir(parents=True, exist_ok=True)
+    private_dir(root)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=root))
     ffi = FFI()
     ffi.cdef(CDEF)
@@ -164,8 +192,12 @@ def load() -> tuple[Any, Any]:
         return _loaded
     errors: list[str] = []
     for root in _cache_roots():
-        cached = _find_built(root / _key()) if (root / _key()).is_dir() else None
         try:
+            private_dir(root)
+            cached = _find_built(root / _key()) if (root / _key()).is_dir() else None
+            if cached is None and not _can_compile():
+                raise ImportError("the benchmark floors are compiled with cffi, which needs "
+                                  "setuptools (Python 3.12 has no distutils): pip install setuptools")
             path = cached or _build_into(root)
             _loaded = _import_from(path)
             return _loaded
@@ -173,5 +205,5 @@ def load() -> tuple[Any, Any]:
             errors.append(f"{root}: {exc}")
         except Exception as exc:  # distutils/setuptools compile errors have many types
             errors.append(f"{root}: {type(exc).__name__}: {exc}")
-    raise ImportError("could not build the benchmark floors (a C compiler is needed):\n"
-                      + "\n".join(errors))
+    raise ImportError("could not build the benchmark floors (a C compiler is needed): "
+                      + "; ".join(errors))

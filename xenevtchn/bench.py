@@ -613,6 +613,12 @@ def _rows_from_json(path: str) -> list[tuple[Spec, float, float]]:
     return out
 
 
+def _error(message: str) -> int:
+    """A user's mistake or a missing tool: one line on stderr, exit status 2."""
+    print(f"xenevtchn bench: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and print the ratio table; 0 if every row meets its target."""
     parser = argparse.ArgumentParser(
@@ -627,16 +633,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.from_json:
-        table = _rows_from_json(args.from_json)
+        try:
+            table = _rows_from_json(args.from_json)
+        except OSError as exc:
+            return _error(f"--from-json {args.from_json}: {exc.strerror or exc}")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(f"--from-json {args.from_json}: not a pytest-benchmark JSON file ({exc})")
     else:
+        names = [name for name in ROWS if args.match in name]
+        if not names:
+            return _error(f"-k {args.match!r} matches no row; the rows are: " + "; ".join(ROWS))
         from . import _bench_floors
 
-        floors = _bench_floors.load()
+        try:
+            floors = _bench_floors.load()
+        except ImportError as exc:
+            return _error(str(exc))
         scale = args.rounds * (0.1 if args.quick else 1.0)
         table = []
-        for name in ROWS:
-            if args.match not in name:
-                continue
+        for name in names:
             if "numpy" in name and importlib.util.find_spec("numpy") is None:
                 print(f"  {name}: skipped (numpy is not installed)", file=sys.stderr)
                 continue

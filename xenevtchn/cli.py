@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print the summary as JSON")
     sim.add_argument("--trace", metavar="FILE",
                      help="write a Chrome/Perfetto trace-event JSON file (open it in ui.perfetto.dev)")
-    sim.add_argument("--plot", metavar="FILE.png",
+    sim.add_argument("--plot", metavar="FILE.png|.pdf|.svg",
                      help="draw events per vCPU over time and upcall latency (needs matplotlib: "
                           "pip install 'xenevtchn[plot]')")
     sim.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -168,11 +168,12 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"{'all events':<22}" + "".join(f"{t[c]:>{w},}" for c, w in zip(_COLS, (10, 11, 11, 9))))
     for kind, row in s["by_kind"].items():
         lines.append(f"  {kind:<20}" + "".join(f"{row[c]:>{w},}" for c, w in zip(_COLS, (10, 11, 11, 9))))
-    lines += ["", f"{'domain':<22}{'sent from':>10}{'received':>10}{'delivered':>11}{'coalesced':>11}"
+    name_w = max([22, *(len(d["name"]) + 1 for d in s["by_domain"])])  # whole names, aligned
+    lines += ["", f"{'domain':<{name_w}}{'sent from':>10}{'received':>10}{'delivered':>11}{'coalesced':>11}"
                   f"{'masked':>9}{'upcalls':>9}{'kicks':>9}{'polls woken':>13}"]
     for d in s["by_domain"]:
         lines.append(
-            f"{d['name'][:21]:<22}{d['sent_from']:>10,}{d['received']:>10,}{d['delivered']:>11,}"
+            f"{d['name']:<{name_w}}{d['sent_from']:>10,}{d['received']:>10,}{d['delivered']:>11,}"
             f"{d['coalesced']:>11,}{d['masked']:>9,}{d['upcalls']:>9,}{d['kicks']:>9,}{d['polls_woken']:>13,}"
         )
     lat, req = s["latency_us"], s["requests"]
@@ -212,8 +213,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from . import plot as plot_mod
 
         try:
-            plot_mod.require_matplotlib()
-        except ImportError as exc:
+            plot_fmt = plot_mod.plot_format(args.plot)
+        except (ImportError, ValueError) as exc:
             raise UsageError(str(exc)) from None
     trace_file = _open_out(args.trace, "trace file") if args.trace is not None else None
     plot_file = _open_out(args.plot, "plot file", "wb") if args.plot is not None else None
@@ -242,7 +243,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       "(open it in https://ui.perfetto.dev)", file=sys.stderr)
         if plot_file is not None:
             assert plot_mod is not None
-            plot_mod.plot(sim, plot_file)
+            plot_mod.plot(sim, plot_file, fmt=plot_fmt)
             plot_file.close()
             if not args.quiet:
                 print(f"plot: {args.plot}", file=sys.stderr)

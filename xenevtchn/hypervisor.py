@@ -28,6 +28,9 @@ Hook = Callable[[Vcpu], Any]
 _HOOK_RECORDS = 64  # (domid, kicked, woken) records taken from C per call
 
 
+LISTENER_EVENTS = ("kick", "wake")
+
+
 def _hook(hook: Any, name: str) -> Any:
     """A hook must be callable or None: refused when set, not when an event fires."""
     if hook is not None and not callable(hook):
@@ -40,7 +43,8 @@ class Hypervisor:
 
     ``on_kick(vcpu)`` runs when the hypervisor raises a vCPU's ``evtchn_upcall_pending``
     from 0 to 1; ``on_wake(vcpu)`` when a vCPU blocked in poll is woken. Both run before
-    the call that caused them returns (after a whole ``send_many`` batch).
+    the call that caused them returns (after a whole ``send_many`` batch). Listeners added
+    with ``add_listener("kick" | "wake", fn)`` run after them, in the order added.
     """
 
     def __init__(self) -> None:
@@ -59,6 +63,9 @@ class Hypervisor:
         self.now = 0
         self._on_kick: Hook | None = None
         self._on_wake: Hook | None = None
+        self._listeners: dict[str, list[Hook]] = {event: [] for event in LISTENER_EVENTS}
+        self._kick_fns: tuple[Hook, ...] = ()  # on_kick then the listeners: what _after calls
+        self._wake_fns: tuple[Hook, ...] = ()
         self._created = 0  # creation order of domains: the order their hooks run in
         self._hook_bufs = [ffi.new("uint32_t[]", 3 * _HOOK_RECORDS)]  # a pool: one per thread at once
 
@@ -70,6 +77,7 @@ class Hypervisor:
     @on_kick.setter
     def on_kick(self, hook: Hook | None) -> None:
         self._on_kick = _hook(hook, "on_kick")
+        self._rebuild_hooks()
 
     @property
     def on_wake(self) -> Hook | None:
@@ -79,6 +87,41 @@ class Hypervisor:
     @on_wake.setter
     def on_wake(self, hook: Hook | None) -> None:
         self._on_wake = _hook(hook, "on_wake")
+        self._rebuild_hooks()
+
+    def add_listener(self, event: str, fn: Hook) -> None:
+        """Call ``fn(vcpu)`` on every ``event`` ("kick" or "wake"), after ``on_kick``/``on_wake``.
+
+        Listeners run in the order they were added; one added twice runs twice.
+        """
+        if event not in self._listeners:
+            raise ValueError(f"event must be one of {', '.join(LISTENER_EVENTS)}, not {event!r}")
+        if not callable(fn):
+            raise TypeError(f"listener must be callable, not {type(fn).__name__}")
+        with self._lock:
+            self._listeners[event].append(fn)
+            self._rebuild_hooks()
+
+    def remove_listener(self, event: str, fn: Hook) -> None:
+        """Remove the last-added ``fn`` for ``event``; ValueError if it is not listening."""
+        if event not in self._listeners:
+            raise ValueError(f"event must be one of {', '.join(LISTENER_EVENTS)}, not {event!r}")
+        with self._lock:
+            fns = self._listeners[event]
+            for i in range(len(fns) - 1, -1, -1):
+                if fns[i] == fn:
+                    del fns[i]
+                    break
+            else:
+                raise ValueError(f"{fn!r} is not a {event!r} listener")
+            self._rebuild_hooks()
+
+    def _rebuild_hooks(self) -> None:
+        """One tuple per event of what to call, so firing a hook costs no more with none set."""
+        kick = () if self._on_kick is None else (self._on_kick,)
+        wake = () if self._on_wake is None else (self._on_wake,)
+        self._kick_fns = kick + tuple(self._listeners["kick"])
+        self._wake_fns = wake + tuple(self._listeners["wake"])
 
     # ---- domains ---------------------------------------------------------------------
 
@@ -330,14 +373,15 @@ class Hypervisor:
         pool.append(buf)
         if rec is None:
             return
-        on_kick, on_wake = self._on_kick, self._on_wake
-        if on_kick is None and on_wake is None:
+        kick_fns, wake_fns = self._kick_fns, self._wake_fns
+        if not kick_fns and not wake_fns:
             return  # the bits are taken; nobody to call
-        if len(rec) == 3 and rec[1] and not rec[2] and rec[1] & (rec[1] - 1) == 0:
-            # The usual case: one vCPU of one domain kicked, nobody woken.
+        if (len(rec) == 3 and rec[1] and not rec[2] and rec[1] & (rec[1] - 1) == 0
+                and len(kick_fns) == 1):
+            # The usual case: one vCPU of one domain kicked, nobody woken, one hook.
             d = self._domains.get(rec[0])
-            if d is not None and on_kick is not None:
-                on_kick(d.vcpus[rec[1].bit_length() - 1])
+            if d is not None:
+                kick_fns[0](d.vcpus[rec[1].bit_length() - 1])
             return
         domains = self._domains
         owed: dict[int, list[Any]] = {}
@@ -357,20 +401,19 @@ class Hypervisor:
             # A kick ends that vCPU's poll (spec 10.2) before other pollers are checked
             # (8.1 step 3): its wake follows its kick, then the other wakes.
             for v in _bits(kicked):
-                calls.append((on_kick, d.vcpus[v]))
+                calls.append((kick_fns, d.vcpus[v]))
                 if woken >> v & 1:
-                    calls.append((on_wake, d.vcpus[v]))
+                    calls.append((wake_fns, d.vcpus[v]))
                     woken &= ~(1 << v)
-            calls += [(on_wake, d.vcpus[v]) for v in _bits(woken)]
+            calls += [(wake_fns, d.vcpus[v]) for v in _bits(woken)]
         first_error: BaseException | None = None
-        for hook, vcpu in calls:
-            if hook is None:
-                continue
-            try:
-                hook(vcpu)
-            except Exception as exc:  # every owed hook runs; the first error is raised
-                if first_error is None:
-                    first_error = exc
+        for fns, vcpu in calls:
+            for hook in fns:
+                try:
+                    hook(vcpu)
+                except Exception as exc:  # every owed call runs; the first error is raised
+                    if first_error is None:
+                        first_error = exc
         if first_error is not None:
             raise first_error
 

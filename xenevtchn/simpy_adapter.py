@@ -16,8 +16,13 @@ SimPy is an optional extra (``pip install 'xenevtchn[simpy]'``)::
             d.guest.do_upcall(v, handler)
 
 * ``upcall(vcpu)``: an event that fires (value: the ``Vcpu``) when the hypervisor raises
-  the vCPU's ``evtchn_upcall_pending`` (``hv.on_kick``), or at once if it is already set
-  and not masked, so a kick that came while the process was busy is not lost.
+  the vCPU's ``evtchn_upcall_pending`` (a ``"kick"`` listener), or at once if it is
+  already set and not masked, so a kick that came while the process was busy is not lost.
+* Boot state: Xen starts every vCPU with ``evtchn_upcall_mask = 1`` (delivery off). The
+  first ``upcall(vcpu)`` for a vCPU boots it as a running guest would: it clears that
+  vCPU's ``evtchn_upcall_mask``, so events sent before are delivered at once and every
+  later one is waiting when the process next yields ``upcall``. A model that wants a
+  vCPU masked sets the mask again after its first ``upcall``.
 * ``wake(vcpu)``: fires when the vCPU leaves ``SCHEDOP_poll`` (``hv.on_wake``).
 * ``poll(domain, ports, timeout=None, vcpu=0)``: ``sched_poll`` with a *relative* timeout
   in SimPy time units; the event's value is True if the poll returned at once or was
@@ -26,7 +31,8 @@ SimPy is an optional extra (``pip install 'xenevtchn[simpy]'``)::
   ``env.now`` (firing due poll timers); every method here calls it first, and a timer
   process wakes at each poll deadline, so timeouts fire at their SimPy time.
 
-Hooks that were already set on ``hv`` keep running (after the adapter's).
+The adapter connects through ``hv.add_listener``: ``hv.on_kick``/``hv.on_wake`` stay
+free for the user, and setting them never disconnects the adapter.
 """
 
 from __future__ import annotations
@@ -55,9 +61,9 @@ class SimPyAdapter:
         self._upcall: dict[tuple[int, int], simpy.Event] = {}
         self._wake: dict[tuple[int, int], simpy.Event] = {}
         self._polls: dict[tuple[int, int], tuple[simpy.Event, int, Domain, list[int]]] = {}
-        self._prev_kick, self._prev_wake = hv.on_kick, hv.on_wake
-        hv.on_kick = self._on_kick
-        hv.on_wake = self._on_wake
+        self._booted: set[tuple[int, int]] = set()
+        hv.add_listener("kick", self._on_kick)
+        hv.add_listener("wake", self._on_wake)
         self.kicks = 0
         self.wakes = 0
 
@@ -84,8 +90,6 @@ class SimPyAdapter:
         ev = self._upcall.pop(self._key(vcpu), None)
         if ev is not None:
             ev.succeed(vcpu)
-        if self._prev_kick is not None:
-            self._prev_kick(vcpu)
 
     def _on_wake(self, vcpu: Vcpu) -> None:
         self.wakes += 1
@@ -99,17 +103,21 @@ class SimPyAdapter:
             si = domain.shared_info
             by_event = any(si.is_pending(p) for p in ports) or not deadline or self.hv.now < deadline
             done.succeed(by_event)
-        if self._prev_wake is not None:
-            self._prev_wake(vcpu)
 
     # ---- events ----------------------------------------------------------------------
 
     def upcall(self, vcpu: Vcpu) -> simpy.Event:
-        """Fires when ``vcpu`` has an upcall due (at once if one already is)."""
+        """Fires when ``vcpu`` has an upcall due (at once if one already is).
+
+        The first call for a vCPU boots it: its ``evtchn_upcall_mask`` is cleared.
+        """
         self.sync()
+        key = self._key(vcpu)
+        if key not in self._booted:
+            self._booted.add(key)
+            vcpu.domain.shared_info.set_upcall_mask(vcpu.id, 0)
         if vcpu.upcall_pending and not vcpu.upcall_mask:
             return self.env.event().succeed(vcpu)
-        key = self._key(vcpu)
         ev = self._upcall.get(key)
         if ev is None:
             ev = self._upcall[key] = self.env.event()
@@ -147,5 +155,6 @@ class SimPyAdapter:
             self.hv.advance(deadline - self.hv.now)
 
     def close(self) -> None:
-        """Give ``hv`` its previous hooks back."""
-        self.hv.on_kick, self.hv.on_wake = self._prev_kick, self._prev_wake
+        """Disconnect from ``hv`` (its own hooks and other listeners stay)."""
+        self.hv.remove_listener("kick", self._on_kick)
+        self.hv.remove_listener("wake", self._on_wake)

@@ -71,7 +71,8 @@ class _Tally:
 class _Port:
     """A port the model handles: where events land, and what its handler does."""
 
-    __slots__ = ("dom", "domid", "port", "kind", "label", "on_event", "raised_at", "flows", "si")
+    __slots__ = ("dom", "domid", "port", "kind", "label", "on_event", "raised_at", "flows", "si",
+                 "tally")
 
     def __init__(self, dom: Domain, port: int, kind: str, label: str,
                  on_event: Callable[[_Vcpu, _Port], None]) -> None:
@@ -84,6 +85,7 @@ class _Port:
         self.raised_at = 0
         self.flows: list[tuple[int, int, int]] = []
         self.si = dom.shared_info
+        self.tally = _Tally()  # this port's own counts (``port_counters()``)
 
 
 class _Vcpu:
@@ -304,17 +306,27 @@ class Simulation:
     def _us(self, rng_us: tuple[float, float]) -> int:
         return int(self.rng.uniform(*rng_us) * 1000)
 
-    def run(self, events: int | None = None, progress: Callable[[int, int], None] | None = None) -> None:
+    def run(self, events: int | None = None, progress: Callable[[int, int], None] | None = None,
+            until_ns: int | None = None) -> None:
         """Run until ``events`` (default: the scenario's) have been sent in all.
 
-        May be called again with a larger total to go on. ``progress(sent, total)`` is
-        called now and then.
+        ``until_ns``: stop before the first action later than that simulated time
+        (``hv.now`` is then ``until_ns``). May be called again with a larger total or a
+        later time to go on. ``progress(sent, total)`` is called now and then.
         """
         self.limit = self.sc.events if events is None else events
+        if until_ns is not None and (not isinstance(until_ns, int) or until_ns < 0):
+            raise ValueError(f"until_ns must be a non-negative int, not {until_ns!r}")
         hv, q, pop = self.hv, self.queue, heapq.heappop
         start = time.perf_counter()
         n = 0
         while q and self.sent < self.limit:
+            if until_ns is not None and q[0][0] > until_ns:
+                if until_ns <= hv.now:
+                    break
+                self.vt = until_ns
+                hv.advance(until_ns - hv.now)
+                continue  # the clock's timers may have queued earlier actions
             t, _, fn, args = pop(q)
             if t > hv.now:
                 self.vt = t
@@ -356,19 +368,22 @@ class Simulation:
         self.vt = t + SEND_NS
         do()
         self.sent += 1
-        kt, dt = self.kind[kind], self.dom_tally[target.domid]
+        kt, dt, pt = self.kind[kind], self.dom_tally[target.domid], target.tally
         kt.sent += 1
         dt.sent += 1
+        pt.sent += 1
         if from_dom is not None:
             self.dom_sent[from_dom] += 1
         if was_pending:
             kt.coalesced += 1
             dt.coalesced += 1
+            pt.coalesced += 1
         else:
             target.raised_at = t
             if was_masked:
                 kt.masked += 1
                 dt.masked += 1
+                pt.masked += 1
         tr = self.trace
         if tr is not None:
             result = "coalesced" if was_pending else "masked" if was_masked else "raised"
@@ -432,6 +447,7 @@ class Simulation:
         self.vt = start + HANDLER_NS
         self.kind[p.kind].delivered += 1
         self.dom_tally[p.domid].delivered += 1
+        p.tally.delivered += 1
         assert start >= p.raised_at, (start, p.raised_at, p.label)
         self.latencies.append(start - p.raised_at)
         if vs.delivered_at is not None:
@@ -676,6 +692,21 @@ class Simulation:
             "wall_s": round(self.wall, 4),
             "events_per_s": round(self.sent / self.wall) if self.wall > 0 else 0,
         }
+
+    def vcpu_counters(self) -> list[dict[str, Any]]:
+        """One row per vCPU: upcalls, kicks, polls, wake-ups (see ``xenevtchn.results``)."""
+        from .results import vcpu_counters
+        return vcpu_counters(self)
+
+    def port_counters(self) -> list[dict[str, Any]]:
+        """One row per port the model handles: sent, delivered, coalesced, masked."""
+        from .results import port_counters
+        return port_counters(self)
+
+    def summary_frame(self) -> Any:
+        """``summary()["by_domain"]`` as a pandas DataFrame (needs ``xenevtchn[frames]``)."""
+        from .results import summary_frame
+        return summary_frame(self)
 
     # ---- the port tables (``xenevtchn list``) -----------------------------------------
 
