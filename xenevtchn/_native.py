@@ -15,7 +15,7 @@ _PKG = Path(__file__).resolve().parent
 _SRC_TREE = _PKG.parent
 
 try:
-    from ._core import ffi, lib  # type: ignore[import-not-found]
+    from ._core import ffi, lib  # type: ignore[import-not-found,unused-ignore]
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     hint = (
         f"the C core of xenevtchn is not built in {_PKG}. Install the package "
@@ -57,6 +57,6 @@ if _expected is not None and _expected != BUILD_ID:
 # The builtin do_upcall factory (csrc/python/fast_upcall.c) adds itself to the module.
 if lib.xe_py_install_fast_upcall() != 0:  # pragma: no cover - only if CPython refuses
     raise ImportError("xenevtchn._core could not install make_fast_upcall")
-from ._core import make_fast_upcall  # type: ignore[import-not-found]  # noqa: E402
+from ._core import make_fast_upcall  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 
 __all__ = ["ffi", "lib", "BUILD_ID", "make_fast_upcall"]

@@ -11,7 +11,7 @@ import errno
 import weakref
 from array import array
 from collections import deque
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterable, ParamSpec, Sequence, TypeVar
 
 from . import commands as cmds
 from . import fifo as fifo_cmds
@@ -34,6 +34,9 @@ from .status import EvtchnStatus
 
 if TYPE_CHECKING:
     from .hypervisor import Hypervisor
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 U64 = 0xFFFFFFFFFFFFFFFF
 U32 = 0xFFFFFFFF
@@ -155,6 +158,7 @@ class Domain:
         self.vcpus: tuple[Vcpu, ...] = tuple(Vcpu(self, i) for i in range(vcpus))
         self.dying = False
         self.dead = False
+        self._created = 0  # the hypervisor's creation counter when this domain was made
         self._virq_to_evtchn = [[0] * NR_VIRQS for _ in range(vcpus)]
         self._pirq_to_port: dict[int, int] = {}
         self._permitted_pirqs: set[int] = set()
@@ -201,7 +205,7 @@ class Domain:
         send.__doc__ = Domain.send.__doc__
         self.send = send  # type: ignore[method-assign]
         if slot is not None:
-            self.event_channel_op = hypercalls.fast_event_channel_op(self, slot.base)  # type: ignore[method-assign]
+            self.event_channel_op = hypercalls.fast_event_channel_op(self, slot.base)  # type: ignore[method-assign,assignment]
         self.guest._bind_fast_paths(slot)
 
     def _kill(self) -> None:
@@ -219,11 +223,12 @@ class Domain:
             # path. The number stays reserved while any of them lives.
             lib.xe_slot_set(self._slot.n, ffi.NULL)
 
-    def _call(self, fn, *args):
+    def _call(self, fn: Callable[Concatenate[Domain, _P], _R], *args: _P.args, **kw: _P.kwargs) -> _R:
+        """``fn(self, *args)`` under the hypervisor's lock; ESRCH once destroyed."""
         with self.hv._lock:
             if self.dead:
                 raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
-            return fn(self, *args)
+            return fn(self, *args, **kw)
 
     # ---- raw hypercalls ----------------------------------------------------------
 

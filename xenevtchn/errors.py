@@ -13,6 +13,8 @@ class EvtchnError(OSError):
     argument names the operation (``EvtchnError(errno.EINVAL, "send")``).
     """
 
+    errno: int  # always set: the positive errno of the failed call
+
     def __init__(self, err: int, what: str | None = None) -> None:
         msg = os.strerror(err)
         if what:

@@ -226,7 +226,7 @@ def fast_event_channel_op(d: Domain, key_base: int) -> Callable[[int, Any], int]
             except struct_error:
                 return general(cmd, arg)
             if port < _KEY_PORT_SPAN:
-                rc = fn(key_base + port)
+                rc: int = fn(key_base + port)
                 if rc <= 0:
                     return rc
                 try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import heapq
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import commands as cmds
 from ._native import ffi, lib
@@ -418,7 +418,7 @@ class Hypervisor:
             raise first_error
 
 
-def _bits(mask: int):
+def _bits(mask: int) -> Iterator[int]:
     while mask:
         low = mask & -mask
         yield low.bit_length() - 1

@@ -11,6 +11,8 @@ state, a free writes the state first.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._native import ffi, lib
 from .constants import EVTCHN_FIFO_PRIORITY_DEFAULT, EVTCHNS_PER_BUCKET, ChannelState
 
@@ -24,7 +26,7 @@ class PortTable:
     __slots__ = ("chans", "chans_len", "state", "limit", "valid", "active", "fifo", "_cdom",
                  "_old_chans")
 
-    def __init__(self, cdom, max_ports: int, limit: int) -> None:
+    def __init__(self, cdom: Any, max_ports: int, limit: int) -> None:
         """``max_ports``: the ABI's port count; ``limit``: ports must be < limit."""
         self.chans = ffi.new("struct xe_chan[]", max_ports)
         self.chans_len = max_ports
@@ -37,7 +39,7 @@ class PortTable:
         cdom.valid_evtchns = self.valid
         self.active = 0
         self.fifo = False  # FIFO ABI: ports whose event word is still LINKED are busy
-        self._old_chans: list = []  # arrays a concurrent C reader may still be using
+        self._old_chans: list[Any] = []  # arrays a concurrent C reader may still be using
         self._write(0, RESERVED)  # port 0 is never handed out
 
     def grow(self, max_ports: int) -> None:

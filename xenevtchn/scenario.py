@@ -181,7 +181,7 @@ class _Checker:
     def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
         if value not in choices:
             raise self.fail(key, f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
-        return value
+        return str(value)
 
     def name(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not value or not value.replace("-", "").replace("_", "").isalnum():

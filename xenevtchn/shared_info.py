@@ -13,7 +13,7 @@ from typing import Any
 from ._native import ffi, lib
 from .constants import PAGE_SIZE, SHARED_INFO_SIZE, XEN_LEGACY_MAX_VCPUS
 
-_LAYOUT_CODES = {"x86_64": lib.XE_LAYOUT_X86_64, "x86_32": lib.XE_LAYOUT_X86_32}
+_LAYOUT_CODES: dict[str, int] = {"x86_64": lib.XE_LAYOUT_X86_64, "x86_32": lib.XE_LAYOUT_X86_32}
 
 
 def layout_code(layout: str) -> int:

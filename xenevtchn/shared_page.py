@@ -122,7 +122,9 @@ class SharedPage:
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
         shm = shared_memory.SharedMemory(name=name, create=True, size=PAGE_SIZE)
         try:
-            shm.buf[HEADER_OFFSET:HEADER_OFFSET + _HEADER.size] = _HEADER.pack(
+            buf = shm.buf
+            assert buf is not None  # a mapping we just created
+            buf[HEADER_OFFSET:HEADER_OFFSET + _HEADER.size] = _HEADER.pack(
                 MAGIC, VERSION, code, _NO_DOMAIN, 0)
             shm.close()  # our own mapping (below) is the one the domain uses
             return cls(shm.name, shm)

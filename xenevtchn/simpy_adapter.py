@@ -37,7 +37,7 @@ free for the user, and setting them never disconnects the adapter.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Generator, Iterable
 
 try:
     import simpy
@@ -148,7 +148,7 @@ class SimPyAdapter:
             self.env.process(self._poll_timer(deadline))
         return done
 
-    def _poll_timer(self, deadline: int):
+    def _poll_timer(self, deadline: int) -> Generator[Any, Any, None]:
         yield self.env.timeout(max(0.0, (deadline - self.hv.now) / self.ns_per_unit))
         self.sync()
         if self.hv.now < deadline:  # rounding: step the last nanoseconds

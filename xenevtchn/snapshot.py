@@ -306,7 +306,8 @@ def decode(data: bytes) -> dict[str, Any]:
     _obj(doc, "document", ("format", "version", "hv", "domains"))
     if doc["format"] != "xenevtchn-snapshot" or doc["version"] != FORMAT_VERSION:
         raise ValueError("corrupt snapshot: header and document disagree on the format")
-    return doc
+    checked: dict[str, Any] = doc
+    return checked
 
 
 def _check_domain(raw: Any, where: str) -> dict[str, Any]:
@@ -534,7 +535,8 @@ def restore(data: bytes, cls: type[Hypervisor] | None = None) -> Hypervisor:
     can read; nothing is built then.
     """
     if cls is None:
-        from .hypervisor import Hypervisor as cls
+        from .hypervisor import Hypervisor
+        cls = Hypervisor
     doc = decode(data)
     try:
         h, doms = _check(doc)

@@ -8,7 +8,7 @@ arguments, run a command as this domain, and raise ``EvtchnError`` on failure.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from types import ModuleType
 
@@ -33,6 +33,8 @@ from .validate import port_list, u16, u32, u64, as_int
 if TYPE_CHECKING:
     from .hypervisor import Hypervisor
     from .xenevtchn_handle import XenEvtchn
+
+_R = TypeVar("_R")
 
 
 class Vcpu:
@@ -257,7 +259,7 @@ class Domain:
             self._free_hint = port
 
     # -- running calls as this domain -------------------------------------------------------
-    def _call(self, what: str, command: Callable[..., Any], *args: Any) -> Any:
+    def _call(self, what: str, command: Callable[..., _R], *args: Any) -> _R:
         """Run ``command(self, *args)``; raise ``EvtchnError`` named ``what``; run hooks."""
         if self.destroyed:
             raise EvtchnError(errno.ESRCH, what)

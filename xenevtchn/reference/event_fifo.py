@@ -69,7 +69,7 @@ class FifoVcpu:
     def head(self, priority: int) -> int:
         """``control_block.head[priority]``."""
         assert self.control is not None
-        return _U32.unpack_from(self.control, HEAD_OFFSET + 4 * priority)[0]
+        return int(_U32.unpack_from(self.control, HEAD_OFFSET + 4 * priority)[0])
 
     def set_head(self, priority: int, port: int) -> None:
         assert self.control is not None
@@ -78,12 +78,12 @@ class FifoVcpu:
     def ready(self) -> int:
         """``control_block.ready``."""
         assert self.control is not None
-        return _U32.unpack_from(self.control, READY_OFFSET)[0]
+        return int(_U32.unpack_from(self.control, READY_OFFSET)[0])
 
     def exchange_ready(self, value: int = 0) -> int:
         """``xchg(control_block.ready, value)``: return the old word."""
         assert self.control is not None
-        old = _U32.unpack_from(self.control, READY_OFFSET)[0]
+        old: int = _U32.unpack_from(self.control, READY_OFFSET)[0]
         _U32.pack_into(self.control, READY_OFFSET, value)
         return old
 
@@ -117,7 +117,7 @@ class FifoState:
 
     def word(self, port: int) -> int:
         """The event word of ``port`` (which must have one)."""
-        return _U32.unpack_from(self.pages[port >> 10], (port & 1023) * 4)[0]
+        return int(_U32.unpack_from(self.pages[port >> 10], (port & 1023) * 4)[0])
 
     def set_word(self, port: int, value: int) -> None:
         _U32.pack_into(self.pages[port >> 10], (port & 1023) * 4, value)

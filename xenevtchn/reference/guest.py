@@ -94,7 +94,7 @@ class Guest:
     def _handler(handler: object) -> Handler:
         if handler is not None and not callable(handler):
             raise TypeError(f"handler must be callable or None, not {type(handler).__name__}")
-        return handler  # type: ignore[return-value]
+        return handler  # type: ignore[return-value,unused-ignore]
 
     def port_vcpu(self, port: int) -> int:
         """The vCPU that handles ``port``: its channel's notify vCPU (0 if no channel)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 from xenevtchn.constants import EvtchnStat
 
@@ -28,7 +29,7 @@ class EvtchnStatus:
     pirq: int | None = None
     virq: int | None = None
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self) -> tuple[Any, ...]:
         """``(status, vcpu, dom, port, pirq, virq)``."""
         return tuple(getattr(self, name) for name in _FIELDS)
 

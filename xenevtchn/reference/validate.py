@@ -80,4 +80,4 @@ def port_list(ports: object, name: str = "ports") -> list[int]:
         return [int.from_bytes(raw[i : i + 4], order) for i in range(0, len(raw), 4)]
     if isinstance(ports, (str, dict)) or not hasattr(ports, "__iter__"):
         raise TypeError(f"{name} must be a sequence of ints or a uint32 buffer")
-    return [u32(port, "port") for port in ports]  # type: ignore[attr-defined]
+    return [u32(port, "port") for port in ports]
