@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
-from typing import IO, Any, NoReturn, Sequence
+from typing import IO, Any, Callable, NoReturn, Sequence
 
 from .scenario import MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario
 
@@ -29,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _count(lo: int, hi: int, what: str):
+def _count(lo: int, hi: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text.replace("_", ""), 10)
@@ -43,12 +44,20 @@ def _count(lo: int, hi: int, what: str):
     return parse
 
 
+def _version_line() -> str:
+    """``xenevtchn 0.1.0 (Python 3.12.1)``: what ``--version`` prints."""
+    from . import __version__
+
+    return f"xenevtchn {__version__} (Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="xenevtchn",
         description="Xen event channels, simulated: a C11-atomics core over real shared_info pages.",
         epilog="Run 'xenevtchn COMMAND --help' for a command's options. With no command: demo.",
     )
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     sub.add_parser("demo", help="a short tour: dom0 and two guests raise and handle events",
@@ -208,10 +217,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .trace import TraceRecorder
 
     sc = _scenario(args, args.events)
-    plot_mod = None
+    plot_mod: Any = None
     if args.plot is not None:
-        from . import plot as plot_mod
+        from . import plot
 
+        plot_mod = plot
         try:
             plot_fmt = plot_mod.plot_format(args.plot)
         except (ImportError, ValueError) as exc:
@@ -277,7 +287,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_bench(argv: list[str]) -> int:
     try:
-        from . import bench  # type: ignore[attr-defined]
+        from . import bench
     except ImportError as exc:
         if argv and argv[0] in ("-h", "--help"):
             print("usage: xenevtchn bench [options]\n\nRuns the benchmarks and prints the ratio table "
@@ -312,7 +322,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def _guarded(command: str, fn) -> int:
+def _guarded(command: str, fn: Callable[[], int]) -> int:
     try:
         return fn()
     except (UsageError, ScenarioError) as exc:

@@ -155,6 +155,7 @@ static PyObject *make_fast_upcall(PyObject *module, PyObject *args)
 {
     PyObject *slow;
     unsigned long base, nv;
+    (void)module; /* a module-level function: the module itself is not needed */
     if (!PyArg_ParseTuple(args, "Okk", &slow, &base, &nv))
         return NULL;
     if (!PyCallable_Check(slow))
