@@ -328,6 +328,8 @@ def _unmask_row(xe: Any, floors: Any, pending: bool) -> Built:
 
 
 def _upcall_row(xe: Any, floors: Any, k: int) -> Built:
+    run: Callable[[], Any]
+    check: Callable[[Any], None]
     if k == 1:
         # 32 vCPUs, one pending port each: 32 upcalls of k=1 per round.
         w = _Ipis(xe, vcpus=32)
@@ -349,11 +351,16 @@ def _upcall_row(xe: Any, floors: Any, k: int) -> Built:
         up = w.d.guest.do_upcall
         ops = len(hot)
 
-        def run() -> list[int]:
-            return up(0)
+        def run_one() -> list[int]:
+            got: list[int] = up(0)
+            return got
 
-        def check(res: Any) -> None:
+        run = run_one
+
+        def check_drained(res: Any) -> None:
             assert sorted(res) == hot, (len(res), len(hot))
+
+        check = check_drained
     send_many = w.d.send_many
     hot_arr = array("I", hot)
 
@@ -368,6 +375,8 @@ def _upcall_row(xe: Any, floors: Any, k: int) -> Built:
 
 def _hypercall_row(xe: Any, floors: Any, op: str) -> Built:
     w = _Channels(xe)
+    setup: Callable[[], None]
+    check: Callable[[Any], None]
     if op == "send":
         cmd, caller, bufs = 4, w.dom0, [bytearray(struct.pack("=I", p)) for p in w.local]
         setup, check = w.clear, w.all_pending
@@ -375,22 +384,26 @@ def _hypercall_row(xe: Any, floors: Any, op: str) -> Built:
         cmd, caller, bufs = 9, w.guest, [bytearray(struct.pack("=I", p)) for p in w.remote]
         b = w.buf
 
-        def setup() -> None:
+        def setup_masked() -> None:
             w.clear()
             b[MASK_OFF:MASK_OFF + 512] = _ONES512
 
-        def check(_r: Any) -> None:
+        def check_unmasked(_r: Any) -> None:
             assert not any(w.guest.shared_info.is_masked(p) for p in w.remote)
+
+        setup, check = setup_masked, check_unmasked
     else:
         cmd, caller = 5, w.guest
         bufs = [bytearray(struct.pack("=HHI16x", 0x7FF0, 0, p)) for p in w.remote]
 
-        def setup() -> None:
+        def setup_status() -> None:
             for buf in bufs:
                 buf[8:12] = bytes(4)
 
-        def check(_r: Any) -> None:
+        def check_status(_r: Any) -> None:
             assert all(struct.unpack_from("=I", buf, 8)[0] == 2 for buf in bufs)  # interdomain
+
+        setup, check = setup_status, check_status
     ours = Case(_loop2(caller.event_channel_op, cmd, bufs), len(bufs), setup, check)
     what = f"d.event_channel_op(EVTCHNOP_{op}, bytearray) per call"
     if op == "status":

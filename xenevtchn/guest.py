@@ -94,6 +94,10 @@ class _Guest:
         else:
             lib.xe_2l_mask(self._si._s, port)
 
+    def unmask(self, port: int, vcpu: int | None = None) -> None:
+        """Clear the port's mask bit and re-raise it if pending: each guest kind's own way."""
+        raise NotImplementedError  # LinuxGuest and MiniOSGuest define it
+
     def _local_unmask(self, port: int, vcpu: int) -> None:
         d = self._d
         if d.ports.is_valid(port) and d.ports.chans[port].user != ffi.NULL:

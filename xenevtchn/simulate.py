@@ -38,10 +38,10 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from . import Hypervisor
+from .hypervisor import Hypervisor
 from .constants import VIRQ_TIMER
 from .domain import Domain, Vcpu
-from .scenario import DeviceSpec, Scenario
+from .scenario import DeviceSpec, GuestSpec, Scenario
 from .trace import XEN_PID, TraceRecorder
 
 KINDS = ("interdomain", "virq", "ipi", "pirq")
@@ -205,7 +205,7 @@ class Simulation:
             dev = _Device(dspec, 1 + len(self.devices))
             port = dom0.bind_pirq(dspec.pirq)
             dev.port = self._register(dom0, port, "pirq", f"pirq {dspec.pirq} ({name} host device)",
-                                      lambda v, p, dev=dev: self._on_device_irq(v, dev))
+                                      lambda v, p, dev=dev: self._on_device_irq(v, dev))  # type: ignore[misc]
             self.devices[name] = dev
         # Split drivers: the frontend offers a port, dom0's backend binds it.
         nback = 0
@@ -224,9 +224,9 @@ class Simulation:
                 dom0.guest.unmask(back)
                 nback += 1
                 ring.front = self._register(d, front, "interdomain", f"{dname}front {ring.name} -> d0:{back}",
-                                            lambda v, p, r=ring: self._on_front(v, r))
+                                            lambda v, p, r=ring: self._on_front(v, r))  # type: ignore[misc]
                 ring.back = self._register(dom0, back, "interdomain", f"{dname}back d{d.domid}:{front}",
-                                           lambda v, p, r=ring: self._on_back(v, r))
+                                           lambda v, p, r=ring: self._on_back(v, r))  # type: ignore[misc]
                 self.rings.append(ring)
         # Per vCPU: VIRQ_TIMER, a reschedule IPI and a spinlock-kicker IPI (masked, polled).
         for d in self.doms:
@@ -270,7 +270,7 @@ class Simulation:
                 vs.delivered_at = []
             self.vcpus[(d.domid, v.id)] = vs
 
-    def _spec_of(self, d: Domain):
+    def _spec_of(self, d: Domain) -> GuestSpec:
         i = d.domid  # guests are created in scenario order after dom0 (domid 0)
         for spec in self.sc.guests:
             if i <= spec.count:
@@ -409,7 +409,7 @@ class Simulation:
         vs = self.vcpus[(vcpu.domain.domid, vcpu.id)]
         vs.woken += 1
         if vs.blocked_since is not None:
-            if self.trace is not None:
+            if self.trace is not None and vs.kicker is not None:
                 self.trace.slice(f"poll kicker port {vs.kicker.port}", "poll", vs.domid, vs.id,
                                  vs.blocked_since, self.vt)
             vs.blocked_since = None
@@ -749,7 +749,7 @@ def port_tables(hv: Hypervisor, labels: dict[int, dict[int, str]] | None = None,
                 elif kind == "unbound":
                     remote = f"d{st.dom} may bind"
                 elif kind == "virq":
-                    remote = f"VIRQ_{Virq(st.virq).name}" if st.virq in Virq._value2member_map_ else f"virq {st.virq}"
+                    remote = f"VIRQ_{Virq(st.virq).name}" if st.virq in Virq._value2member_map_ else f"virq {st.virq}"  # type: ignore[arg-type]
                 elif kind == "pirq":
                     remote = f"pirq {st.pirq}"
                 else:
