@@ -188,9 +188,20 @@ XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
     }
 }
 
+/* A send's flags, with XE_EV_HOOKS added while the hypervisor still lists hooks nobody
+ * took: a caller that recorded a kick and was stopped before it ran its hooks (a Python
+ * signal handler's exception between the C call and the hook runner) leaves them listed,
+ * and the next send on the hypervisor, whoever makes it, runs them. One relaxed load. */
+XE_INLINE int with_owed(struct xe_domain *d, int rc)
+{
+    if (rc >= 0 && d->hv && atomic_load_explicit(AOWED(d->hv), memory_order_relaxed))
+        rc |= XE_EV_HOOKS;
+    return rc;
+}
+
 int xe_evtchn_send(struct xe_domain *d, uint32_t port)
 {
-    return send_one(d, port);
+    return with_owed(d, send_one(d, port));
 }
 
 int xe_evtchn_send_many(struct xe_domain *d, const uint32_t *ports, size_t n,
@@ -208,7 +219,7 @@ int xe_evtchn_send_many(struct xe_domain *d, const uint32_t *ports, size_t n,
     }
     if (failed_at)
         *failed_at = n;
-    return ev;
+    return with_owed(d, ev);
 }
 
 int64_t xe_evtchn_send_batch(struct xe_domain *d, const uint32_t *ports, size_t n)
@@ -220,7 +231,7 @@ int64_t xe_evtchn_send_batch(struct xe_domain *d, const uint32_t *ports, size_t 
             return -((int64_t)i * 256 + (int64_t)-rc);
         ev |= rc;
     }
-    return ev;
+    return with_owed(d, ev);
 }
 
 int xe_evtchn_unmask(struct xe_domain *d, uint32_t port)
@@ -371,7 +382,7 @@ static inline struct xe_domain *key_domain(uint32_t key)
 int xe_send_key(uint32_t key)
 {
     struct xe_domain *d = key_domain(key);
-    return d ? send_one(d, key & XE_KEY_PORT_MASK) : -ESRCH;
+    return d ? with_owed(d, send_one(d, key & XE_KEY_PORT_MASK)) : -ESRCH;
 }
 
 int xe_unmask_key(uint32_t key)
