@@ -138,9 +138,9 @@ static inline int mark_events_pending(struct xe_domain *d, uint32_t vcpu)
 int xe_fifo_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port)
 {
     struct xe_fifo *f = fifo_of(d);
-    if (!f || vcpu >= XE_MAX_VCPUS || port >= d->max_ports)
+    if (!f || vcpu >= XE_MAX_VCPUS || port >= max_ports_of(d))
         return 0;
-    struct xe_chan *c = &d->chans[port];
+    struct xe_chan *c = &chans_of(d)[port];
     aword *word = word_of(f, port);
     if (!word) {
         /* No array page yet: remembered, and raised when the page is added. */
@@ -276,8 +276,8 @@ static int ops_test_and_set_pending(struct xe_domain *d, uint32_t port)
 {
     aword *w = word_of(fifo_of(d), port);
     if (!w) {
-        if (port < d->max_ports)
-            __atomic_store_n(&d->chans[port].fifo_pending, 1, __ATOMIC_RELAXED);
+        if (port < max_ports_of(d))
+            __atomic_store_n(&chans_of(d)[port].fifo_pending, 1, __ATOMIC_RELAXED);
         return 1;   /* deferred: nothing to take now */
     }
     return word_test_and_set(w, W_PENDING);

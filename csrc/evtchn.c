@@ -103,7 +103,7 @@ static int deliver_user(struct xe_domain *d, uint32_t port)
  * the body of every send.) */
 XE_INLINE int deliver(struct xe_domain *d, uint32_t vcpu, uint32_t port)
 {
-    struct xe_chan *c = &d->chans[port];
+    struct xe_chan *c = &chans_of(d)[port];
     if (!chan_usable(c) || vcpu >= d->nr_vcpus)
         return 0;
     struct xe_user *u = __atomic_load_n(&c->user, __ATOMIC_ACQUIRE);
@@ -134,7 +134,7 @@ int xe_fifo_raise_deferred(struct xe_domain *d, uint32_t first, uint32_t end)
 {
     int ev = 0;
     for (uint32_t port = first; port < end && port_is_valid(d, port); port++) {
-        struct xe_chan *c = &d->chans[port];
+        struct xe_chan *c = &chans_of(d)[port];
         if (!__atomic_load_n(&c->fifo_pending, __ATOMIC_RELAXED))
             continue;
         if (__atomic_load_n(&c->user, __ATOMIC_ACQUIRE)) {
@@ -155,7 +155,7 @@ int xe_evtchn_raise(struct xe_domain *d, uint32_t port)
 {
     if (!port_is_valid(d, port))
         return -EINVAL;
-    return deliver(d, atomic_load_explicit((_Atomic uint16_t *)&d->chans[port].notify_vcpu,
+    return deliver(d, atomic_load_explicit((_Atomic uint16_t *)&chans_of(d)[port].notify_vcpu,
                                            memory_order_relaxed), port);
 }
 
@@ -163,7 +163,7 @@ XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
 {
     if (!port_is_valid(d, port))
         return -EINVAL;
-    struct xe_chan *c = &d->chans[port];
+    struct xe_chan *c = &chans_of(d)[port];
     if (atomic_load_explicit(A8(c->xen_consumer), memory_order_relaxed))
         return -EINVAL;
     switch (atomic_load_explicit(A8(c->state), memory_order_acquire)) {
@@ -174,7 +174,7 @@ XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
         uint32_t rport = c->remote_port;
         if (!rd || !port_is_valid(rd, rport))
             return 0;
-        struct xe_chan *rc = &rd->chans[rport];
+        struct xe_chan *rc = &chans_of(rd)[rport];
         if (rc->xen_consumer)   /* Xen's own consumer takes it; nothing for the guest */
             return 0;
         return deliver(rd, rc->notify_vcpu, rport);
@@ -188,9 +188,20 @@ XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
     }
 }
 
+/* A send's flags, with XE_EV_HOOKS added while the hypervisor still lists hooks nobody
+ * took: a caller that recorded a kick and was stopped before it ran its hooks (a Python
+ * signal handler's exception between the C call and the hook runner) leaves them listed,
+ * and the next send on the hypervisor, whoever makes it, runs them. One relaxed load. */
+XE_INLINE int with_owed(struct xe_domain *d, int rc)
+{
+    if (rc >= 0 && d->hv && atomic_load_explicit(AOWED(d->hv), memory_order_relaxed))
+        rc |= XE_EV_HOOKS;
+    return rc;
+}
+
 int xe_evtchn_send(struct xe_domain *d, uint32_t port)
 {
-    return send_one(d, port);
+    return with_owed(d, send_one(d, port));
 }
 
 int xe_evtchn_send_many(struct xe_domain *d, const uint32_t *ports, size_t n,
@@ -208,7 +219,7 @@ int xe_evtchn_send_many(struct xe_domain *d, const uint32_t *ports, size_t n,
     }
     if (failed_at)
         *failed_at = n;
-    return ev;
+    return with_owed(d, ev);
 }
 
 int64_t xe_evtchn_send_batch(struct xe_domain *d, const uint32_t *ports, size_t n)
@@ -220,14 +231,14 @@ int64_t xe_evtchn_send_batch(struct xe_domain *d, const uint32_t *ports, size_t 
             return -((int64_t)i * 256 + (int64_t)-rc);
         ev |= rc;
     }
-    return ev;
+    return with_owed(d, ev);
 }
 
 int xe_evtchn_unmask(struct xe_domain *d, uint32_t port)
 {
     if (!port_is_valid(d, port))
         return -EINVAL;
-    struct xe_chan *c = &d->chans[port];
+    struct xe_chan *c = &chans_of(d)[port];
     if (!chan_usable(c))
         return 0;
     if (__atomic_load_n(&c->user, __ATOMIC_ACQUIRE)) {
@@ -247,25 +258,25 @@ int xe_evtchn_unmask(struct xe_domain *d, uint32_t port)
 /* The guest's own mask write, in whichever ABI the domain uses. */
 void xe_evtchn_mask(struct xe_domain *d, uint32_t port)
 {
-    if (port < d->max_ports)
+    if (port < max_ports_of(d))
         ops(d)->mask(d, port);
 }
 
 void xe_evtchn_clear_pending(struct xe_domain *d, uint32_t port)
 {
-    if (port_is_valid(d, port) && chan_usable(&d->chans[port]))
+    if (port_is_valid(d, port) && chan_usable(&chans_of(d)[port]))
         ops(d)->clear_pending(d, port);
 }
 
 int xe_evtchn_is_pending(struct xe_domain *d, uint32_t port)
 {
-    return port_is_valid(d, port) && chan_usable(&d->chans[port]) &&
+    return port_is_valid(d, port) && chan_usable(&chans_of(d)[port]) &&
            ops(d)->is_pending(d, port);
 }
 
 int xe_evtchn_is_masked(struct xe_domain *d, uint32_t port)
 {
-    if (!port_is_valid(d, port) || !chan_usable(&d->chans[port]))
+    if (!port_is_valid(d, port) || !chan_usable(&chans_of(d)[port]))
         return 1;
     return ops(d)->is_masked(d, port);
 }
@@ -371,7 +382,7 @@ static inline struct xe_domain *key_domain(uint32_t key)
 int xe_send_key(uint32_t key)
 {
     struct xe_domain *d = key_domain(key);
-    return d ? send_one(d, key & XE_KEY_PORT_MASK) : -ESRCH;
+    return d ? with_owed(d, send_one(d, key & XE_KEY_PORT_MASK)) : -ESRCH;
 }
 
 int xe_unmask_key(uint32_t key)
@@ -418,10 +429,23 @@ int xe_linux_unmask_key(uint32_t key)
         return -EINVAL;
     uint32_t v = 0;                                /* as Linux: vCPU 0 past the valid range */
     if (port_is_valid(d, port)) {
-        struct xe_chan *c = &d->chans[port];
+        struct xe_chan *c = &chans_of(d)[port];
         if (__atomic_load_n(&c->user, __ATOMIC_ACQUIRE))
             return xe_user_unmask(d, port);
         v = atomic_load_explicit((_Atomic uint16_t *)&c->notify_vcpu, memory_order_relaxed);
     }
     return xe_2l_guest_unmask(&d->si, v, port);
+}
+
+/* ---- publishing the port table (see chans_of in evtchn_abi.h) ----------------------- */
+
+void xe_domain_set_chans(struct xe_domain *d, struct xe_chan *chans, uint32_t max_ports)
+{
+    __atomic_store_n(&d->chans, chans, __ATOMIC_RELEASE);        /* the array first ... */
+    __atomic_store_n(&d->max_ports, max_ports, __ATOMIC_RELEASE); /* ... then its size */
+}
+
+void xe_domain_set_valid(struct xe_domain *d, uint32_t valid_evtchns)
+{
+    __atomic_store_n(&d->valid_evtchns, valid_evtchns, __ATOMIC_RELEASE);
 }

@@ -30,6 +30,24 @@ extern const struct xe_abi_ops xe_abi_fifo_ops;
 
 #define A8(field) ((_Atomic uint8_t *)&(field))
 
+/*
+ * The port table grows (to the FIFO ABI's size) while senders read it: the control plane
+ * publishes the new array, then the new sizes, each with a release store
+ * (xe_domain_set_chans, xe_domain_set_valid); every reader loads a size first (acquire:
+ * port_is_valid, max_ports_of) and the array after it (chans_of), so a reader that sees
+ * the new size also sees the new array, on weakly ordered CPUs too. An older, shorter
+ * array a reader took before stays allocated (the control plane keeps it).
+ */
+static inline struct xe_chan *chans_of(const struct xe_domain *d)
+{
+    return __atomic_load_n(&d->chans, __ATOMIC_ACQUIRE);
+}
+
+static inline uint32_t max_ports_of(const struct xe_domain *d)
+{
+    return __atomic_load_n(&d->max_ports, __ATOMIC_ACQUIRE);
+}
+
 static inline int port_is_valid(struct xe_domain *d, uint32_t port)
 {
     return port < atomic_load_explicit((_Atomic uint32_t *)&d->valid_evtchns,

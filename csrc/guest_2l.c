@@ -13,6 +13,15 @@
 
 #include "event_2l.h"
 
+/* The guest's ack of a port it is about to handle: the atomic clear of its pending bit.
+ * Only the caller whose clear took the bit (found it set) may handle the port: another
+ * vCPU's scan (Mini-OS scans every port of a selected word), a handle's driver or a
+ * second pass may have taken the same edge between the read and the clear. */
+static inline int take_pending(const struct xe_shinfo *s, uint32_t port)
+{
+    return port < s->nr_ports && xe_test_and_clear(pending_words(s), s->word_bits, port);
+}
+
 static inline uint64_t low_mask_from(uint32_t b)
 {
     return b >= 64 ? 0 : ~UINT64_C(0) << b;
@@ -24,7 +33,7 @@ static inline int handled_here(struct xe_domain *d, uint32_t vcpu, uint32_t port
 {
     if (!port_is_valid(d, port))
         return 0;
-    struct xe_chan *c = &d->chans[port];
+    struct xe_chan *c = &chans_of(d)[port];
     return chan_usable(c) && c->notify_vcpu == vcpu;
 }
 
@@ -32,7 +41,7 @@ static inline int handled_here(struct xe_domain *d, uint32_t vcpu, uint32_t port
 static inline int taken_by_handle(struct xe_domain *d, uint32_t port)
 {
     if (!port_is_valid(d, port) ||
-        __atomic_load_n(&d->chans[port].user, __ATOMIC_ACQUIRE) == NULL)
+        __atomic_load_n(&chans_of(d)[port].user, __ATOMIC_ACQUIRE) == NULL)
         return 0;
     xe_user_take(d, port);
     return 1;
@@ -89,7 +98,7 @@ void xe_2l_route_sync(struct xe_domain *d, uint32_t port)
 static uint32_t route_ports(struct xe_domain *d)
 {
     uint32_t n = 64 * XE_2L_ROUTE_WORDS;
-    return d->max_ports < n ? d->max_ports : n;
+    return max_ports_of(d) < n ? max_ports_of(d) : n;
 }
 
 void xe_2l_route_rebuild(struct xe_domain *d)
@@ -137,13 +146,16 @@ int32_t xe_2l_take_timer(struct xe_domain *d, uint32_t vcpu, uint32_t port)
         return -1;
     if (taken_by_handle(d, port))      /* a handle's timer port: the driver takes it */
         return -1;
-    xe_2l_clear_pending(s, port);
-    return (int32_t)port;
+    return take_pending(s, port) ? (int32_t)port : -1;
 }
 
+/* The selector is ORed into the scan's own words: a pass abandoned before its end (an
+ * exception between its begin and its end) left words it had taken there, and the next
+ * pass visits them instead of losing them. A pass that ran to its end left none. */
 void xe_2l_scan_begin(struct xe_domain *d, struct xe_scan *s)
 {
-    s->pending_words = xe_2l_take_pending_sel(&d->si, s->vcpu);
+    s->pending_words |= xe_2l_take_pending_sel(&d->si, s->vcpu);
+    s->phase = 0;
     s->start_w = s->cursor_word;
     s->start_b = s->cursor_bit;
     s->w = s->start_w;
@@ -205,13 +217,15 @@ int32_t xe_2l_scan_next(struct xe_domain *d, struct xe_scan *s)
         s->next_bit = s->b;
         s->commit = 1;
         s->end_visit = s->b == 0;  /* the bit index wrapped: this visit ends */
-        if (taken_by_handle(d, port)) {     /* not the kernel's to list; move on */
+        /* A handle's port is not the kernel's to list; one whose bit another taker
+         * cleared since the snapshot (a handle's driver, a scan on another vCPU after a
+         * rebind, a reset) is not this scan's to handle: move on past either. */
+        if (taken_by_handle(d, port) || !take_pending(&d->si, port)) {
             commit_cursor(s);
             if (s->end_visit)
                 finish_visit(s, W);
             continue;
         }
-        xe_2l_clear_pending(&d->si, port);
         return (int32_t)port;
     }
     return -1;
@@ -240,7 +254,7 @@ size_t xe_2l_scan_fill(struct xe_domain *d, struct xe_scan *s, uint32_t *out, si
 
 void xe_minios_scan_begin(struct xe_domain *d, struct xe_scan *s)
 {
-    s->pending_words = xe_2l_take_pending_sel(&d->si, s->vcpu);
+    s->pending_words |= xe_2l_take_pending_sel(&d->si, s->vcpu);   /* see xe_2l_scan_begin */
 }
 
 int32_t xe_minios_scan_next(struct xe_domain *d, struct xe_scan *s)
@@ -257,8 +271,10 @@ int32_t xe_minios_scan_next(struct xe_domain *d, struct xe_scan *s)
         uint32_t port = w * W + (uint32_t)__builtin_ctzll(m);
         if (taken_by_handle(d, port))
             continue;
-        xe_2l_clear_pending(si, port);
-        return (int32_t)port;
+        /* Every vCPU's scan reads every port of a word it selected: of two scans that
+         * read the same pending bit, only the one whose clear takes it handles the port. */
+        if (take_pending(si, port))
+            return (int32_t)port;
     }
     return -1;
 }
@@ -293,6 +309,36 @@ int xe_upcall_leave(struct xe_scan *s, const struct xe_shinfo *si)
 void xe_upcall_abort(struct xe_scan *s)
 {
     __atomic_store_n(&s->nesting, 0, __ATOMIC_RELEASE);
+}
+
+/* The same three with the caller's cell `owner`, written here in the same C call as the
+ * count: 1 once this call's enter took the count from 0, 0 again once its leave (or
+ * abort) gave it back. An exception that lands between a C call's return and the next
+ * bytecode cannot separate the two, so the caller's cleanup knows whether it owns the
+ * count without having stored anything itself. */
+uint32_t xe_upcall_enter_owned(struct xe_scan *s, uint32_t *owner)
+{
+    uint32_t before = xe_upcall_enter(s);
+    *owner = before == 0;
+    return before;
+}
+
+int xe_upcall_leave_owned(struct xe_scan *s, const struct xe_shinfo *si, uint32_t *owner)
+{
+    if (!*owner)
+        return 1;              /* not this call's upcall (left already): nothing to leave */
+    if (!xe_upcall_leave(s, si))
+        return 0;
+    *owner = 0;
+    return 1;
+}
+
+void xe_upcall_abort_owned(struct xe_scan *s, uint32_t *owner)
+{
+    if (*owner) {
+        *owner = 0;
+        xe_upcall_abort(s);
+    }
 }
 
 /* LinuxGuest.do_upcall with no handler, whole: each pass clears the upcall flag, takes
@@ -366,9 +412,9 @@ static inline void user_unlock(struct xe_user *u)
 
 int xe_user_take(struct xe_domain *d, uint32_t port)
 {
-    if (!port_is_valid(d, port) || port >= d->max_ports)
+    if (!port_is_valid(d, port) || port >= max_ports_of(d))
         return 0;
-    struct xe_user *u = __atomic_load_n(&d->chans[port].user, __ATOMIC_ACQUIRE);
+    struct xe_user *u = __atomic_load_n(&chans_of(d)[port].user, __ATOMIC_ACQUIRE);
     if (!u)
         return 0;
     const struct xe_abi_ops *o = abi_ops(d);
@@ -414,7 +460,7 @@ int xe_user_take(struct xe_domain *d, uint32_t port)
 
 int xe_user_unmask(struct xe_domain *d, uint32_t port)
 {
-    if (!port_is_valid(d, port) || port >= d->max_ports)
+    if (!port_is_valid(d, port) || port >= max_ports_of(d))
         return 0;
     /* The driver's lateeoi: unmask, and a port raised meanwhile is taken again. */
     const struct xe_abi_ops *o = abi_ops(d);
@@ -422,6 +468,17 @@ int xe_user_unmask(struct xe_domain *d, uint32_t port)
     if (!o->is_pending(d, port))
         return 0;
     return xe_user_take(d, port);
+}
+
+int32_t xe_user_detach_fd(struct xe_user *u)
+{
+    /* Under the queue's lock, which every write and read of the eventfd holds: once this
+     * returns, no C path touches the descriptor, and the caller may close it. */
+    user_lock(u);
+    int32_t fd = u->fd;
+    u->fd = -1;
+    user_unlock(u);
+    return fd;
 }
 
 int64_t xe_user_pop(struct xe_user *u)

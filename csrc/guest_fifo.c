@@ -42,7 +42,9 @@ static inline aword *control_block(struct xe_domain *d, uint32_t vcpu)
 void xe_fifo_scan_begin(struct xe_domain *d, struct xe_fifo_scan *s)
 {
     aword *cb = control_block(d, s->vcpu);
-    s->ready = cb ? atomic_exchange(&cb[0], 0) & QUEUES : 0;
+    /* ORed in: queues a pass abandoned before its end (an exception between this begin
+     * and the pass's abort or end) left in s->ready are served, not dropped. */
+    s->ready |= cb ? atomic_exchange(&cb[0], 0) & QUEUES : 0;
     s->reread = 0;
 }
 
@@ -102,14 +104,15 @@ int32_t xe_fifo_scan_next(struct xe_domain *d, struct xe_fifo_scan *s)
         /* Linux handles a port only if it has an IRQ bound to it (a usable channel);
          * any other is unlinked and left as it is. */
         if ((seen & W_PENDING) && !(seen & W_MASKED) && port_is_valid(d, port) &&
-            port < d->max_ports && chan_usable(&d->chans[port])) {
-            if (__atomic_load_n(&d->chans[port].user, __ATOMIC_ACQUIRE)) {
+            port < max_ports_of(d) && chan_usable(&chans_of(d)[port])) {
+            if (__atomic_load_n(&chans_of(d)[port].user, __ATOMIC_ACQUIRE)) {
                 xe_user_take(d, port);   /* a handle's port goes to its handle */
                 continue;
             }
-            aword *w = word_of(d, port);
-            atomic_fetch_and(w, ~W_PENDING);   /* the edge handler's ack */
-            return (int32_t)port;
+            /* The edge handler's ack: the port is this scan's only if its clear took
+             * PENDING (a handle's driver may have taken it since `seen` was read). */
+            if (atomic_fetch_and(word_of(d, port), ~W_PENDING) & W_PENDING)
+                return (int32_t)port;
         }
     }
 }

@@ -233,6 +233,13 @@ uint32_t xe_take_woken(struct xe_domain *d);
  * the rest stay for the next call. Returns the number of records. */
 size_t xe_hv_take_hooks(struct xe_hv *hv, uint32_t *out, size_t cap);
 
+/* Publish a domain's port table (chans, max_ports) and its valid range with release
+ * stores, the array before its size: a C reader that loads the size (acquire) and then
+ * the array finds one at least that long. The control plane's only way to change them
+ * while senders may run. */
+void xe_domain_set_chans(struct xe_domain *d, struct xe_chan *chans, uint32_t max_ports);
+void xe_domain_set_valid(struct xe_domain *d, uint32_t valid_evtchns);
+
 /* send_many with the failure in the result: >= 0 XE_EV_HOOKS flags, or
  * -(index * 256 + errno) of the first port that failed (the ports before it were sent). */
 int64_t xe_evtchn_send_batch(struct xe_domain *d, const uint32_t *ports, size_t n);
@@ -274,6 +281,14 @@ uint32_t xe_upcall_enter(struct xe_scan *s);
 void xe_upcall_pass_begin(struct xe_scan *s);
 int xe_upcall_leave(struct xe_scan *s, const struct xe_shinfo *si);
 void xe_upcall_abort(struct xe_scan *s);
+/* The same, with a cell of the caller's that says whether the count is its own (see
+ * guest_2l.c): _enter_owned sets *owner to 1 when it took the count from 0;
+ * _leave_owned clears it when it ends the upcall; _abort_owned drops the count only if
+ * *owner is set, and clears it. A caller that may be interrupted anywhere (a Python
+ * signal handler's exception) calls _abort_owned in its cleanup, unconditionally. */
+uint32_t xe_upcall_enter_owned(struct xe_scan *s, uint32_t *owner);
+int xe_upcall_leave_owned(struct xe_scan *s, const struct xe_shinfo *si, uint32_t *owner);
+void xe_upcall_abort_owned(struct xe_scan *s, uint32_t *owner);
 /* A Linux upcall on s->vcpu of s->d with no handler, inside an entered nesting count:
  * ports into s->out, at most s->cap per call; a call that fills s->out leaves s->phase
  * set and the next call goes on; the call that finishes leaves the count. Returns the
@@ -327,6 +342,10 @@ int xe_user_take(struct xe_domain *d, uint32_t port);
 int xe_user_unmask(struct xe_domain *d, uint32_t port);
 int64_t xe_user_pop(struct xe_user *u);
 uint32_t xe_user_queued(struct xe_user *u);
+/* Stop signalling u's eventfd: sets u->fd to -1 under the queue's lock and returns the
+ * descriptor it held (-1: none). Every C write and read of the fd holds that lock, so
+ * after this the caller may close the descriptor: no sender writes into a reused one. */
+int32_t xe_user_detach_fd(struct xe_user *u);
 
 #ifdef __cplusplus
 }

@@ -40,7 +40,10 @@ class _Guest:
             scan.timer = domain._virq_to_evtchn[v][VIRQ_TIMER]
         self._fifo_scans = [ffi.new("struct xe_fifo_scan *", {"vcpu": v})
                             for v in range(len(domain.vcpus))]
-        self._out = ffi.new("uint32_t[]", _CHUNK)
+        # The batch buffer of each vCPU's upcalls (made at its first use). Per vCPU, not
+        # per guest: _drain fills it with the GIL released, and upcalls of two vCPUs run
+        # at once; the nesting count lets only one upcall of a vCPU drain at a time.
+        self._outs: list = [None] * nv
 
     # ---- argument checks -----------------------------------------------------------
 
@@ -139,20 +142,25 @@ class _Guest:
             scan, run = self._fifo_scans[vcpu], self._fifo_pass
         else:
             scan, run = count, self._pass
-        if lib.xe_upcall_enter(count):
-            # An upcall of this vCPU is running (this is one of its handlers, or another
-            # thread): return at once; that upcall makes another pass (Linux's nesting count).
-            return []
+        # `owner` says, from C, whether this call holds the nesting count: enter sets it
+        # and leave clears it in the same C call as the count, so an exception landing
+        # between any two bytecodes (a signal handler's) finds it right, and the cleanup
+        # gives back exactly the count this call took.
+        owner = ffi.new("uint32_t *")
         handled: list[int] = []
         try:
+            if lib.xe_upcall_enter_owned(count, owner):
+                # An upcall of this vCPU is running (this is one of its handlers, or another
+                # thread): return at once; that upcall makes another pass (Linux's nesting).
+                return []
             while True:
                 lib.xe_upcall_pass_begin(count)
                 lib.xe_vcpu_set_upcall_pending(si, vcpu, 0)
                 run(c, vcpu, scan, handler, handled)
-                if lib.xe_upcall_leave(count, si):
+                if lib.xe_upcall_leave_owned(count, si, owner):
                     return handled
         except BaseException:
-            lib.xe_upcall_abort(count)
+            lib.xe_upcall_abort_owned(count, owner)
             raise
 
     def _pass(self, c, vcpu, scan, handler, handled) -> None:
@@ -160,17 +168,22 @@ class _Guest:
 
     def _fifo_pass(self, c, vcpu, scan, handler, handled) -> None:
         """Linux's FIFO handle_events: highest priority first, one event at a time."""
+        # An exception between the begin and the try leaves the queues taken in the scan's
+        # own READY bits; the next begin ORs them in (csrc/guest_fifo.c).
         lib.xe_fifo_scan_begin(c, scan)
         try:
-            self._drain(c, scan, handler, handled, lib.xe_fifo_scan_fill, lib.xe_fifo_scan_next)
+            self._drain(c, vcpu, scan, handler, handled, lib.xe_fifo_scan_fill,
+                        lib.xe_fifo_scan_next)
         except BaseException:
             lib.xe_fifo_scan_abort(c, scan)  # the queues still owed stay READY
             raise
 
-    def _drain(self, c, scan, handler, handled, fill, nxt) -> None:
+    def _drain(self, c, vcpu, scan, handler, handled, fill, nxt) -> None:
         """Take the scan's ports: in C-sized batches, or one by one around ``handler``."""
         if handler is None:
-            out = self._out
+            out = self._outs[vcpu]
+            if out is None:
+                out = self._outs[vcpu] = ffi.new("uint32_t[]", _CHUNK)
             while n := fill(c, scan, out, _CHUNK):
                 handled += ffi.unpack(out, n)
         else:
@@ -249,7 +262,7 @@ class LinuxGuest(_Guest):
                 if handler is not None:
                     handler(port)
         lib.xe_2l_scan_begin(c, scan)
-        self._drain(c, scan, handler, handled, lib.xe_2l_scan_fill, lib.xe_2l_scan_next)
+        self._drain(c, vcpu, scan, handler, handled, lib.xe_2l_scan_fill, lib.xe_2l_scan_next)
         lib.xe_2l_scan_end(scan)
 
 
@@ -266,7 +279,8 @@ class MiniOSGuest(_Guest):
 
     def _pass(self, c, vcpu, scan, handler, handled) -> None:
         lib.xe_minios_scan_begin(c, scan)
-        self._drain(c, scan, handler, handled, lib.xe_minios_scan_fill, lib.xe_minios_scan_next)
+        self._drain(c, vcpu, scan, handler, handled, lib.xe_minios_scan_fill,
+                    lib.xe_minios_scan_next)
 
 
 GUESTS = {"linux": LinuxGuest, "minios": MiniOSGuest}

@@ -31,8 +31,12 @@ class XenEvtchn:
             raise EvtchnError(errno.ESRCH, f"domain {domain.domid} was destroyed")
         self._d = domain
         self._fd: int | None = os.eventfd(0, os.EFD_SEMAPHORE | os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        # A handle dropped without close() still gives its descriptor back.
+        # A handle dropped without close() still gives its descriptor back. The finalizer
+        # takes no lock: it runs only once the handle is unreachable, when no C path can
+        # reach its queue (the domain holds every live handle). Not at interpreter exit,
+        # where the handle may still be live and senders running: the OS closes it then.
         self._closer = weakref.finalize(self, os.close, self._fd)
+        self._closer.atexit = False
         cap = EVTCHN_FIFO_NR_CHANNELS  # one slot per port the domain can ever have
         self._ring = ffi.new("uint32_t[]", cap)
         self._u = ffi.new("struct xe_user *", {"ring": self._ring, "cap": cap, "fd": self._fd})
@@ -125,7 +129,10 @@ class XenEvtchn:
         self._ports.clear()
         while lib.xe_user_pop(self._u) >= 0:
             pass  # the ring goes with the file
-        self._u.fd = -1  # C signals nothing from now on
+        # Detached under the queue's lock, which every C write to the eventfd holds: a
+        # sender in another thread is either done with the descriptor or sees -1, so
+        # closing it next cannot let a send write into a reused descriptor number.
+        lib.xe_user_detach_fd(self._u)
         self._closer()   # closes the descriptor, once
         self._fd = None
 

@@ -8,7 +8,7 @@ import threading
 from typing import Any, Callable, Iterator
 
 from . import commands as cmds
-from ._native import ffi, lib
+from ._native import ffi, lib, run_hooks
 from .constants import (
     DOMID_FIRST_RESERVED,
     LAYOUTS,
@@ -25,7 +25,6 @@ from .memory import DEFAULT_FRAMES, GuestMemory
 from .shared_info import SharedInfo
 
 Hook = Callable[[Vcpu], Any]
-_HOOK_RECORDS = 64  # (domid, kicked, woken) records taken from C per call
 
 
 LISTENER_EVENTS = ("kick", "wake")
@@ -67,7 +66,7 @@ class Hypervisor:
         self._kick_fns: tuple[Hook, ...] = ()  # on_kick then the listeners: what _after calls
         self._wake_fns: tuple[Hook, ...] = ()
         self._created = 0  # creation order of domains: the order their hooks run in
-        self._hook_bufs = [ffi.new("uint32_t[]", 3 * _HOOK_RECORDS)]  # a pool: one per thread at once
+        self._c_address = int(ffi.cast("uintptr_t", self._c))  # for run_hooks
 
     @property
     def on_kick(self) -> Hook | None:
@@ -356,33 +355,26 @@ class Hypervisor:
 
         C lists the domains that recorded any (``xe_hv_take_hooks``), so this touches only
         those; they run in the order the domains were created, as if every domain were
-        visited in turn.
+        visited in turn. The records are taken and the hooks called by one builtin
+        (``run_hooks``, csrc/python/run_hooks.c), so no exception, not even one a signal
+        handler raises between two bytecodes, can drop a hook whose record was taken:
+        every owed hook runs, then the first exception any of them raised propagates.
+        Records C keeps because this call was interrupted before it took them run in the
+        next call that runs hooks.
         """
-        if not flags:
-            return
-        pool = self._hook_bufs
-        try:
-            buf = pool.pop()
-        except IndexError:  # another thread has the pool's buffer right now
-            buf = ffi.new("uint32_t[]", 3 * _HOOK_RECORDS)
-        n = lib.xe_hv_take_hooks(self._c, buf, _HOOK_RECORDS)
-        rec = ffi.unpack(buf, 3 * n) if n else None
-        while n == _HOOK_RECORDS:
-            n = lib.xe_hv_take_hooks(self._c, buf, _HOOK_RECORDS)
-            rec += ffi.unpack(buf, 3 * n)
-        pool.append(buf)
-        if rec is None:
-            return
+        if flags:
+            run_hooks(self._c_address, self._plan)
+
+    def _plan(self, rec: tuple[int, ...]) -> list[Any]:
+        """The hook calls ``[fn, vcpu, ...]`` owed for records (domid, kicked, woken)."""
         kick_fns, wake_fns = self._kick_fns, self._wake_fns
         if not kick_fns and not wake_fns:
-            return  # the bits are taken; nobody to call
+            return []  # the bits are taken; nobody to call
         if (len(rec) == 3 and rec[1] and not rec[2] and rec[1] & (rec[1] - 1) == 0
                 and len(kick_fns) == 1):
             # The usual case: one vCPU of one domain kicked, nobody woken, one hook.
             d = self._domains.get(rec[0])
-            if d is not None:
-                kick_fns[0](d.vcpus[rec[1].bit_length() - 1])
-            return
+            return [] if d is None else [kick_fns[0], d.vcpus[rec[1].bit_length() - 1]]
         domains = self._domains
         owed: dict[int, list[Any]] = {}
         for i in range(0, len(rec), 3):
@@ -395,27 +387,24 @@ class Hypervisor:
             else:  # listed again while an earlier batch was taken: one visit
                 o[1] |= rec[i + 1]
                 o[2] |= rec[i + 2]
-        calls = []
+        calls: list[Any] = []
         for key in sorted(owed) if len(owed) > 1 else owed:
             d, kicked, woken = owed[key]
             # A kick ends that vCPU's poll (spec 10.2) before other pollers are checked
             # (8.1 step 3): its wake follows its kick, then the other wakes.
             for v in _bits(kicked):
-                calls.append((kick_fns, d.vcpus[v]))
+                vcpu = d.vcpus[v]
+                for fn in kick_fns:
+                    calls += (fn, vcpu)
                 if woken >> v & 1:
-                    calls.append((wake_fns, d.vcpus[v]))
+                    for fn in wake_fns:
+                        calls += (fn, vcpu)
                     woken &= ~(1 << v)
-            calls += [(wake_fns, d.vcpus[v]) for v in _bits(woken)]
-        first_error: BaseException | None = None
-        for fns, vcpu in calls:
-            for hook in fns:
-                try:
-                    hook(vcpu)
-                except Exception as exc:  # every owed call runs; the first error is raised
-                    if first_error is None:
-                        first_error = exc
-        if first_error is not None:
-            raise first_error
+            for v in _bits(woken):
+                vcpu = d.vcpus[v]
+                for fn in wake_fns:
+                    calls += (fn, vcpu)
+        return calls
 
 
 def _bits(mask: int) -> Iterator[int]:

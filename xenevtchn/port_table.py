@@ -7,6 +7,14 @@ port with one C-speed ``find``.
 
 Write order matters to a concurrent C reader: a binding writes every field before the
 state, a free writes the state first.
+
+Growth publishes through C (``xe_domain_set_chans``, ``xe_domain_set_valid``): release
+stores, the new array before the new sizes, which the C readers load with acquire first
+(``chans_of`` in csrc/evtchn_abi.h), so no reader pairs a new size with an old array on
+any CPU. The record fields themselves are plain cffi stores; their order towards a C
+reader on another CPU rests on the CPU keeping stores in order (x86's TSO) and, elsewhere,
+on the fact that a reader that sees a half-written record at worst delivers or drops that
+one racing event, as a send racing the same bind or close would in Xen.
 """
 
 from __future__ import annotations
@@ -33,10 +41,9 @@ class PortTable:
         self.state = bytearray(max_ports)
         self.limit = limit
         self._cdom = cdom
-        cdom.chans = self.chans
-        cdom.max_ports = max_ports
+        lib.xe_domain_set_chans(cdom, self.chans, max_ports)
         self.valid = EVTCHNS_PER_BUCKET  # the first bucket exists from creation
-        cdom.valid_evtchns = self.valid
+        lib.xe_domain_set_valid(cdom, self.valid)
         self.active = 0
         self.fifo = False  # FIFO ABI: ports whose event word is still LINKED are busy
         self._old_chans: list[Any] = []  # arrays a concurrent C reader may still be using
@@ -55,8 +62,7 @@ class PortTable:
         self.chans = chans
         self.state.extend(bytes(max_ports - self.chans_len))
         self.chans_len = max_ports
-        self._cdom.chans = chans
-        self._cdom.max_ports = max_ports
+        lib.xe_domain_set_chans(self._cdom, chans, max_ports)  # array, then size: release
 
     # ---- Xen's port_is_valid and get_free_port ---------------------------------
 
@@ -84,7 +90,7 @@ class PortTable:
         """Grow valid_evtchns bucket by bucket until ``port`` is covered."""
         if port >= self.valid:
             self.valid = (port // EVTCHNS_PER_BUCKET + 1) * EVTCHNS_PER_BUCKET
-            self._cdom.valid_evtchns = self.valid
+            lib.xe_domain_set_valid(self._cdom, self.valid)
 
     # ---- state changes ---------------------------------------------------------
 

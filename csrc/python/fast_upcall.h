@@ -9,5 +9,7 @@
 
 /* Installs xenevtchn._core.make_fast_upcall; 0 on success, -1 if CPython refused. */
 int xe_py_install_fast_upcall(void);
+/* Installs xenevtchn._core.run_hooks (run_hooks.c); 0 on success, -1 if CPython refused. */
+int xe_py_install_run_hooks(void);
 
 #endif

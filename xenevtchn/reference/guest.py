@@ -157,11 +157,17 @@ class Guest:
             si.test_and_set_upcall_pending(vcpu)
 
     def _handle_port(self, port: int, handled: list[int], handler: Handler) -> None:
-        """Handle one port: clear pending, record it, then call ``handler(port)``."""
+        """Handle one port: clear pending, record it, then call ``handler(port)``.
+
+        Only a port whose pending bit the clear takes is handled: one cleared since the
+        scan read its word (by a handler's close, a reset) is passed over, as a scan on
+        another vCPU would have taken it."""
         d = self._domain
         owner = d.handle_ports.get(port)
         if owner is not None:  # the evtchn driver's port: its ack takes it
             take_for_handle(d, port, owner)
+            return
+        if not d.shared_info.is_pending(port):
             return
         d.shared_info.clear_pending(port)
         handled.append(port)

@@ -1,0 +1,176 @@
+"""Upcalls on several vCPUs of one domain at once, in threads, while other threads send.
+
+For every guest kind (Linux 2-level with the builtin no-handler upcall, with a handler,
+and without a fast-path slot; Mini-OS; FIFO), with and without a handler, each vCPU has
+its own upcall thread and two sender threads raise the domain's IPI ports. The run is cut
+into rounds with a fixed seed: in each round every sender raises a random subset of its
+own ports, each at most once, so every send is a 0 -> 1 edge of that port's pending bit
+(nothing is pending when a round starts). Exact accounting per round:
+
+* every port sent is handled exactly once (no loss, no double handling: issue 14 item 2,
+  Mini-OS scans of two vCPUs both returning one port);
+* a Linux or FIFO guest handles a port only on the vCPU it notifies (issue 14 item 1:
+  drains of two vCPUs sharing one scratch buffer swapped and lost ports);
+* with a handler, the handler saw exactly the ports the upcall returned, in order;
+* once the round is over nothing is left to handle on any vCPU.
+
+Iteration counts are fixed, not timed; a Barrier timeout turns a hang into a failure.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+import xenevtchn as xe
+from xenevtchn import domain as domain_mod
+from fifohelpers import fifo_domain
+
+NV = 3                 # vCPUs, each with its own upcall thread
+PER_VCPU = 160         # IPI ports notifying each vCPU
+ROUNDS = 30
+SENDERS = 2
+WAIT = 60.0            # seconds a barrier waits before the test fails as hung
+
+KINDS = [
+    # (id, guest, fifo, slot, handler)
+    ("linux-builtin", "linux", False, True, False),
+    ("linux-handler", "linux", False, True, True),
+    ("linux-noslot", "linux", False, False, False),
+    ("linux-noslot-handler", "linux", False, False, True),
+    ("minios", "minios", False, True, False),
+    ("minios-handler", "minios", False, True, True),
+    ("fifo", "linux", True, True, False),
+    ("fifo-handler", "linux", True, True, True),
+]
+
+
+def _domain(guest: str, fifo: bool):
+    hv = xe.Hypervisor()
+    if fifo:
+        d, _ = fifo_domain(hv, vcpus=NV, pages=1, guest=guest)
+    else:
+        d = hv.create_domain(vcpus=NV, guest=guest)
+    notify = {}
+    for _ in range(PER_VCPU):
+        for v in range(NV):
+            notify[d.bind_ipi(v)] = v
+    return hv, d, notify
+
+
+def _run(guest: str, fifo: bool, handler: bool, seed: int) -> dict[str, int]:
+    hv, d, notify = _domain(guest, fifo)
+    ports = sorted(notify)
+    own = [ports[i::SENDERS] for i in range(SENDERS)]      # disjoint: one sender per port
+    start = threading.Barrier(SENDERS + NV + 1, timeout=WAIT)   # a round begins
+    sends_done = threading.Barrier(SENDERS + 1, timeout=WAIT)   # its senders are done
+    end = threading.Barrier(NV + 1, timeout=WAIT)               # its upcalls are done
+    barriers = (start, sends_done, end)
+    sent_all = threading.Event()
+    stop = False
+    sent: list[list[int]] = [[] for _ in range(SENDERS)]   # this round's sends, per sender
+    got: list[list[int]] = [[] for _ in range(NV)]         # this round's handlings, per vCPU
+    seen: list[list[int]] = [[] for _ in range(NV)]        # what each handler was called with
+    errors: list[BaseException] = []
+    upcalls = [0] * NV
+
+    def sender(i: int) -> None:
+        rng = random.Random(seed * 1000 + i)
+        try:
+            while True:
+                start.wait()
+                if stop:
+                    return
+                batch = [p for p in own[i] if rng.random() < 0.7]
+                rng.shuffle(batch)
+                j = 0
+                while j < len(batch):       # singles and batches (send_many drops the GIL)
+                    k = rng.randrange(1, 40)
+                    chunk = batch[j:j + k]
+                    if k < 4:
+                        for p in chunk:
+                            d.send(p)
+                    else:
+                        d.send_many(chunk)
+                    j += k
+                sent[i] = batch
+                sends_done.wait()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+            for b in barriers:
+                b.abort()
+
+    def upcaller(v: int) -> None:
+        mine, log = got[v], seen[v]
+        h = log.append if handler else None
+        try:
+            while True:
+                start.wait()
+                if stop:
+                    return
+                while True:
+                    done = sent_all.is_set()       # read before the upcall: then drain once more
+                    r = d.guest.do_upcall(v, h) if handler else d.guest.do_upcall(v)
+                    upcalls[v] += 1
+                    mine += r
+                    if done and not r:
+                        break
+                end.wait()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            for b in barriers:
+                b.abort()
+
+    threads = [threading.Thread(target=sender, args=(i,)) for i in range(SENDERS)]
+    threads += [threading.Thread(target=upcaller, args=(v,)) for v in range(NV)]
+    for t in threads:
+        t.start()
+    total = 0
+    try:
+        for rnd in range(ROUNDS):
+            for lst in got + seen:
+                lst.clear()
+            sent_all.clear()
+            start.wait()
+            sends_done.wait()   # every send of the round has returned ...
+            sent_all.set()      # ... so each upcaller's next empty pass ends its round
+            end.wait()
+            assert not errors, errors
+            want = sorted(p for s in sent for p in s)
+            handled = sorted(p for g in got for p in g)
+            assert handled == want, (
+                f"round {rnd}: ports handled != ports sent (each 0->1 edge exactly once): "
+                f"missing {sorted(set(want) - set(handled))[:10]}, "
+                f"extra {[p for p in set(handled) if handled.count(p) > want.count(p)][:10]}")
+            if guest == "linux":
+                for v in range(NV):
+                    wrong = [p for p in got[v] if notify[p] != v]
+                    assert not wrong, f"round {rnd}: vCPU {v} handled other vCPUs' ports {wrong[:10]}"
+            if handler:
+                for v in range(NV):
+                    assert seen[v] == got[v], f"round {rnd}: vCPU {v} handler calls != returned ports"
+            for v in range(NV):
+                assert d.guest.do_upcall(v) == [], f"round {rnd}: vCPU {v} had ports left over"
+            total += len(want)
+    finally:
+        stop = True
+        try:
+            start.wait()
+        except threading.BrokenBarrierError:
+            pass
+        for t in threads:
+            t.join(WAIT)
+    assert not errors, errors
+    return {"sends": total, "upcalls": sum(upcalls)}
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k[0] for k in KINDS])
+def test_upcalls_on_every_vcpu_at_once(kind, monkeypatch):
+    _, guest, fifo, slot, handler = kind
+    if not slot:
+        monkeypatch.setattr(domain_mod._Slot, "_free", [])
+    stats = _run(guest, fifo, handler, seed=14)
+    assert stats["sends"] > ROUNDS * NV * PER_VCPU // 2
+    assert stats["upcalls"] >= ROUNDS * NV
