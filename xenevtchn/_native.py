@@ -62,6 +62,6 @@ from ._core import make_fast_upcall  # type: ignore[import-not-found,unused-igno
 # The hook runner of Hypervisor._after (csrc/python/run_hooks.c).
 if lib.xe_py_install_run_hooks() != 0:  # pragma: no cover - only if CPython refuses
     raise ImportError("xenevtchn._core could not install run_hooks")
-from ._core import run_hooks  # type: ignore[import-not-found]  # noqa: E402
+from ._core import run_hooks  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 
-__all__ = ["ffi", "lib", "BUILD_ID", "make_fast_upcall"]
+__all__ = ["ffi", "lib", "BUILD_ID", "make_fast_upcall", "run_hooks"]

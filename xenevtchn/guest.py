@@ -9,14 +9,14 @@ bit work runs in C (``csrc/guest_2l.c``); only handler calls are Python.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._native import ffi, lib, make_fast_upcall
 from .constants import EVTCHN_FIFO_NR_CHANNELS, VIRQ_TIMER
 from .errors import EvtchnError
 
 if TYPE_CHECKING:
-    from .domain import Domain
+    from .domain import Domain, _Slot
 
 Handler = Callable[[int], object]
 _CHUNK = 4096  # ports taken from C per call when no handler runs in between
@@ -43,7 +43,7 @@ class _Guest:
         # The batch buffer of each vCPU's upcalls (made at its first use). Per vCPU, not
         # per guest: _drain fills it with the GIL released, and upcalls of two vCPUs run
         # at once; the nesting count lets only one upcall of a vCPU drain at a time.
-        self._outs: list = [None] * nv
+        self._outs: list[Any] = [None] * nv
 
     # ---- argument checks -----------------------------------------------------------
 
@@ -70,7 +70,7 @@ class _Guest:
 
     _FAST = ("unmask", "do_upcall")
 
-    def _bind_fast_paths(self, slot) -> None:
+    def _bind_fast_paths(self, slot: _Slot | None) -> None:
         """Install per-instance fast paths (the domain's slot keys them); none here."""
 
     def _unbind_fast_paths(self) -> None:
@@ -163,10 +163,10 @@ class _Guest:
             lib.xe_upcall_abort_owned(count, owner)
             raise
 
-    def _pass(self, c, vcpu, scan, handler, handled) -> None:
+    def _pass(self, c: Any, vcpu: int, scan: Any, handler: Handler | None, handled: list[int]) -> None:
         raise NotImplementedError
 
-    def _fifo_pass(self, c, vcpu, scan, handler, handled) -> None:
+    def _fifo_pass(self, c: Any, vcpu: int, scan: Any, handler: Handler | None, handled: list[int]) -> None:
         """Linux's FIFO handle_events: highest priority first, one event at a time."""
         # An exception between the begin and the try leaves the queues taken in the scan's
         # own READY bits; the next begin ORs them in (csrc/guest_fifo.c).
@@ -178,7 +178,8 @@ class _Guest:
             lib.xe_fifo_scan_abort(c, scan)  # the queues still owed stay READY
             raise
 
-    def _drain(self, c, vcpu, scan, handler, handled, fill, nxt) -> None:
+    def _drain(self, c: Any, vcpu: int, scan: Any, handler: Handler | None, handled: list[int],
+               fill: Any, nxt: Any) -> None:
         """Take the scan's ports: in C-sized batches, or one by one around ``handler``."""
         if handler is None:
             out = self._outs[vcpu]
@@ -216,7 +217,7 @@ class LinuxGuest(_Guest):
             except EvtchnError:
                 pass  # Linux ignores the hypercall's answer (e.g. EINVAL past the valid range)
 
-    def _bind_fast_paths(self, slot) -> None:
+    def _bind_fast_paths(self, slot: _Slot | None) -> None:
         """``unmask(port)`` and ``do_upcall(vcpu)`` without a handler: one C call each.
 
         Anything else (a ``vcpu`` for unmask, a handler, an argument to refuse, a domain
@@ -253,7 +254,7 @@ class LinuxGuest(_Guest):
         s = self._scans[self._vcpu(vcpu)]
         return int(s.cursor_word), int(s.cursor_bit)
 
-    def _pass(self, c, vcpu, scan, handler, handled) -> None:
+    def _pass(self, c: Any, vcpu: int, scan: Any, handler: Handler | None, handled: list[int]) -> None:
         timer = self._d._virq_to_evtchn[vcpu][VIRQ_TIMER]
         if timer:
             port = lib.xe_2l_take_timer(c, vcpu, timer)
@@ -277,7 +278,7 @@ class MiniOSGuest(_Guest):
         port = self._port(port)
         self._local_unmask(port, 0 if vcpu is None else self._vcpu(vcpu))
 
-    def _pass(self, c, vcpu, scan, handler, handled) -> None:
+    def _pass(self, c: Any, vcpu: int, scan: Any, handler: Handler | None, handled: list[int]) -> None:
         lib.xe_minios_scan_begin(c, scan)
         self._drain(c, vcpu, scan, handler, handled, lib.xe_minios_scan_fill,
                     lib.xe_minios_scan_next)

@@ -16,7 +16,7 @@ static _Atomic int paused, parked;
 
 /* Called by a worker at a point where it holds nothing in flight; returns 1 if it parked
  * (the caller then re-checks its stop flag before doing anything). */
-static int park_if_paused(_Atomic int *stop)
+static inline int park_if_paused(_Atomic int *stop)
 {
     if (!atomic_load(&paused))
         return 0;
@@ -28,7 +28,7 @@ static int park_if_paused(_Atomic int *stop)
 }
 
 /* xorshift64*: a per-thread stream, seeded by the caller. */
-static uint64_t rng_next(uint64_t *x)
+static inline uint64_t rng_next(uint64_t *x)
 {
     *x ^= *x >> 12;
     *x ^= *x << 25;
