@@ -189,12 +189,15 @@ XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
 }
 
 /* A send's flags, with XE_EV_HOOKS added while the hypervisor still lists hooks nobody
- * took: a caller that recorded a kick and was stopped before it ran its hooks (a Python
- * signal handler's exception between the C call and the hook runner) leaves them listed,
- * and the next send on the hypervisor, whoever makes it, runs them. One relaxed load. */
+ * took, if it asked for that (report_owed): a caller that recorded a kick and was stopped
+ * before it ran its hooks (a Python signal handler's exception between the C call and
+ * the hook runner) leaves them listed, and the next send on the hypervisor, whoever
+ * makes it, runs them. One relaxed load when nothing is listed. */
 XE_INLINE int with_owed(struct xe_domain *d, int rc)
 {
-    if (rc >= 0 && d->hv && atomic_load_explicit(AOWED(d->hv), memory_order_relaxed))
+    struct xe_hv *hv = d->hv;
+    if (rc >= 0 && hv && atomic_load_explicit(AOWED(hv), memory_order_relaxed) &&
+        atomic_load_explicit((_Atomic uint32_t *)&hv->report_owed, memory_order_relaxed))
         rc |= XE_EV_HOOKS;
     return rc;
 }

@@ -33,7 +33,10 @@ enum {
     XE_SET_KICK = 2,           /* evtchn_upcall_pending went 0 -> 1: kick the vCPU */
 
     /* Result flag of the domain-level calls: a kick or a poll wake-up was recorded in
-     * xe_domain.kicked / .woken of some domain, so hooks may be owed. */
+     * xe_domain.kicked / .woken of some domain, so hooks may be owed. With
+     * xe_hv.report_owed set, the sends also report it while the hypervisor lists records
+     * nobody took yet (a caller stopped before it took them), so the next sender takes
+     * them with xe_hv_take_hooks. */
     XE_EV_HOOKS = 1,
 
     /* Channel states (Xen's ECS_*). */
@@ -152,6 +155,11 @@ struct xe_domain {
 struct xe_hv {
     struct xe_domain *domains[32752];
     struct xe_domain *owed;    /* domains that recorded kicks or wake-ups (xe_hv_take_hooks) */
+    /* Non-zero: every send reports XE_EV_HOOKS while `owed` lists a domain, for a caller
+     * that takes the records with xe_hv_take_hooks after each flagged call and may be
+     * stopped between the two (the Python package). Zero (calloc): only the calls that
+     * record something report it. */
+    uint32_t report_owed;
 };
 
 /* One Linux 2-level handle_events pass on one vCPU, in progress; the fairness cursor

@@ -257,3 +257,21 @@ def test_a_raising_wake_hook_does_not_drop_the_kicks():
     with pytest.raises(KeyboardInterrupt):
         d.send_many([p0, p1])
     assert calls == [("kick", 0), ("wake", 0), ("kick", 1)]
+
+
+def test_exception_right_after_poll_begin(monkeypatch):
+    from xenevtchn import domain as domain_mod
+    hv = xe.Hypervisor()
+    d = hv.create_domain(vcpus=2)
+    p = d.bind_ipi(1)
+    proxy = _RaiseAfter(domain_mod.lib, "xe_poll_begin")
+    monkeypatch.setattr(domain_mod, "lib", proxy)
+    with pytest.raises(KeyboardInterrupt):
+        d.sched_poll([p], vcpu=1)
+    assert proxy.fired == 1
+    # the interrupted call did not leave vCPU 1 blocked: it can poll again, and is woken
+    assert d.sched_poll([p], vcpu=1) is False
+    woken = []
+    hv.on_wake = woken.append
+    d.send(p)
+    assert [v.id for v in woken] == [1]

@@ -12,8 +12,8 @@ import pytest
 from cstress import build_plain, build_tsan, parse_stats, run, tsan_env
 
 LAYOUTS = ("x86_64", "x86_32")
-CALLS = 200_000        # per sender thread
-TSAN_CALLS = 30_000
+CALLS = 400_000        # per sender thread
+TSAN_CALLS = 60_000
 
 
 @pytest.fixture(scope="module")

@@ -397,20 +397,27 @@ def _sched_poll(d: Domain, ports: list[int], timeout: int, vcpu: int) -> bool:
     c = d._c
     if lib.xe_vcpu_polling(c, vcpu):
         raise EvtchnError(errno.EBUSY, f"sched_poll: vCPU {vcpu} is already blocked in poll")
-    lib.xe_poll_begin(c, vcpu)
     si = d.shared_info._s
-    if lib.xe_vcpu_upcall_pending(si, vcpu) and not lib.xe_vcpu_upcall_mask(si, vcpu):
-        lib.xe_poll_cancel(c, vcpu)
-        return True
-    for port in ports:
-        if not d.ports.is_valid(port) or not d.ports.usable(port):
-            lib.xe_poll_cancel(c, vcpu)
-            raise EvtchnError(errno.EINVAL, f"sched_poll: port {port}")
-        if lib.xe_evtchn_is_pending(c, port):
+    # Begin and cancel are one unit: whatever is raised once the poll began (a signal
+    # handler's exception between two bytecodes too) cancels it, so a failed call never
+    # leaves the vCPU blocked. Calls on a domain are serialized (Domain._call), so the
+    # cancel can only undo this call's own begin.
+    try:
+        lib.xe_poll_begin(c, vcpu)
+        if lib.xe_vcpu_upcall_pending(si, vcpu) and not lib.xe_vcpu_upcall_mask(si, vcpu):
             lib.xe_poll_cancel(c, vcpu)
             return True
-    if len(ports) == 1:
-        lib.xe_poll_set_port(c, vcpu, ports[0])
-    if timeout:
-        d.hv._arm_poll_timer(d, vcpu, timeout)
+        for port in ports:
+            if not d.ports.is_valid(port) or not d.ports.usable(port):
+                raise EvtchnError(errno.EINVAL, f"sched_poll: port {port}")
+            if lib.xe_evtchn_is_pending(c, port):
+                lib.xe_poll_cancel(c, vcpu)
+                return True
+        if len(ports) == 1:
+            lib.xe_poll_set_port(c, vcpu, ports[0])
+        if timeout:
+            d.hv._arm_poll_timer(d, vcpu, timeout)
+    except BaseException:
+        lib.xe_poll_cancel(c, vcpu)
+        raise
     return False

@@ -67,6 +67,9 @@ class Hypervisor:
         self._wake_fns: tuple[Hook, ...] = ()
         self._created = 0  # creation order of domains: the order their hooks run in
         self._c_address = int(ffi.cast("uintptr_t", self._c))  # for run_hooks
+        # Hooks a call recorded but could not run (an exception landed before its hook
+        # runner) are reported by the next send, which runs them (csrc/evtchn.c).
+        self._c.report_owed = 1
 
     @property
     def on_kick(self) -> Hook | None:

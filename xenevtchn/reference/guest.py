@@ -60,6 +60,9 @@ class Guest:
         self._fifo_heads: list[list[int]] = [
             [0] * EVTCHN_FIFO_MAX_QUEUES for _ in range(len(domain.vcpus))
         ]
+        # 2-level: selector words a pass had taken and not finished when a handler raised;
+        # the vCPU's next pass takes them with the selector (as FIFO keeps its READY bits).
+        self._leftover: list[int] = [0] * len(domain.vcpus)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of d{self._domain.domid}>"
@@ -329,8 +332,9 @@ class LinuxGuest(Guest):
         timer = d.vcpus[vcpu].virq_to_evtchn[VIRQ_TIMER]
         if timer and self._active(vcpu, timer // width) >> (timer % width) & 1:
             self._handle_port(timer, handled, handler)
-        # 2. Take the selector.
-        pending_words = si.exchange_sel(vcpu, 0)
+        # 2. Take the selector (with the words an interrupted pass left).
+        pending_words = self._leftover[vcpu] | si.exchange_sel(vcpu, 0)
+        self._leftover[vcpu] = 0
         # 3. Start from the fairness cursor.
         start_word, start_bit = self._cursor[vcpu]
         word = start_word
@@ -351,7 +355,11 @@ class LinuxGuest(Guest):
                 if not rest:
                     break
                 bit = (rest & -rest).bit_length() - 1
-                self._handle_port(word * width + bit, handled, handler)
+                try:
+                    self._handle_port(word * width + bit, handled, handler)
+                except BaseException:
+                    self._leftover[vcpu] = pending_words  # this word included
+                    raise
                 bit = (bit + 1) % width
                 self._cursor[vcpu] = (word, bit) if bit else ((word + 1) % width, 0)
                 if bit == 0:
@@ -387,7 +395,8 @@ class MiniOSGuest(Guest):
         re-read and its lowest set bit handled until it reads 0."""
         si = self._domain.shared_info
         width = si.layout.word_bits
-        selected = si.exchange_sel(vcpu, 0)
+        selected = self._leftover[vcpu] | si.exchange_sel(vcpu, 0)
+        self._leftover[vcpu] = 0
         while selected:
             low = selected & -selected
             selected ^= low
@@ -396,7 +405,12 @@ class MiniOSGuest(Guest):
                 bits = self._pending_unmasked(word)
                 if not bits:
                     break
-                self._handle_port(word * width + (bits & -bits).bit_length() - 1, handled, handler)
+                try:
+                    self._handle_port(word * width + (bits & -bits).bit_length() - 1,
+                                      handled, handler)
+                except BaseException:
+                    self._leftover[vcpu] = selected | low  # this word included
+                    raise
 
 
 def make_guest(domain: Domain, mode: str) -> Guest:
