@@ -23,7 +23,9 @@ The format is versioned and self-describing: ``MAGIC`` (8 bytes), the format ver
 endian), then the payload: zlib-compressed UTF-8 JSON. No pickle: ``restore`` parses
 plain data and checks every field (types, ranges, cross references) before it builds
 anything, so corrupt, truncated, foreign or hostile bytes raise ``ValueError`` and never
-reach the C core. Snapshots of equal states are equal bytes.
+reach the C core. The JSON's shape is checked while it is decompressed, before the parser
+builds any object (``snapshot_shape``), so what restore allocates is bounded by the state
+the snapshot describes, not by how much text a few compressed bytes expand to. Snapshots of equal states are equal bytes.
 
 Extending: state that only some domains have (the FIFO ABI's guest pages and control
 blocks, for one) goes into a per-domain *section*: register a ``Section`` in
@@ -61,6 +63,7 @@ from .constants import (
 )
 from .domain import MAX_PORT_UNLIMITED
 from .guest import GUESTS
+from .snapshot_shape import MAX_TEXT, check_shape
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -69,7 +72,7 @@ if TYPE_CHECKING:
 MAGIC = b"XEVTSNAP"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sHHII")
-MAX_PAYLOAD = 256 << 20  # decompressed bytes we accept
+MAX_PAYLOAD = MAX_TEXT  # decompressed bytes we accept
 
 # struct xe_chan as bytes (native byte order, no padding), checked against cffi's layout.
 _CHAN_FIELDS = ("state", "xen_consumer", "notify_vcpu", "remote_dom", "priority", "fifo_pending",
@@ -295,6 +298,7 @@ def decode(data: bytes) -> dict[str, Any]:
         raise ValueError(f"truncated or padded snapshot: payload is {len(payload)} bytes, header says {length}")
     if zlib.crc32(payload) != crc:
         raise ValueError("corrupt snapshot: checksum mismatch")
+    check_shape(payload)      # streamed: nothing is built for a document of the wrong shape
     try:
         z = zlib.decompressobj()
         text = z.decompress(payload, MAX_PAYLOAD)
