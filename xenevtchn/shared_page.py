@@ -36,9 +36,8 @@ it) and, in the page's last 64 bytes (past the struct, which neither Xen nor thi
 simulator ever touches), a small header (magic, layout, domid, vCPU count) so that
 ``attach`` needs only the name. Linux only (memfd and /proc). The owner's ``close()``
 also unlinks the name and closes the descriptor. The owner's mapping
-stays alive while the domain may still use it (a destroyed domain's page is kept for the
-Hypervisor's lifetime): ``close()`` then only unlinks, and the mapping goes when the
-Hypervisor does.
+stays alive while the domain may still use it: ``close()`` then only unlinks, and the
+mapping goes with the domain (once it is destroyed and reclaimed, or with the Hypervisor).
 """
 
 from __future__ import annotations
@@ -288,8 +287,8 @@ class SharedPage:
     def close(self) -> None:
         """Detach from the block; the owner also unlinks its name. Idempotent.
 
-        In the owner, a mapping the domain still uses stays mapped until the Hypervisor
-        is gone; the name is unlinked at once either way. Elsewhere, ``BufferError`` if
+        In the owner, a mapping the domain still uses stays mapped until the domain is
+        gone; the name is unlinked at once either way. Elsewhere, ``BufferError`` if
         a ``SharedInfo`` or memoryview of the page is still alive (the page stays open).
         """
         m = self._map
