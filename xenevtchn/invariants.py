@@ -239,8 +239,8 @@ def _check_hv(hv: Hypervisor, live: dict[int, Domain], pirq_owners: dict[int, li
     if hw is not None and live.get(hw.domid) is not hw:
         raise InvariantError("hardware-domain", f"{hw!r} is not live")
     for (domid, vcpu) in hv._timer_seq:
-        d = live.get(domid)
-        if d is None or not 0 <= vcpu < len(d.vcpus) or domid >= DOMID_FIRST_RESERVED:
+        owner = live.get(domid)
+        if owner is None or not 0 <= vcpu < len(owner.vcpus) or domid >= DOMID_FIRST_RESERVED:
             raise InvariantError("timers", f"a poll timer is armed for d{domid} vCPU {vcpu}")
 
 
