@@ -125,3 +125,51 @@ def test_a_destroyed_domain_is_kept_while_c_may_still_use_it(monkeypatch):
     h._c.hooks_owed = 0
     hv.create_domain()
     assert hv._graveyard == []
+
+
+def test_destroying_peers_while_other_threads_send_to_them():
+    """Senders in other threads keep sending to peers that the main thread destroys and
+    replaces: every send returns or raises EvtchnError, and (under tools/sanitize.sh,
+    where Python's memory goes through ASan) none touches a reclaimed domain."""
+    import threading
+
+    hv = xe.Hypervisor()
+    senders = [hv.create_domain(privileged=True, vcpus=1) for _ in range(2)]
+    ports: list[list[int]] = [[], []]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def send(i: int) -> None:
+        d = senders[i]
+        try:
+            while not stop.is_set():
+                for q in list(ports[i]):
+                    try:
+                        d.send(q)
+                        d.send_many([q, q])
+                    except xe.EvtchnError:
+                        pass
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(400):
+            g = hv.create_domain(vcpus=2)
+            for i, d in enumerate(senders):
+                p = g.alloc_unbound(d.domid)
+                ports[i] = [d.bind_interdomain(g.domid, p)]
+            hv.destroy_domain(g.domid)   # the senders' ports become unbound meanwhile
+            for i, d in enumerate(senders):
+                for q in ports[i]:
+                    d.close(q)
+            ports = [[], []]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    hv.create_domain()
+    assert not hv._graveyard
