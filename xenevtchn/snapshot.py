@@ -25,7 +25,10 @@ plain data and checks every field (types, ranges, cross references) before it bu
 anything, so corrupt, truncated, foreign or hostile bytes raise ``ValueError`` and never
 reach the C core. The JSON's shape is checked while it is decompressed, before the parser
 builds any object (``snapshot_shape``), so what restore allocates is bounded by the state
-the snapshot describes, not by how much text a few compressed bytes expand to. Snapshots of equal states are equal bytes.
+the snapshot describes, not by how much text a few compressed bytes expand to. The world
+it builds must then pass ``xenevtchn.invariants.check_world`` (the rules every reachable
+state keeps, which the hypercall fuzzer checks on live worlds); if it does not, restore
+drops it and raises ``ValueError`` naming the broken rule. Snapshots of equal states are equal bytes.
 
 Extending: state that only some domains have (the FIFO ABI's guest pages and control
 blocks, for one) goes into a per-domain *section*: register a ``Section`` in
