@@ -159,6 +159,46 @@ int xe_evtchn_raise(struct xe_domain *d, uint32_t port)
                                            memory_order_relaxed), port);
 }
 
+/* ---- borrowed domains ------------------------------------------------------------------
+ * A send finds its peer in hv->domains, and xe_hv_take_hooks walks hv->owed, without a
+ * lock: either may be using a domain that another thread is destroying at that moment.
+ * Each counts itself in `borrowers` while it holds such a domain. Python frees a
+ * destroyed domain only once it is in neither place and it has then seen the count at
+ * zero (xe_borrowers): every call that could have found the domain has returned. */
+static _Atomic uint64_t borrowers;
+
+static inline void borrow(void)
+{
+    atomic_fetch_add_explicit(&borrowers, 1, memory_order_seq_cst);
+}
+
+static inline void unborrow(void)
+{
+    atomic_fetch_sub_explicit(&borrowers, 1, memory_order_release);
+}
+
+uint64_t xe_borrowers(void)
+{
+    atomic_thread_fence(memory_order_seq_cst);  /* after the caller's table stores */
+    return atomic_load_explicit(&borrowers, memory_order_seq_cst);
+}
+
+static int send_interdomain(struct xe_domain *d, struct xe_chan *c)
+{
+    /* A racing close and rebind can show a stale peer id: never index past the table. */
+    uint32_t rdom = __atomic_load_n(&c->remote_dom, __ATOMIC_RELAXED);
+    struct xe_domain *rd = rdom < XE_NR_DOMIDS ?
+        atomic_load_explicit((_Atomic(struct xe_domain *) *)&d->hv->domains[rdom], memory_order_acquire) :
+        NULL;
+    uint32_t rport = c->remote_port;
+    if (!rd || !port_is_valid(rd, rport))
+        return 0;
+    struct xe_chan *rc = &chans_of(rd)[rport];
+    if (rc->xen_consumer)   /* Xen's own consumer takes it; nothing for the guest */
+        return 0;
+    return deliver(rd, rc->notify_vcpu, rport);
+}
+
 XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
 {
     if (!port_is_valid(d, port))
@@ -168,16 +208,10 @@ XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
         return -EINVAL;
     switch (atomic_load_explicit(A8(c->state), memory_order_acquire)) {
     case XE_ECS_INTERDOMAIN: {
-        /* A racing close and rebind can show a stale peer id: never index past the table. */
-        uint32_t rdom = __atomic_load_n(&c->remote_dom, __ATOMIC_RELAXED);
-        struct xe_domain *rd = rdom < XE_NR_DOMIDS ? d->hv->domains[rdom] : NULL;
-        uint32_t rport = c->remote_port;
-        if (!rd || !port_is_valid(rd, rport))
-            return 0;
-        struct xe_chan *rc = &chans_of(rd)[rport];
-        if (rc->xen_consumer)   /* Xen's own consumer takes it; nothing for the guest */
-            return 0;
-        return deliver(rd, rc->notify_vcpu, rport);
+        borrow();
+        int rc = send_interdomain(d, c);
+        unborrow();
+        return rc;
     }
     case XE_ECS_IPI:
         return deliver(d, c->notify_vcpu, port);
@@ -331,10 +365,20 @@ uint32_t xe_take_woken(struct xe_domain *d)
     return atomic_exchange(A32(d->woken), 0);
 }
 
+static size_t take_hooks(struct xe_hv *hv, uint32_t *out, size_t cap);
+
 size_t xe_hv_take_hooks(struct xe_hv *hv, uint32_t *out, size_t cap)
 {
     if (!atomic_load_explicit(AOWED(hv), memory_order_relaxed))
         return 0;
+    borrow();                                  /* the list may hold destroyed domains */
+    size_t n = take_hooks(hv, out, cap);
+    unborrow();
+    return n;
+}
+
+static size_t take_hooks(struct xe_hv *hv, uint32_t *out, size_t cap)
+{
     struct xe_domain *d = atomic_exchange(AOWED(hv), NULL);
     size_t n = 0;
     while (d && n < cap) {

@@ -248,6 +248,10 @@ size_t xe_hv_take_hooks(struct xe_hv *hv, uint32_t *out, size_t cap);
 void xe_domain_set_chans(struct xe_domain *d, struct xe_chan *chans, uint32_t max_ports);
 void xe_domain_set_valid(struct xe_domain *d, uint32_t valid_evtchns);
 
+/* C calls running now that may hold a domain found in hv->domains or on hv->owed (after a
+ * full fence): a domain removed from both may be freed once this has been seen at 0. */
+uint64_t xe_borrowers(void);
+
 /* send_many with the failure in the result: >= 0 XE_EV_HOOKS flags, or
  * -(index * 256 + errno) of the first port that failed (the ports before it were sent). */
 int64_t xe_evtchn_send_batch(struct xe_domain *d, const uint32_t *ports, size_t n);

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import IO, Any, Callable, NoReturn, Sequence
 
+from .atomic_file import AtomicOutput
 from .scenario import MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario
 
 EXIT_USAGE = 2
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="events to send in all (default 100000, or the scenario file's)")
     sim.add_argument("--json", action="store_true", help="print the summary as JSON")
     sim.add_argument("--trace", metavar="FILE",
-                     help="write a Chrome/Perfetto trace-event JSON file (open it in ui.perfetto.dev)")
+                     help="write a Chrome/Perfetto trace-event JSON file (open it in ui.perfetto.dev); "
+                          "'-' writes it to standard output (the summary then goes to stderr)")
     sim.add_argument("--plot", metavar="FILE.png|.pdf|.svg",
                      help="draw events per vCPU over time and upcall latency (needs matplotlib: "
                           "pip install 'xenevtchn[plot]')")
@@ -120,11 +122,19 @@ def _scenario(args: argparse.Namespace, events: int | None) -> Scenario:
     return sc.with_overrides(events=events, seed=args.seed)
 
 
-def _open_out(path: str, what: str, mode: str = "w") -> IO[Any]:
+def _open_out(path: str, what: str, mode: str = "w") -> AtomicOutput:
+    """A temporary file beside ``path``, renamed over it only once the output is whole."""
     try:
-        return open(path, mode, encoding=None if "b" in mode else "utf-8")
+        return AtomicOutput(path, mode)
     except OSError as exc:
         raise UsageError(f"cannot write {what} '{path}': {exc.strerror or exc}") from None
+
+
+def _commit(out: AtomicOutput, what: str) -> None:
+    try:
+        out.commit()
+    except OSError as exc:
+        raise UsageError(f"cannot write {what} '{out.path}': {exc.strerror or exc}") from None
 
 
 # ---- progress bar ---------------------------------------------------------------------
@@ -226,11 +236,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             plot_fmt = plot_mod.plot_format(args.plot)
         except (ImportError, ValueError) as exc:
             raise UsageError(str(exc)) from None
-    trace_file = _open_out(args.trace, "trace file") if args.trace is not None else None
-    plot_file = _open_out(args.plot, "plot file", "wb") if args.plot is not None else None
+    to_stdout = args.trace == "-"
+    trace_out = _open_out(args.trace, "trace file") if args.trace not in (None, "-") else None
+    plot_out = _open_out(args.plot, "plot file", "wb") if args.plot is not None else None
     try:
-        sim = Simulation(sc, trace=TraceRecorder() if trace_file else None,
-                         record_timeline=plot_file is not None)
+        sim = Simulation(sc, trace=TraceRecorder() if args.trace is not None else None,
+                         record_timeline=plot_out is not None)
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         bar = Progress(sys.stderr) if show and not args.quiet else None
         try:
@@ -239,28 +250,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
         summary = sim.summary()
+        report = sys.stderr if to_stdout else sys.stdout   # stdout holds the trace alone
         if args.json:
-            json.dump(summary, sys.stdout, indent=2)
-            print()
+            json.dump(summary, report, indent=2)
+            print(file=report)
         else:
-            print(format_summary(summary))
-        if trace_file is not None:
+            print(format_summary(summary), file=report)
+        if args.trace is not None:
             assert sim.trace is not None
-            sim.trace.write(trace_file)
-            trace_file.close()
-            if not args.quiet:
-                print(f"trace: {len(sim.trace.events):,} trace events in {args.trace} "
-                      "(open it in https://ui.perfetto.dev)", file=sys.stderr)
-        if plot_file is not None:
+            if trace_out is None:
+                sim.trace.write(sys.stdout)
+                sys.stdout.flush()
+            else:
+                try:
+                    sim.trace.write(trace_out.file)
+                except OSError as exc:
+                    raise UsageError(f"cannot write trace file '{args.trace}': {exc.strerror or exc}") from None
+                _commit(trace_out, "trace file")
+                if not args.quiet:
+                    print(f"trace: {len(sim.trace.events):,} trace events in {args.trace} "
+                          "(open it in https://ui.perfetto.dev)", file=sys.stderr)
+        if plot_out is not None:
             assert plot_mod is not None
-            plot_mod.plot(sim, plot_file, fmt=plot_fmt)
-            plot_file.close()
+            plot_mod.plot(sim, plot_out.file, fmt=plot_fmt)
+            _commit(plot_out, "plot file")
             if not args.quiet:
                 print(f"plot: {args.plot}", file=sys.stderr)
     finally:
-        for f in (trace_file, plot_file):
-            if f is not None and not f.closed:
-                f.close()
+        for out in (trace_out, plot_out):
+            if out is not None:
+                out.discard()          # a no-op once committed
     return 0
 
 

@@ -8,6 +8,8 @@ types and ranges first (``TypeError`` / ``ValueError``, nothing runs), then rais
 from __future__ import annotations
 
 import errno
+import gc
+import warnings
 import weakref
 from array import array
 from collections import deque
@@ -70,11 +72,25 @@ class _Slot:
 
     @classmethod
     def take(cls, cdom: Any) -> _Slot | None:
-        """A free slot now naming ``cdom``, or None when all are taken (slow paths then)."""
+        """A free slot now naming ``cdom``, or None when all are taken (slow paths then).
+
+        Numbers come back when their slot objects are collected; a destroyed domain's
+        are often in reference cycles, so an empty table first runs the cycle collector.
+        If every slot is still held (more than ``XE_NR_SLOTS - 1`` domains, or closures of
+        their fast paths, alive at once), the domain works on the checked paths and a
+        ``RuntimeWarning`` says so.
+        """
         try:
             n = cls._free.pop()
         except IndexError:
-            return None
+            gc.collect()
+            try:
+                n = cls._free.pop()
+            except IndexError:
+                warnings.warn(f"all {lib.XE_NR_SLOTS - 1} fast-path slots are held by live domains "
+                              "(or by closures of their fast paths): this domain uses the checked "
+                              "paths, which are slower", RuntimeWarning, stacklevel=5)
+                return None
         lib.xe_slot_set(n, cdom)
         slot = cls(n)
         weakref.finalize(slot, cls._give_back, n, cdom)  # holds cdom until the entry is gone

@@ -50,7 +50,7 @@ class Hypervisor:
         self._c = ffi.new("struct xe_hv *")
         self._lock = threading.RLock()
         self._domains: dict[int, Domain] = {}
-        self._graveyard: list[Domain] = []  # C may still hold pointers into them
+        self._graveyard: list[Domain] = []  # destroyed; a running C call may still use them
         self._hardware_domain: Domain | None = None
         self._hardware_domain_created = False  # only the first privileged domain is it
         self._virq_handlers: dict[int, Domain] = {}
@@ -154,6 +154,7 @@ class Hypervisor:
         memory = GuestMemory(memory_frames)
         si = SharedInfo(shared_info, layout)  # the buffer is an argument: checked first
         with self._lock:
+            self._reap()
             lo, hi = si.address_range
             for other in self._domains.values():
                 olo, ohi = other.shared_info.address_range
@@ -210,6 +211,22 @@ class Hypervisor:
             self._c.domains[domid] = ffi.NULL
             d._kill()
             self._graveyard.append(d)
+            self._reap()
+
+    def _reap(self) -> None:
+        """Let go of destroyed domains that no C call can still be using (lock held).
+
+        A destroyed domain is out of the C domain table and its slot; a send running in
+        another thread may still have found it there just before, and the C list of
+        domains owing hooks may still hold it. Once the C core reports no such call
+        running (``xe_borrowers``, read after those removals) and the domain owes no
+        hooks, nothing but Python references reach it: the hypervisor drops its own, and
+        the domain's memory goes with the last one (a caller's stale ``Domain``, or a
+        closure of its fast paths, keeps it, answering ESRCH). A domain still owing hooks
+        waits for the next ``destroy_domain`` or ``create_domain``.
+        """
+        if self._graveyard and not lib.xe_borrowers():
+            self._graveyard = [d for d in self._graveyard if d._c.hooks_owed]
 
     def pause_domain(self, domid: int) -> None:
         with self._lock:

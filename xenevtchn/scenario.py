@@ -48,6 +48,7 @@ MAX_EVENTS = 10**9
 FIRST_AUTO_PIRQ = 16
 KERNELS = ("linux", "minios")
 LAYOUTS = ("x86_64", "x86_32")
+MAX_NESTING = 16  # a real scenario nests tables and arrays 3 deep
 
 
 class ScenarioError(ValueError):
@@ -207,11 +208,29 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ScenarioError(f"{path}: arrays or tables nested too deeply "
+                            f"(a scenario needs at most {MAX_NESTING} levels)") from None
     return parse_scenario(data, str(path))
+
+
+def _check_nesting(data: Any, where: str) -> None:
+    """Refuse values nested deeper than ``MAX_NESTING``, without recursion."""
+    todo = [(data, 0)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > MAX_NESTING:
+            raise ScenarioError(f"{where}: arrays or tables nested too deeply "
+                                f"(a scenario needs at most {MAX_NESTING} levels)")
+        if isinstance(value, dict):
+            todo.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            todo.extend((v, depth + 1) for v in value)
 
 
 def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
     """Check a scenario given as the dict a TOML file parses to."""
+    _check_nesting(data, where)
     c = _Checker(where)
     c.table(data, "", _TOP_KEYS)
     kw: dict[str, Any] = {}

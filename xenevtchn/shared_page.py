@@ -1,4 +1,4 @@
-"""Many processes, one page: a domain's shared_info in ``multiprocessing.shared_memory``.
+"""Many processes, one page: a domain's shared_info in a sealed shared memory block.
 
 The owning process creates the page and the domain on it; any other process attaches the
 page by name and raises ports on it with the 2-level bit rules, while the owner handles
@@ -22,22 +22,32 @@ owner. ``SET_KICK`` in the result means this call raised the vCPU's
 ``evtchn_upcall_pending`` from 0 to 1; the owner's ``hv.on_kick`` does not run for it, so
 a sender that must wake the owner does so its own way (a pipe, a semaphore, ...).
 
+The page is a sealed ``memfd`` (``memfd_create`` with ``F_SEAL_SHRINK | F_SEAL_GROW``):
+no process, the owner included, can change its size, so a mapping of it can never
+fault past the end of the file (a truncated shared memory block would kill its users
+with SIGBUS). Other processes reach it three ways: by ``page.name``, a symlink in
+/dev/shm to the owner's descriptor (while the owner keeps the page open), or by
+``page.path`` (``/proc/PID/fd/N``), both given to ``attach``; or by the descriptor itself
+(``page.fd``, passed with ``pass_fds`` or over a Unix socket) given to ``attach_fd``.
+Attaching refuses any block whose size is not sealed this way.
+
 The block is one 4096-byte page: the shared_info struct (Xen's layout, as the domain sees
 it) and, in the page's last 64 bytes (past the struct, which neither Xen nor this
 simulator ever touches), a small header (magic, layout, domid, vCPU count) so that
-``attach`` needs only the name. Linux only (the block is mapped from /dev/shm). The owner's ``close()`` also unlinks the name. The owner's mapping
-stays alive while the domain may still use it (a destroyed domain's page is kept for the
-Hypervisor's lifetime): ``close()`` then only unlinks, and the mapping goes when the
-Hypervisor does.
+``attach`` needs only the name. Linux only (memfd and /proc). The owner's ``close()``
+also unlinks the name and closes the descriptor. The owner's mapping
+stays alive while the domain may still use it: ``close()`` then only unlinks, and the
+mapping goes with the domain (once it is destroyed and reclaimed, or with the Hypervisor).
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import mmap
 import os
+import secrets
 import struct
-from multiprocessing import shared_memory
 from typing import TYPE_CHECKING, Any
 
 from .constants import PAGE_SIZE
@@ -56,29 +66,43 @@ _NO_DOMAIN = 0xFFFFFFFF
 _LAYOUTS = {layout_code(name): name for name in ("x86_64", "x86_32")}
 
 
-def _map(name: str) -> mmap.mmap:
-    """Map the block ``name`` read-write, by its file under /dev/shm.
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 
-    Mapping the file directly (rather than through ``SharedMemory(name)``) keeps the
-    block away from this process's resource tracker: before Python 3.13 that tracker
-    unlinks every block a process opened when the process exits (CPython issue 82300),
-    and only the owner may decide when the name goes. It also lets a domain's buffer
-    outlive the ``SharedPage`` object without warnings at garbage collection.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, not {type(name).__name__}")
-    bare = name.lstrip("/")
+
+def _open(target: str | int) -> int:
+    """A new descriptor for ``target``: a name under /dev/shm, a /proc/PID/fd/N path, or a
+    descriptor (duplicated: the caller keeps theirs)."""
+    if isinstance(target, bool) or not isinstance(target, (str, int)):
+        raise TypeError(f"name must be a str or a file descriptor, not {type(target).__name__}")
+    if isinstance(target, int):
+        return os.dup(target)
+    if target.startswith("/proc/"):
+        return os.open(target, os.O_RDWR | os.O_CLOEXEC)
+    bare = target.lstrip("/")
     if not bare or "/" in bare or "\0" in bare:
-        raise ValueError(f"not a shared memory block name: {name!r}")
-    fd = os.open(os.path.join(SHM_DIR, bare), os.O_RDWR)
+        raise ValueError(f"not a shared memory block name: {target!r}")
+    return os.open(os.path.join(SHM_DIR, bare), os.O_RDWR | os.O_CLOEXEC)
+
+
+def _map(fd: int, what: str) -> mmap.mmap:
+    """Map the page behind ``fd`` read-write, once its size is checked (and sealed).
+
+    The block is mapped from its descriptor (never through ``SharedMemory(name)``), which
+    keeps it away from this process's resource tracker: before Python 3.13 that tracker
+    unlinks every block a process opened when the process exits (CPython issue 82300).
+    """
+    size = os.fstat(fd).st_size
+    if size < PAGE_SIZE:
+        raise ValueError(f"shared memory block {what!r} holds {size} bytes; "
+                         f"a xenevtchn page needs {PAGE_SIZE}")
+    return mmap.mmap(fd, PAGE_SIZE)
+
+
+def _sealed(fd: int) -> bool:
     try:
-        size = os.fstat(fd).st_size
-        if size < PAGE_SIZE:
-            raise ValueError(f"shared memory block {name!r} holds {size} bytes; "
-                             f"a xenevtchn page needs {PAGE_SIZE}")
-        return mmap.mmap(fd, PAGE_SIZE)
-    finally:
-        os.close(fd)
+        return fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS == _SEALS
+    except OSError:          # not a memfd (a /dev/shm file, say): no seals at all
+        return False
 
 
 class SharedPage:
@@ -88,17 +112,40 @@ class SharedPage:
     not the constructor.
     """
 
-    def __init__(self, _name: str, _shm: shared_memory.SharedMemory | None) -> None:
-        self._map: mmap.mmap | None = _map(_name)
-        self.name: str = _name.lstrip("/")
-        self._shm = _shm                      # the owner's handle, kept to unlink the name
+    def __init__(self, _target: str | int, _owner_fd: int | None = None,
+                 _name: str | None = None) -> None:
+        fd = _open(_target) if _owner_fd is None else _owner_fd
+        try:
+            self._map: mmap.mmap | None = _map(fd, str(_target))
+        except BaseException:
+            if _owner_fd is None:
+                os.close(fd)
+            raise
+        self._fd: int | None = fd if _owner_fd is not None else None   # the owner keeps its memfd
+        if _owner_fd is None:
+            sealed = _sealed(fd)
+            os.close(fd)       # the mapping keeps the page
+        else:
+            sealed = True
+        if _name is not None:
+            self.name: str = _name
+        elif isinstance(_target, str) and not _target.startswith("/proc/"):
+            self.name = _target.lstrip("/")
+        else:
+            self.name = str(_target)
+        self._owner = _owner_fd is not None   # the owner unlinks the name on close
         self._si: SharedInfo | None = None
         self._domain: Domain | None = None
         magic, version, code = self._header()[:3]
         if magic != MAGIC or version != VERSION or code not in _LAYOUTS:
             self._map.close()
             self._map = None
-            raise ValueError(f"shared memory block {_name!r} is not a xenevtchn shared_info page")
+            raise ValueError(f"shared memory block {_target!r} is not a xenevtchn shared_info page")
+        if not sealed:
+            self._map.close()
+            self._map = None
+            raise ValueError(f"shared memory block {_target!r} is not a sealed xenevtchn page "
+                             "(any process could resize it under us)")
         self.layout: str = _LAYOUTS[code]
 
     def _header(self) -> tuple[Any, ...]:
@@ -116,28 +163,48 @@ class SharedPage:
 
     @classmethod
     def create(cls, layout: str = "x86_64", name: str | None = None) -> SharedPage:
-        """A new zeroed page (named ``name``, or a fresh name) owned by this process."""
+        """A new zeroed page (named ``name``, or a fresh name) owned by this process.
+
+        ``FileExistsError`` if /dev/shm already holds ``name``.
+        """
         code = layout_code(layout)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
-        shm = shared_memory.SharedMemory(name=name, create=True, size=PAGE_SIZE)
+        bare = name.lstrip("/") if name is not None else f"xevtchn_{secrets.token_hex(8)}"
+        if not bare or "/" in bare or "\0" in bare:
+            raise ValueError(f"not a shared memory block name: {name!r}")
+        fd = os.memfd_create(bare, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        link = os.path.join(SHM_DIR, bare)
+        linked = False
         try:
-            buf = shm.buf
-            assert buf is not None  # a mapping we just created
-            buf[HEADER_OFFSET:HEADER_OFFSET + _HEADER.size] = _HEADER.pack(
-                MAGIC, VERSION, code, _NO_DOMAIN, 0)
-            shm.close()  # our own mapping (below) is the one the domain uses
-            return cls(shm.name, shm)
+            os.ftruncate(fd, PAGE_SIZE)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS | fcntl.F_SEAL_SEAL)
+            os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, code, _NO_DOMAIN, 0), HEADER_OFFSET)
+            os.symlink(f"/proc/{os.getpid()}/fd/{fd}", link)
+            linked = True
+            return cls(bare, fd, bare)
         except BaseException:
-            shm.close()
-            shm.unlink()
+            if linked:
+                os.unlink(link)
+            os.close(fd)
             raise
 
     @classmethod
     def attach(cls, name: str) -> SharedPage:
-        """Map the page that another process created as ``name`` (``FileNotFoundError``
-        if there is none, ``ValueError`` if the block is not a xenevtchn page)."""
-        return cls(name, None)
+        """Map the page that another process created, by its ``name`` or its ``path``
+        (``/proc/PID/fd/N``): ``FileNotFoundError`` if there is none, ``ValueError`` if
+        the block is not a sealed xenevtchn page."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        return cls(name)
+
+    @classmethod
+    def attach_fd(cls, fd: int) -> SharedPage:
+        """Map the page behind a descriptor of it (``page.fd`` passed to this process);
+        the descriptor stays the caller's."""
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+        return cls(fd)
 
     def create_domain(self, hv: Hypervisor, **kwargs: Any) -> Domain:
         """``hv.create_domain(**kwargs)`` with its shared_info in this page (owner only).
@@ -145,7 +212,7 @@ class SharedPage:
         ``layout`` comes from the page; ``shared_info`` may not be given.
         """
         self._header()
-        if self._shm is None:
+        if not self._owner:
             raise ValueError("only the process that created the page may create its domain")
         if self._domain is not None:
             raise ValueError(f"this page already holds the shared_info of domain {self._domain.domid}")
@@ -165,6 +232,18 @@ class SharedPage:
         return d
 
     # ---- what the page holds ------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        """The owner's descriptor of the page (to pass to another process), while open."""
+        if self._fd is None:
+            raise ValueError("only the owner of an open SharedPage has its descriptor")
+        return self._fd
+
+    @property
+    def path(self) -> str:
+        """``/proc/PID/fd/N``: a path any process of this user can ``attach``."""
+        return f"/proc/{os.getpid()}/fd/{self.fd}"
 
     @property
     def domid(self) -> int | None:
@@ -208,8 +287,8 @@ class SharedPage:
     def close(self) -> None:
         """Detach from the block; the owner also unlinks its name. Idempotent.
 
-        In the owner, a mapping the domain still uses stays mapped until the Hypervisor
-        is gone; the name is unlinked at once either way. Elsewhere, ``BufferError`` if
+        In the owner, a mapping the domain still uses stays mapped until the domain is
+        gone; the name is unlinked at once either way. Elsewhere, ``BufferError`` if
         a ``SharedInfo`` or memoryview of the page is still alive (the page stays open).
         """
         m = self._map
@@ -233,11 +312,15 @@ class SharedPage:
         self._map = None
         self._si = None
         self._domain = None
-        if self._shm is not None:
+        if self._owner and self._fd is not None:
+            link = os.path.join(SHM_DIR, self.name)
             try:
-                self._shm.unlink()
-            except FileNotFoundError:
+                if os.readlink(link) == f"/proc/{os.getpid()}/fd/{self._fd}":
+                    os.unlink(link)          # ours: a name someone replaced is theirs
+            except OSError:
                 pass
+            os.close(self._fd)               # the mappings keep the page itself
+            self._fd = None
 
     @property
     def closed(self) -> bool:
@@ -253,5 +336,5 @@ class SharedPage:
     def __repr__(self) -> str:
         if self._map is None:
             return f"<SharedPage {self.name!r} closed>"
-        role = "owner" if self._shm is not None else "attached"
+        role = "owner" if self._owner else "attached"
         return f"<SharedPage {self.name!r} {self.layout} {role} domid={self.domid}>"

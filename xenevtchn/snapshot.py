@@ -23,7 +23,12 @@ The format is versioned and self-describing: ``MAGIC`` (8 bytes), the format ver
 endian), then the payload: zlib-compressed UTF-8 JSON. No pickle: ``restore`` parses
 plain data and checks every field (types, ranges, cross references) before it builds
 anything, so corrupt, truncated, foreign or hostile bytes raise ``ValueError`` and never
-reach the C core. Snapshots of equal states are equal bytes.
+reach the C core. The JSON's shape is checked while it is decompressed, before the parser
+builds any object (``snapshot_shape``), so what restore allocates is bounded by the state
+the snapshot describes, not by how much text a few compressed bytes expand to. The world
+it builds must then pass ``xenevtchn.invariants.check_world`` (the rules every reachable
+state keeps, which the hypercall fuzzer checks on live worlds); if it does not, restore
+drops it and raises ``ValueError`` naming the broken rule. Snapshots of equal states are equal bytes.
 
 Extending: state that only some domains have (the FIFO ABI's guest pages and control
 blocks, for one) goes into a per-domain *section*: register a ``Section`` in
@@ -61,6 +66,8 @@ from .constants import (
 )
 from .domain import MAX_PORT_UNLIMITED
 from .guest import GUESTS
+from .invariants import InvariantError, check_world
+from .snapshot_shape import MAX_TEXT, check_shape
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -69,7 +76,7 @@ if TYPE_CHECKING:
 MAGIC = b"XEVTSNAP"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sHHII")
-MAX_PAYLOAD = 256 << 20  # decompressed bytes we accept
+MAX_PAYLOAD = MAX_TEXT  # decompressed bytes we accept
 
 # struct xe_chan as bytes (native byte order, no padding), checked against cffi's layout.
 _CHAN_FIELDS = ("state", "xen_consumer", "notify_vcpu", "remote_dom", "priority", "fifo_pending",
@@ -295,6 +302,7 @@ def decode(data: bytes) -> dict[str, Any]:
         raise ValueError(f"truncated or padded snapshot: payload is {len(payload)} bytes, header says {length}")
     if zlib.crc32(payload) != crc:
         raise ValueError("corrupt snapshot: checksum mismatch")
+    check_shape(payload)      # streamed: nothing is built for a document of the wrong shape
     try:
         z = zlib.decompressobj()
         text = z.decompress(payload, MAX_PAYLOAD)
@@ -532,7 +540,8 @@ def restore(data: bytes, cls: type[Hypervisor] | None = None) -> Hypervisor:
     """A new hypervisor in exactly the state ``data`` captured (hooks unset).
 
     ``ValueError`` for anything that is not a complete, consistent snapshot this version
-    can read; nothing is built then.
+    can read, or that describes a state no sequence of calls reaches (the rules of
+    ``xenevtchn.invariants``, checked on the rebuilt world, which is then dropped).
     """
     if cls is None:
         from .hypervisor import Hypervisor
@@ -558,6 +567,10 @@ def restore(data: bytes, cls: type[Hypervisor] | None = None) -> Hypervisor:
     hv._virq_handlers = {virq: hv._domains[domid] for virq, domid in h["virq_handlers"].items()}
     hv._irq_guests = {pirq: [hv._domains[x] for x in ds] for pirq, ds in h["irq_guests"].items()}
     hv._irq_shareable = dict(h["irq_shareable"])
+    try:
+        check_world(hv)   # the fuzz harness's checker: only states some calls can reach
+    except InvariantError as exc:   # the world was never handed out: it is simply dropped
+        raise ValueError(f"corrupt snapshot: unreachable state: {exc}") from None
     return hv
 
 

@@ -19,11 +19,11 @@ routing and pausing, destroying and re-creating a domain, and calls on a destroy
 After every step the whole world is checked (``check_world``), and the step's own effect
 is checked against what it may do (``check_step``):
 
-- tables: states valid, port 0 reserved, nothing open past the domain's limit or the valid
-  range, records of free ports blank, notify vCPUs exist, interdomain peers exist and agree
-  both ways, unbound ports name a real domid (never DOMID_SELF), VIRQ/PIRQ ports and the
-  per-domain VIRQ/PIRQ tables and the host IRQ's guest list agree one to one, the active
-  count and the state mirror match the C-visible records;
+- tables: ``xenevtchn.invariants.check_world``, the one checker that ``Hypervisor.restore``
+  also runs on every world it rebuilds (its module docstring lists the rules: states valid,
+  port 0 reserved, nothing open past the domain's limit or the valid range, free records
+  blank, notify vCPUs exist, interdomain peers agree both ways, VIRQ/PIRQ ports, tables
+  and host IRQ guest lists agree one to one, the active count and mirrors match, ...);
 - 2-level shared_info: pending only on open ports, nothing written outside the event
   words and the vcpu_info upcall bytes and selectors, no event on a missing vCPU, a
   selector bit only with the upcall flag set; (guests write mask bits at will, so mask
@@ -65,8 +65,9 @@ else:
     import xenevtchn as xe
 
 from test_fuzz_entry import CMDS, KNOWN_ERRNOS, SI, check_call  # noqa: E402
+from xenevtchn import invariants  # noqa: E402
 from xenevtchn._native import ffi, lib  # noqa: E402
-from xenevtchn.constants import IRQ_MAX_GUESTS, VirqClass, virq_class  # noqa: E402
+from xenevtchn.constants import VirqClass, virq_class  # noqa: E402
 
 DOMID_SELF = 0x7FF0
 MAX_STEPS = 64
@@ -80,27 +81,6 @@ CONFIGS = [
 SPECIAL = [0, 1, 63, 64, 65, 70, 71, 127, 1023, 1024, 4095, 4096, 0x7FEF, 0x7FF0, 0xFFFF,
            0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 FREE, RESERVED, UNBOUND, INTERDOMAIN, PIRQ, VIRQ, IPI = range(7)
-
-# struct xe_chan as the C core lays it out (read in one go, not field by field)
-_CHAN_FIELDS = ("state", "xen_consumer", "notify_vcpu", "remote_dom", "remote_port", "info", "user")
-_CHAN_SIZE = ffi.sizeof("struct xe_chan")
-
-
-def _chan_struct() -> struct.Struct:
-    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
-    fields = dict(ffi.typeof("struct xe_chan").fields)
-    fmt, pos = "<", 0
-    for name in sorted(_CHAN_FIELDS, key=lambda n: ffi.offsetof("struct xe_chan", n)):
-        off = ffi.offsetof("struct xe_chan", name)
-        fmt += "x" * (off - pos) + codes[ffi.sizeof(fields[name].type)]
-        pos = off + ffi.sizeof(fields[name].type)
-    return struct.Struct(fmt + "x" * (_CHAN_SIZE - pos))
-
-
-_CHAN = _chan_struct()
-_ORDER = sorted(_CHAN_FIELDS, key=lambda n: ffi.offsetof("struct xe_chan", n))
-_IDX = {name: _ORDER.index(name) for name in _CHAN_FIELDS}
-
 
 class Stream:
     """The fuzzer's bytes, read front to back; reads past the end give zeros."""
@@ -211,10 +191,7 @@ def fifo(d: Any) -> bool:
 
 def chans(d: Any) -> list[tuple[int, ...]]:
     """(state, xen_consumer, notify, remote_dom, remote_port, info, user) per valid port."""
-    raw = ffi.buffer(d.ports.chans, d.ports.valid * _CHAN_SIZE)[:]
-    if _ORDER == list(_CHAN_FIELDS):
-        return list(_CHAN.iter_unpack(raw))
-    return [tuple(row[_IDX[f]] for f in _CHAN_FIELDS) for row in _CHAN.iter_unpack(raw)]
+    return invariants.records(d)
 
 
 def _vcpu_struct(L: dict) -> struct.Struct:
@@ -278,6 +255,9 @@ def usable(row: tuple[int, ...]) -> bool:
 
 
 def check_world(w: World, snap: Snap) -> None:
+    """The shared invariants (``xenevtchn.invariants``, the same ones ``restore`` checks)
+    on this world, plus what only this harness knows: which domains it holds, and what its
+    guests' shared_info pages may contain."""
     hv = w.hv
     live = w.live()
     by_id = {d.domid: d for d in live}
@@ -286,77 +266,10 @@ def check_world(w: World, snap: Snap) -> None:
         expect = by_id[domid]._c if domid in by_id else ffi.NULL
         assert hv._c.domains[domid] == expect, f"C domain table wrong at {domid}"
     rows_of = {d.domid: snap.chans[id(d)] for d in live}
-    pirq_owners: dict[int, list[Any]] = {}
-    for d in live:
-        A = d.domid
-        pt = d.ports
-        rows = rows_of[A]
-        nv = len(d.vcpus)
-        abi_ports = SI[d.layout]["nr"]
-        assert pt.valid % 64 == 0 and 64 <= pt.valid <= (131072 if fifo(d) else abi_ports), (A, pt.valid)
-        assert pt.valid <= pt.chans_len
-        past = min(pt.chans_len, pt.valid + 64)      # the next bucket: never written yet
-        beyond = ffi.buffer(pt.chans, past * _CHAN_SIZE)[pt.valid * _CHAN_SIZE:]
-        assert beyond == bytes(len(beyond)), f"dom{A}: a record past the valid range was written"
-        bad = lib.xe_2l_route_check(d._c)      # the guest's per-vCPU maps match the records
-        assert bad < 0, f"dom{A}: port {bad}'s per-vCPU map bits disagree with its record"
-        assert not any(pt.state[pt.valid:past]), f"dom{A}: state mirror set past the valid range"
-        limit = min(abi_ports - 1 if not fifo(d) else 131071, d.max_evtchn_port)
-        assert rows[0][0] == RESERVED, f"dom{A}: port 0 is not reserved"
-        active = 0
-        virq_ports: dict[tuple[int, int], int] = {}
-        for p, row in enumerate(rows):
-            state, xc, notify, rdom, rport, info, user = row
-            where = f"dom{A} port {p} {row}"
-            assert pt.state[p] == state, f"{where}: mirror says {pt.state[p]}"
-            assert xc == 0 and user == 0, where
-            assert notify < nv, f"{where}: notify vCPU does not exist"
-            if p == 0:
-                continue
-            assert state != RESERVED, where
-            if state == FREE:
-                assert (notify, rdom, rport, info) == (0, 0, 0, 0), f"{where}: free port not blank"
-                continue
-            active += 1
-            assert p <= limit, f"{where}: open past the limit {limit}"
-            if state == UNBOUND:
-                assert rdom != DOMID_SELF and rport == 0 and info == 0, where
-            elif state == INTERDOMAIN:
-                assert info == 0, where
-                assert rdom in by_id, f"{where}: peer domain is gone"
-                prow = rows_of[rdom]
-                assert rport < len(prow), f"{where}: peer port not valid"
-                assert prow[rport][0] == INTERDOMAIN and prow[rport][3] == A and prow[rport][4] == p, (
-                    f"{where}: peer says {prow[rport]}")
-                assert (rdom, rport) != (A, p), where
-            elif state == PIRQ:
-                assert info < 256 and rdom == rport == 0, where
-                assert d._pirq_to_port.get(info) == p, f"{where}: pirq table says {d._pirq_to_port.get(info)}"
-                pirq_owners.setdefault(info, []).append(d)
-            elif state == VIRQ:
-                assert info < 24 and rdom == rport == 0, where
-                v = notify if info in PER_VCPU_VIRQS else 0
-                assert d._virq_to_evtchn[v][info] == p, f"{where}: virq table says {d._virq_to_evtchn[v][info]}"
-                assert (info, v) not in virq_ports
-                virq_ports[(info, v)] = p
-                if virq_class(info) == VirqClass.GLOBAL:
-                    assert hv._virq_handler(info) is d, f"{where}: bound global VIRQ not handled here"
-            else:
-                assert state == IPI and rdom == rport == info == 0, where
-        assert pt.active == active, f"dom{A}: active {pt.active}, counted {active}"
-        for v, table in enumerate(d._virq_to_evtchn):
-            for virq, port in enumerate(table):
-                if port:
-                    assert virq_ports.get((virq, v)) == port, f"dom{A}: virq table {v}/{virq} -> {port}"
-                    assert v == 0 or virq in PER_VCPU_VIRQS
-        for pirq, port in d._pirq_to_port.items():
-            assert port < len(rows) and rows[port][0] == PIRQ and rows[port][5] == pirq, (A, pirq, port)
-    # host IRQs: each claimed one lists exactly its binders
-    assert set(hv._irq_guests) == set(hv._irq_shareable), "shareable flags out of step"
-    for pirq, guests in hv._irq_guests.items():
-        assert guests and len(guests) <= IRQ_MAX_GUESTS and len(set(map(id, guests))) == len(guests)
-        assert sorted(g.domid for g in guests) == sorted(g.domid for g in pirq_owners.get(pirq, [])), pirq
-    assert set(pirq_owners) <= set(hv._irq_guests)
+    try:
+        invariants.check_world(hv, rows_of)
+    except invariants.InvariantError as exc:
+        raise AssertionError(str(exc)) from None
     for d in live:
         if fifo(d):
             w.ever_fifo.add(id(d))
