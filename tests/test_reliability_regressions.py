@@ -156,7 +156,11 @@ def test_a_buffer_in_use_is_refused():
         hv.create_domain(shared_info=memoryview(buf)[0:4096])
     assert a.shared_info.is_pending(p) and a.vcpus[0].upcall_pending == 1
     hv.destroy_domain(a.domid)
-    hv.create_domain(shared_info=buf)  # free again once its domain is gone
+    b = hv.create_domain(shared_info=buf)  # free again once its domain is gone
+    q = b.bind_ipi(0)
+    b.send(q)
+    assert bytes(buf) == bytes(b.shared_info.buffer) and any(buf)  # b works in buf
+    assert b.shared_info.is_pending(q) and b.vcpus[0].upcall_pending == 1
 
 
 def test_send_many_misaligned_buffer():
@@ -186,10 +190,24 @@ def test_interdomain_send_with_a_wild_peer_id_reads_nothing_out_of_range():
     hv = xe.Hypervisor()
     d0 = hv.create_domain(privileged=True)
     g = hv.create_domain()
-    q = d0.bind_interdomain(g.domid, g.alloc_unbound(0))
+    gp = g.alloc_unbound(0)
+    q = d0.bind_interdomain(g.domid, gp)
+    kicks = []
+    hv.on_kick = lambda v: kicks.append((v.domain.domid, v.id))
+    hv.on_wake = lambda v: kicks.append(("wake", v.domain.domid, v.id))
+    before = [bytes(d.shared_info.buffer) for d in (d0, g)]
     d0.ports.chans[q].remote_dom = 0xFFFF
     d0.send(q)
     d0.send_many([q, q])
+    # no peer: nothing raised on either side, no hook ran, the record is as it was
+    assert [bytes(d.shared_info.buffer) for d in (d0, g)] == before
+    assert kicks == [] and d0.ports.chans[q].remote_dom == 0xFFFF
+    # the same port with its real peer back does deliver (the sends above were not
+    # dropped for some other reason)
+    d0.ports.chans[q].remote_dom = g.domid
+    d0.send(q)
+    assert g.shared_info.is_pending(gp)
+    assert kicks == [(g.domid, 0)]
 
 
 def test_hooks_must_be_callable_when_set():
