@@ -1,4 +1,7 @@
-"""A backstop for hangs that pytest-timeout cannot see (tests/ and benchmarks/ alike).
+"""A backstop for hangs that pytest-timeout cannot see: hooks that tests/conftest.py and
+benchmarks/conftest.py both import (not a conftest.py at the project root, which would put
+the source tree first on sys.path and make tools/sanitize.sh and tools/coverage.sh import
+the unbuilt package instead of the one they installed).
 
 pytest-timeout's ``thread`` method dumps the stacks from a Python thread, which needs the
 GIL. A C loop that never returns while holding it (the fast upcall keeps the GIL: a
@@ -39,6 +42,8 @@ def _limit(item: pytest.Item) -> float:
 
 def pytest_configure(config: pytest.Config) -> None:
     global _stderr_fd
+    if _stderr_fd is not None:  # both conftests import these hooks: once is enough
+        return
     # Output capture is suspended here, so fd 2 is the terminal (or the CI log).
     _stderr_fd = os.dup(sys.__stderr__.fileno() if sys.__stderr__ else 2)
 
