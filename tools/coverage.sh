@@ -53,6 +53,7 @@ step "pytest --cov (the installed xenevtchn; tests/ and benchmarks/)"
 cat > "$OUT/coveragerc" <<RC
 [run]
 source_pkgs = xenevtchn
+data_file = $OUT/.coverage
 branch = True
 [report]
 show_missing = True
