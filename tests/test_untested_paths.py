@@ -7,7 +7,9 @@ it must leave:
   grow past the 2-level size before the records are written);
 * ``Domain.send`` for a domain that got no fast-path slot: its error and hook branches,
   and its refusals (the checked path's ValueError, not cffi's OverflowError);
-* ``snapshot.restore`` refusing malformed documents, one field at a time.
+* ``snapshot.restore`` refusing malformed documents, one field at a time;
+* ``EVTCHNOP_unmask`` (``d.unmask``) of a port bound through a ``XenEvtchn`` handle: the
+  re-fired event goes to the handle's queue (gcov showed the C branch unreached).
 """
 
 from __future__ import annotations
@@ -194,6 +196,34 @@ def test_slotless_send_runs_the_hooks(slotless):
     dom0.send(local)                                             # already pending: no hook
     assert log == []
     assert g.guest.do_upcall(1) == [remote]
+
+
+# ---- EVTCHNOP_unmask of a handle's port ------------------------------------------------------
+
+
+def test_unmask_hypercall_of_a_handle_port_requeues_it(xe):
+    hv = xe.Hypervisor()
+    g = hv.create_domain()
+    d0 = hv.create_domain(privileged=True)
+    h = xe.XenEvtchn(g)
+    try:
+        hp = h.bind_unbound_port(d0.domid)
+        lp = d0.bind_interdomain(g.domid, hp)
+        assert h.pending() is None
+        d0.send(lp)
+        assert h.pending() == hp                  # taken by the driver: masked, queued
+        si = g.shared_info
+        assert si.is_masked(hp) and not si.is_pending(hp)
+        d0.send(lp)                               # raised while masked: stays in the page
+        assert h.pending() is None and si.is_pending(hp)
+        g.unmask(hp)                              # the hypercall, not h.unmask()
+        assert h.pending() == hp and h.pending() is None
+        assert si.is_masked(hp) and not si.is_pending(hp)   # taken again by the driver
+        assert g.vcpus[0].upcall_pending == 0     # the kernel's handler never saw it
+        g.unmask(hp)                              # nothing pending: nothing queued
+        assert h.pending() is None and not si.is_masked(hp)
+    finally:
+        h.close()
 
 
 # ---- restore refuses malformed documents ----------------------------------------------------

@@ -71,10 +71,11 @@ status=0
 
 step "gcov csrc/*.c"
 (
-    cd "$OUT/gcov"
-    for c in "$OUT"/src/csrc/*.c; do
+    cd "$OUT/src"          # the objects name their sources relative to the build folder
+    for c in csrc/*.c; do
         "$GCOV" -o "$objdir" "$c" 2>/dev/null | grep -A1 "^File '.*csrc/" || true
     done
+    mv ./*.gcov "$OUT/gcov/" 2>/dev/null || true
 ) | awk '/^File/ {f=$2} /^Lines executed/ {print f, $0}' | tr -d "'" \
   | sed "s#$OUT/src/##" | tee "$OUT/gcov.txt"
 exit "$status"
