@@ -14,11 +14,19 @@ setup, and checks what it did; ``--benchmark-enable`` times them:
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Callable
 
 import pytest
 
 from xenevtchn import _bench_floors, bench
+
+_TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+# the faulthandler watchdog behind pytest-timeout (tests/hangguard.py)
+from hangguard import pytest_configure, pytest_runtest_protocol, pytest_unconfigure  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

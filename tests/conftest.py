@@ -18,6 +18,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:  # helper modules (xenabi, hvhelpers) live beside the tests
     sys.path.insert(0, _HERE)
 
+from hangguard import pytest_configure, pytest_runtest_protocol, pytest_unconfigure  # noqa: E402,F401
 from hvhelpers import make_pair, make_via  # noqa: E402
 
 IMPLEMENTATIONS = {"native": "xenevtchn", "reference": "xenevtchn.reference"}

@@ -149,6 +149,19 @@ def ipis(d, n, vcpu=0):
     return [d.bind_ipi(vcpu) for _ in range(n)]
 
 
+def guest_state(d):
+    """Everything the guest can see of domain ``d``, byte for byte: the shared_info page,
+    every guest frame touched so far (by number) and each vCPU's upcall flags. Two equal
+    results mean a call changed nothing a guest could observe (nor allocated a frame)."""
+    mem = d.memory
+    frames = getattr(mem, "_frames", None)  # native: gfn -> (cdata, owner)
+    if frames is None:
+        frames = mem._pages  # reference: gfn -> page
+    return (bytes(d.shared_info.buffer),
+            sorted((gfn, bytes(mem.page(gfn))) for gfn in list(frames)),
+            [(v.upcall_pending, v.upcall_mask) for v in d.vcpus])
+
+
 def errno_of(fn, *args, **kw):
     with pytest.raises(OSError) as ei:
         fn(*args, **kw)

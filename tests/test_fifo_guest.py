@@ -25,7 +25,7 @@ import errno
 
 import pytest
 
-from fifohelpers import LINKED, MASKED, PENDING, Fifo, fifo_domain, ipis
+from fifohelpers import LINKED, MASKED, PENDING, Fifo, fifo_domain, guest_state, ipis
 from xenabi import si
 
 
@@ -267,12 +267,21 @@ def test_mask_sets_masked_bit_only(hv):
     assert not d.shared_info.is_masked(a)  # the 2L bitmap is not used
 
 
-def test_mask_and_unmask_ports_without_word_do_nothing(hv):
+def test_mask_and_unmask_ports_without_word_do_nothing(hv, hooks):
     d, f = fifo_domain(hv, vcpus=1, pages=1)
-    d.guest.mask(5000)
-    d.guest.unmask(5000)
-    d.guest.mask(2**17 - 1)  # the last FIFO port
-    d.guest.unmask(2**17 - 1, vcpu=0)
+    a = d.bind_ipi(0)
+    d.send(a)  # something pending, so a stray write or kick would show
+    d.guest.mask(1023)  # the last port with a word is masked: the edge is where we think
+    assert f.word(1023) == MASKED
+    hooks.clear()
+    before = guest_state(d)
+    for port in (1024, 5000, 2**17 - 1):  # the first, a middle and the last FIFO port
+        d.guest.mask(port)
+        assert guest_state(d) == before, port
+        d.guest.unmask(port)
+        d.guest.unmask(port, vcpu=0)
+        assert guest_state(d) == before, port
+    assert hooks == [] and f.word(a) == PENDING | LINKED and f.word(1023) == MASKED
 
 
 @pytest.mark.parametrize("port,exc", [(2**17, ValueError), (-1, ValueError), (2**32, ValueError),
@@ -289,8 +298,17 @@ def test_port_range_grows_with_the_switch(hv):
     d = hv.create_domain(vcpus=1)
     with pytest.raises(ValueError):
         d.guest.mask(4096)
-    Fifo(d).init(0)
-    d.guest.mask(4096)  # FIFO range now; no word: nothing happens
+    f = Fifo(d)
+    f.init(0)
+    before = guest_state(d)
+    d.guest.mask(4096)  # FIFO range now; no word: nothing happens, byte for byte
+    assert guest_state(d) == before
+    with pytest.raises(ValueError):
+        d.guest.mask(2**17)  # the FIFO range ends here
+    f.expand(5)  # words for ports 0..5119: now 4096 has one, and mask sets it
+    assert f.word(4096) == 0
+    d.guest.mask(4096)
+    assert f.word(4096) == MASKED and f.word(4095) == 0 and f.word(4097) == 0
 
 
 @pytest.mark.parametrize("vcpu,exc", [(2, ValueError), (-1, ValueError), ("0", TypeError)])

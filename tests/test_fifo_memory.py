@@ -172,6 +172,7 @@ def test_hypercall_gfn_outside_memory_is_einval(hv, cmd):
                 d.init_control(gfn, 0, 0)
             assert ei.value.errno == errno.EINVAL
         f.init(0, gfn=15)  # the last frame is fine
+        assert d.abi == "fifo" and f.cbs == {0: (15, 0)}
     else:
         f.init(0, gfn=0)
         for gfn in (16, 2**64 - 1):

@@ -399,7 +399,8 @@ def test_bind_virq_global_by_configured_handler(via, hv, pair):
     # other global VIRQs still belong to the hardware domain
     with raises_errno(via.xe, errno.EBUSY):
         via.bind_virq(domu, 3, 0)
-    via.bind_virq(dom0, 3, 0)
+    q = via.bind_virq(dom0, 3, 0)
+    assert via.status(dom0, q) == (VIRQ, 0, None, None, None, 3)
 
 
 def test_bind_virq_eexist_before_enospc(via, hv):
@@ -476,12 +477,21 @@ def test_bind_pirq_eexist_before_enospc(via, hv, dom0):
         via.bind_pirq(d, 41)
 
 
-def test_permit_pirq_range(hv, domu):
+def test_permit_pirq_range(via, hv, domu):
     for bad in (-1, 256, 1 << 40):
         with pytest.raises(ValueError):
             hv.permit_pirq(domu.domid, bad)
+    for pirq in (0, 255):  # the refusals granted nothing
+        with raises_errno(via.xe, errno.EPERM):
+            via.bind_pirq(domu, pirq, 0)
     hv.permit_pirq(domu.domid, 0)
     hv.permit_pirq(domu.domid, 255)
+    # the two ends of the range are usable grants; a neighbour is not granted
+    assert via.bind_pirq(domu, 0, 0) == 1
+    assert via.bind_pirq(domu, 255, 0) == 2
+    assert via.status(domu, 2) == (PIRQ, 0, None, None, 255, None)
+    with raises_errno(via.xe, errno.EPERM):
+        via.bind_pirq(domu, 254, 0)
 
 
 def _permitted(hv, n, pirq):
@@ -515,12 +525,27 @@ def test_pirq_sharing_rules(via, hv, dom0):
 
 def test_pirq_sharing_first_binder_decides_even_if_later_want_share(via, hv):
     a, b = _permitted(hv, 2, 21)
+    c = hv.create_domain()
+    hv.permit_pirq(c.domid, 21)
     via.bind_pirq(a, 21, 0)
+    assert hv._irq_guests[21] == [a] and hv._irq_shareable[21] is False
+    with raises_errno(via.xe, errno.EBUSY):
+        via.bind_pirq(b, 21, 1)  # a decided: not shared, whatever b wants
     via.close(a, 1)
-    via.bind_pirq(a, 21, 1)
-    via.bind_pirq(b, 21, 1)
+    assert 21 not in hv._irq_guests and 21 not in hv._irq_shareable  # unclaimed again
+    assert via.bind_pirq(a, 21, 1) == 1
+    assert via.bind_pirq(b, 21, 1) == 1
+    assert hv._irq_guests[21] == [a, b] and hv._irq_shareable[21] is True
     via.close(a, 1)  # b still holds it as shareable
-    via.bind_pirq(a, 21, 1)
+    assert hv._irq_guests[21] == [b] and hv._irq_shareable[21] is True
+    assert via.bind_pirq(a, 21, 1) == 1
+    assert hv._irq_guests[21] == [b, a]
+    with raises_errno(via.xe, errno.EBUSY):
+        via.bind_pirq(c, 21, 0)  # shared, but c does not say it will share
+    assert hv._irq_guests[21] == [b, a] and hv._irq_shareable[21] is True
+    for d in (a, b):
+        assert via.status(d, 1) == (PIRQ, 0, None, None, 21, None)
+    assert via.status(c, 1)[0] == 0  # the EBUSY left c's port FREE
 
 
 def test_pirq_sharing_at_most_32_guests(via, hv, dom0):
@@ -530,8 +555,13 @@ def test_pirq_sharing_at_most_32_guests(via, hv, dom0):
         via.bind_pirq(d, 30, 1)  # 32 guests now
     with raises_errno(via.xe, errno.EBUSY):
         via.bind_pirq(doms[31], 30, 1)
+    assert hv._irq_guests[30] == [dom0, *doms[:31]]
+    assert via.status(doms[31], 1)[0] == 0  # the EBUSY left the port FREE
     via.close(doms[0], 1)
-    via.bind_pirq(doms[31], 30, 1)
+    assert len(hv._irq_guests[30]) == 31
+    assert via.bind_pirq(doms[31], 30, 1) == 1
+    assert hv._irq_guests[30] == [dom0, *doms[1:]] and hv._irq_shareable[30] is True
+    assert via.status(doms[31], 1) == (PIRQ, 0, None, None, 30, None)
 
 
 # --------------------------------------------------------------------- bind_ipi (§4.10)

@@ -240,7 +240,9 @@ def test_destroy_domain(xe, hv, pair):
     # §11: interdomain peers become UNBOUND naming the dead domain
     assert dom0.status(p0).status == UNBOUND and dom0.status(p0).dom == 1
     assert dom0.status(q0).status == UNBOUND and dom0.status(q0).dom == 1
+    before = si(dom0).snapshot()
     dom0.send(p0)  # UNBOUND now: success, nothing happens
+    assert si(dom0).snapshot() == before
     with raises_errno(xe, errno.ESRCH):
         hv.domain(1)
     with raises_errno(xe, errno.ESRCH):
@@ -313,7 +315,9 @@ def test_pause_unpause_do_not_touch_events(hv, pair):
     hv.pause_domain(domu.domid)
     domu.send(p)  # pause only matters to EVTCHNOP_reset
     assert si(domu).pending(p)
+    before = si(domu).snapshot(), si(dom0).snapshot()
     hv.unpause_domain(domu.domid)
+    assert (si(domu).snapshot(), si(dom0).snapshot()) == before
 
 
 # ----------------------------------------------------------------- set_virq_handler (§5.5)
@@ -370,8 +374,11 @@ def test_send_global_virq_dropped_without_binding(xe, hv, pair):
     hv.send_global_virq(VIRQ_CONSOLE)
     assert (si(dom0).snapshot(), si(domu).snapshot()) == before
     h = xe.Hypervisor()
-    h.create_domain()
+    lone = h.create_domain()
+    lone.bind_virq(VIRQ_TIMER)  # something bound, but not the global VIRQ
+    before = si(lone).snapshot()
     h.send_global_virq(VIRQ_CONSOLE)  # no hardware domain at all: dropped
+    assert si(lone).snapshot() == before
 
 
 # --------------------------------------------------------------- shared_info placement

@@ -61,3 +61,28 @@ def test_readme_cplusplus_section_builds_and_runs(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines() == ["port 5 pending 1, kick 1"] * 2
+
+
+def _shape(line: str) -> str:
+    """A table line with its measured numbers and verdict blanked out."""
+    line = re.sub(r"\| \d+(\.\d+)? (ns|us) ", "| T ", line)   # ours, and floor before its name
+    line = re.sub(r"\| \d+\.\d\dx \|", "| R |", line)          # the ratio
+    return re.sub(r"\| (PASS|MISS) \|$", "| V |", line)        # met or not: varies by run
+
+
+def test_readme_ratio_table_is_the_generators_output():
+    """The README's benchmark block is what `xenevtchn bench --markdown` emits: the same
+    markers, a measured-line saying when and where, then the same rows, columns, floors and
+    targets in the same order. The numbers are not compared: they vary by run."""
+    from xenevtchn import bench
+
+    block = bench.readme_block(README.read_text()).split("\n")
+    made = bench.markdown([(spec, 100.0, 50.0) for spec in bench.ROWS.values()]).split("\n")
+    assert len(block) == len(made)
+    assert block[0] == made[0] == bench.MARK_BEGIN and block[-1] == made[-1] == bench.MARK_END
+    measured = (r"Measured \d{4}-\d\d-\d\d \d\d:\d\d UTC on .+ \(\d+ CPUs(, load average [\d.]+)?\), "
+                r"\S+ \S+, Python \d+\.\d+\.\d+\S*, cffi \S+, compiler .+; min over rounds, ns per event\.")
+    assert re.fullmatch(measured, made[1]), made[1]
+    assert re.fullmatch(measured, block[1]), f"README measured-line not in the generator's form: {block[1]!r}"
+    assert block[2] == made[2] == ""
+    assert [_shape(line) for line in block[3:-1]] == [_shape(line) for line in made[3:-1]]

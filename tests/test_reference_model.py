@@ -105,7 +105,10 @@ def test_bind_interdomain_pending_kick_and_close(hv: ref.Hypervisor, dom0: ref.D
     dom0.close(local)
     assert not dom0.shared_info.is_pending(local)
     assert domu.status(remote) == ref.EvtchnStatus(ref.EVTCHNSTAT_unbound, 0, dom=dom0.domid)
+    before = bytes(domu.shared_info.buffer), bytes(dom0.shared_info.buffer)
     domu.send(remote)  # unbound: silently dropped
+    assert (bytes(domu.shared_info.buffer), bytes(dom0.shared_info.buffer)) == before
+    assert kicks == [v0]
 
 
 def test_set_pending_masked_still_wakes_poller(hv: ref.Hypervisor, domu: ref.Domain) -> None:
@@ -207,7 +210,8 @@ def test_pirq_permission_and_sharing(hv: ref.Hypervisor, dom0: ref.Domain, domu:
     assert domu.status(port) == ref.EvtchnStatus(ref.EVTCHNSTAT_pirq, 0, pirq=9)
     hv.send_pirq(domu.domid, 9)
     assert domu.shared_info.is_pending(port)
-    dom0.bind_pirq(200)  # privileged: any PIRQ
+    p200 = dom0.bind_pirq(200)  # privileged: any PIRQ
+    assert dom0.status(p200) == ref.EvtchnStatus(ref.EVTCHNSTAT_pirq, 0, pirq=200)
 
 
 def test_reset_and_destroy(hv: ref.Hypervisor, dom0: ref.Domain, domu: ref.Domain) -> None:

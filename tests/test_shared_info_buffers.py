@@ -448,7 +448,8 @@ def test_too_small_edges(layout):
     # the x86_32 size is too small for x86_64, not the other way round
     if layout == "x86_64":
         raises(ValueError, SharedInfo, bytearray(SIZES["x86_32"]), layout="x86_64")
-    SharedInfo(bytearray(need), layout=layout)  # exactly enough is fine
+    exact = SharedInfo(bytearray(need), layout=layout)  # exactly enough is fine
+    assert exact.size == need
     # numpy uint64 whose byte size is one word short
     raises(ValueError, SharedInfo, np.zeros((need - 1) // 8, dtype=np.uint64), layout=layout)
 

@@ -340,7 +340,8 @@ def test_close_unbinds_every_port(xe, hv, pair):
         assert (st.status, st.dom) == (xe.EVTCHNSTAT_unbound, domu.domid)
     assert domu.status(keep).status == xe.EVTCHNSTAT_ipi
     # The VIRQ is free again: the guest may bind it itself.
-    domu.bind_virq(VIRQ_DEBUG, 0)
+    v = domu.bind_virq(VIRQ_DEBUG, 0)
+    assert domu.status(v).status == xe.EVTCHNSTAT_virq and domu.status(v).virq == VIRQ_DEBUG
 
 
 def test_calls_after_close_raise_valueerror(xe, pair):

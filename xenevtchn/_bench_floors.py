@@ -4,7 +4,9 @@ Two C functions, built with cffi in API mode exactly as the core is (``-O2``, th
 compiler), but into their own module outside the package:
 
 * ``xe_floor_identity(int64_t) -> int64_t``: a bare one-argument cffi call from Python
-  (the cost of crossing into C and back, GIL release included, with no work);
+  (the cost of crossing into C and back, GIL release included, with no work but one
+  increment of a call counter, ``xe_floor_calls(reset)``, so a benchmark can check that
+  every timed call happened);
 * ``xe_floor_fetch_or_jobs``: two jobs of that loop on one thread or on two at once (how
   well this machine runs two threads at the moment, with no Python involved);
 * ``xe_floor_fetch_or(words, ports, n)``: one ``atomic_fetch_or`` per port on the 64-bit
@@ -35,6 +37,7 @@ MODULE = "_xenevtchn_bench_floors"
 
 CDEF = """
 int64_t xe_floor_identity(int64_t x);
+int64_t xe_floor_calls(int reset);
 void xe_floor_fetch_or(uint64_t *words, const uint32_t *ports, size_t n);
 double xe_floor_fetch_or_timed(uint64_t *words, const uint32_t *ports, size_t n, size_t iters);
 void xe_floor_fetch_or_jobs(uint64_t *words1, uint64_t *words2, const uint32_t *ports, size_t n,
@@ -49,9 +52,21 @@ SOURCE = r"""
 #include <stddef.h>
 #include <time.h>
 
+static int64_t identity_calls;   /* the benchmarks call it from one thread at a time */
+
 int64_t xe_floor_identity(int64_t x)
 {
+    identity_calls++;
     return x;
+}
+
+/* The calls to xe_floor_identity since the last reset; reset != 0 zeroes the count. */
+int64_t xe_floor_calls(int reset)
+{
+    int64_t n = identity_calls;
+    if (reset)
+        identity_calls = 0;
+    return n;
 }
 
 void xe_floor_fetch_or(uint64_t *words, const uint32_t *ports, size_t n)

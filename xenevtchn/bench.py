@@ -9,6 +9,9 @@ so that it works from an installed package::
     xenevtchn bench                           # every row, then the table
     xenevtchn bench --quick                   # fewer rounds (a rough look)
     xenevtchn bench --from-json F             # the table of a pytest-benchmark --benchmark-json file
+    xenevtchn bench --ci --strict             # the rows CI holds to their targets (exit 1 on a miss)
+    xenevtchn bench --markdown                # the README's block: when/where, then the table
+    xenevtchn bench --markdown --readme README.md   # ... written into README.md between its markers
 
 What a row measures
 -------------------
@@ -60,7 +63,9 @@ _ONES512 = b"\xff" * 512
 
 @dataclass
 class Case:
-    """One side of a row: ``run()`` is timed; ``setup()`` runs untimed before each round."""
+    """One side of a row: ``run()`` is timed; ``setup()`` runs untimed before each round;
+    ``check(result)`` (untimed) asserts from the state ``run()`` changed that the round did
+    all of its work (every case has one)."""
 
     run: Callable[[], Any]
     ops: int
@@ -77,6 +82,7 @@ class Spec:
     target: float | None      # None: for information only
     kind: str = "max"         # "max": ours/floor <= target; "speedup": floor/ours >= target
     rounds: int = 600
+    ci: bool = False          # its target holds with margin on a loaded 2-core machine (--ci)
 
     def ratio(self, ours_ns: float, floor_ns: float) -> float:
         return floor_ns / ours_ns if self.kind == "speedup" else ours_ns / floor_ns
@@ -126,6 +132,31 @@ def _py_identity(x: int) -> int:
     return x
 
 
+def _loop_last(fn: Callable[[Any], Any], args: Sequence[Any]) -> Callable[[], Any]:
+    """``_loop1`` that returns the last call's result (for functions that change nothing)."""
+    def run() -> Any:
+        r = None
+        for a in args:
+            r = fn(a)
+        return r
+    return run
+
+
+def _then(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
+    if first is None:
+        return second
+
+    def both() -> None:
+        first()
+        second()
+    return both
+
+
+def _bits_set(words: Any, ports: Sequence[int]) -> int:
+    """How many of ``ports`` have their bit set in the 64-bit ``words`` (2-level layout)."""
+    return sum(1 for p in ports if (words[p // 64] >> (p % 64)) & 1)
+
+
 # ---- worlds ------------------------------------------------------------------------------
 
 class _Channels:
@@ -154,6 +185,23 @@ class _Channels:
         si = self.guest.shared_info
         missing = [p for p in self.remote if not si.is_pending(p)]
         assert not missing, f"{len(missing)} ports not pending, e.g. {missing[:5]}"
+
+    def sentinels(self) -> list[int]:
+        """The guest ports an "already pending" round starts with clear: first, middle, last."""
+        r = self.remote
+        return [r[0], r[len(r) // 2], r[-1]]
+
+    def clear_sentinels(self) -> None:
+        """Every pending bit stays set but the sentinels' (their selector bits and the upcall
+        flag stay set too, so re-raising them is as cheap as a coalesced send)."""
+        b = self.buf
+        for p in self.sentinels():
+            off = PENDING_OFF + p // 8
+            b[off] &= ~(1 << (p % 8)) & 0xFF
+
+    def all_pending_again(self, _result: Any = None) -> None:
+        """The round re-raised the sentinels (so every send ran) and kept the rest set."""
+        self.all_pending()
 
 
 class _FifoChannels(_Channels):
@@ -202,9 +250,21 @@ class _Ipis:
 
 # ---- the rows ------------------------------------------------------------------------------
 
-def _floor_call(floors: Any, n: int) -> Case:
-    """n bare cffi calls, in the same Python loop as ours."""
-    return Case(_loop1(floors[1].xe_floor_identity, list(range(1, n + 1))), n)
+def _floor_call(floors: Any, n: int, setup: Callable[[], None] | None = None,
+                loop: Callable[..., Callable[[], Any]] = _loop1) -> Case:
+    """n bare cffi calls, in the same Python loop as ours; the floor's own counter says
+    every one of them ran."""
+    calls = floors[1].xe_floor_calls
+
+    def check(_r: Any) -> None:
+        got = calls(0)
+        assert got == n, f"the floor made {got} calls, not {n}"
+
+    def reset() -> None:
+        calls(1)
+
+    return Case(loop(floors[1].xe_floor_identity, list(range(1, n + 1))), n,
+                _then(setup, reset), check)
 
 
 Built = tuple[str, Case, Case]   # (what is measured, ours, floor)
@@ -226,23 +286,25 @@ def _send_many_row(xe: Any, floors: Any, kind: str, pending: bool) -> Built:
     words = fffi.from_buffer("uint64_t[]", w.buf[PENDING_OFF:PENDING_OFF + 512])
     rports = fffi.from_buffer("uint32_t[]", remote)
     fetch_or, n = flib.xe_floor_fetch_or, len(remote)
-    setup = None if pending else w.clear
+    setup = w.clear_sentinels if pending else w.clear
+    check = w.all_pending_again if pending else w.all_pending
     if pending:
         send_many(arg)
-    ours = Case(lambda: send_many(arg), n, setup, w.all_pending)
-    floor = Case(lambda: fetch_or(words, rports, n), n, setup)
+    ours = Case(lambda: send_many(arg), n, setup, check)
+    # the floor sets the same pending words: the same check holds for it
+    floor = Case(lambda: fetch_or(words, rports, n), n, setup, check)
     return f"d.send_many({kind} uint32[{n}]), per event", ours, floor
 
 
 def _send_row(xe: Any, floors: Any, pending: bool) -> Built:
     w = _Channels(xe)
-    floor = _floor_call(floors, len(w.local))
-    setup = None if pending else w.clear
+    setup = w.clear_sentinels if pending else w.clear
+    floor = _floor_call(floors, len(w.local), setup)
     if pending:
         for p in w.local:
             w.dom0.send(p)
-    ours = Case(_loop1(w.dom0.send, w.local), len(w.local), setup, w.all_pending)
-    floor.setup = setup
+    ours = Case(_loop1(w.dom0.send, w.local), len(w.local), setup,
+                w.all_pending_again if pending else w.all_pending)
     return "d.send(port) per call", ours, floor
 
 
@@ -255,8 +317,16 @@ def _fifo_send_many_row(xe: Any, floors: Any) -> Built:
     rports = fffi.from_buffer("uint32_t[]", remote)
     fetch_or, n = flib.xe_floor_fetch_or, len(remote)
     send_many = w.dom0.send_many
+
+    def zero_scratch() -> None:
+        fffi.memmove(scratch, _ZERO512 * 8, 4096)
+
+    def floor_check(_r: Any) -> None:
+        got = _bits_set(scratch, remote)
+        assert got == n, f"the floor set {got} bits, not {n}"
+
     ours = Case(lambda: send_many(arg), n, w.clear, w.all_pending)
-    floor = Case(lambda: fetch_or(scratch, rports, n), n)
+    floor = Case(lambda: fetch_or(scratch, rports, n), n, zero_scratch, floor_check)
     return f"FIFO guest: d.send_many(array uint32[{n}]), linking each event, per event", ours, floor
 
 
@@ -460,18 +530,36 @@ def _machine_threads_row(xe: Any, floors: Any) -> Built:
         # (without it the C loop wrote into freed memory once the row was built).
         return lambda: (pages, jobs(w1, w2, p, len(ports), iters, threads))[1]
 
+    def setup() -> None:
+        for page in pages:
+            fffi.memmove(page, _ZERO512 * 8, 4096)
+
+    def check(_r: Any) -> None:
+        got = [_bits_set(w, ports) for w in (w1, w2)]
+        assert got == [len(ports)] * 2, f"the jobs set {got} bits, not {len(ports)} each"
+
     return ("the C atomic_fetch_or loop, 2 x 128 passes: 2 pthreads vs 1 (what this machine "
-            "gives two threads right now)", Case(run(2), n), Case(run(1), n))
+            "gives two threads right now)", Case(run(2), n, setup, check), Case(run(1), n, setup, check))
 
 
 def _python_call_row(xe: Any, floors: Any) -> Built:
     n = 4096
-    return ("def f(x): return x, per call", Case(_loop1(_py_identity, list(range(n))), n),
-            _floor_call(floors, n))
+
+    def check(r: Any) -> None:
+        assert r == n - 1, r   # the last call returned its argument: the loop ran to the end
+
+    return ("def f(x): return x, per call",
+            Case(_loop_last(_py_identity, list(range(n))), n, None, check),
+            _floor_call(floors, n, loop=_loop_last))
 
 
 _CFFI = "bare cffi call"
 _FETCH_OR = "C atomic_fetch_or loop"
+# ci=True: the worst of three full runs on the 2-core development machine at load average 6
+# (other builds running) stayed within 0.72 of the target (speedup: 1/0.72 of it), so a
+# CI machine busy with other jobs still passes `xenevtchn bench --ci --strict`. The rows
+# left out were at 0.72-0.78 of their targets there (and "2 threads vs 1" needs a free
+# second core), so they are reported, not enforced.
 _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
     (Spec("send_many[numpy] first raise", _FETCH_OR, 2.0, rounds=900),
      lambda xe, f: _send_many_row(xe, f, "numpy", False)),
@@ -479,25 +567,25 @@ _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
      lambda xe, f: _send_many_row(xe, f, "array", False)),
     (Spec("send_many[memoryview] first raise", _FETCH_OR, 2.0, rounds=900),
      lambda xe, f: _send_many_row(xe, f, "memoryview", False)),
-    (Spec("send_many[numpy] already pending", _FETCH_OR, 2.0, rounds=900),
+    (Spec("send_many[numpy] already pending", _FETCH_OR, 2.0, rounds=900, ci=True),
      lambda xe, f: _send_many_row(xe, f, "numpy", True)),
     (Spec("d.send first raise", _CFFI, 2.5, rounds=300), lambda xe, f: _send_row(xe, f, False)),
     (Spec("d.send already pending", _CFFI, 2.5, rounds=300), lambda xe, f: _send_row(xe, f, True)),
     (Spec("(info) d.send that kicks", _CFFI, None, rounds=600), _send_kick_row),
-    (Spec("d.send vs reference", "reference model's send", 4.0, "speedup", rounds=90),
+    (Spec("d.send vs reference", "reference model's send", 4.0, "speedup", rounds=90, ci=True),
      _send_vs_reference_row),
     (Spec("guest.unmask masked, not pending", _CFFI, 2.5, rounds=300),
      lambda xe, f: _unmask_row(xe, f, False)),
     (Spec("guest.unmask masked, pending: re-fired", _CFFI, 2.5, rounds=300),
      lambda xe, f: _unmask_row(xe, f, True)),
-    (Spec("do_upcall k=1", _CFFI + " per port", 2.0), lambda xe, f: _upcall_row(xe, f, 1)),
-    (Spec("do_upcall k=64", _CFFI + " per port", 2.0), lambda xe, f: _upcall_row(xe, f, 64)),
-    (Spec("do_upcall k=4095", _CFFI + " per port", 2.0, rounds=300),
+    (Spec("do_upcall k=1", _CFFI + " per port", 2.0, ci=True), lambda xe, f: _upcall_row(xe, f, 1)),
+    (Spec("do_upcall k=64", _CFFI + " per port", 2.0, ci=True), lambda xe, f: _upcall_row(xe, f, 64)),
+    (Spec("do_upcall k=4095", _CFFI + " per port", 2.0, rounds=300, ci=True),
      lambda xe, f: _upcall_row(xe, f, 4095)),
     (Spec("(info) FIFO send_many first raise", _FETCH_OR, None, rounds=300), _fifo_send_many_row),
     (Spec("(info) FIFO d.send first raise", _CFFI, None, rounds=100), _fifo_send_row),
     (Spec("(info) FIFO do_upcall k=4095", _CFFI + " per port", None, rounds=100), _fifo_upcall_row),
-    (Spec("event_channel_op send", _CFFI, 4.0, rounds=300),
+    (Spec("event_channel_op send", _CFFI, 4.0, rounds=300, ci=True),
      lambda xe, f: _hypercall_row(xe, f, "send")),
     (Spec("event_channel_op unmask", _CFFI, 4.0, rounds=300),
      lambda xe, f: _hypercall_row(xe, f, "unmask")),
@@ -607,6 +695,86 @@ def _platform_line() -> str:
             f"{os.cpu_count()} CPUs; min over rounds, ns per event")
 
 
+MARK_BEGIN = "<!-- generated by `xenevtchn bench --markdown`: do not edit by hand -->"
+MARK_END = "<!-- end of `xenevtchn bench --markdown` -->"
+
+
+def _first_line(path: str, key: str) -> str | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _compiler() -> str:
+    """The C compiler Python builds extensions with (the core and the floors alike)."""
+    import shlex
+    import subprocess
+    import sysconfig
+
+    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    try:
+        out = subprocess.run([cc[0], "--version"], capture_output=True, text=True, timeout=30)
+        first = out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout else ""
+    except (OSError, subprocess.SubprocessError):
+        first = ""
+    return first or cc[0]
+
+
+def measured_line(when: str | None = None) -> str:
+    """When and where a table was measured: date, CPU, load, Python, cffi, compiler."""
+    import datetime
+    import os
+    import platform
+
+    import cffi
+
+    when = when or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cpu = _first_line("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
+    try:
+        load = f", load average {os.getloadavg()[0]:.1f}"
+    except OSError:
+        load = ""
+    return (f"Measured {when} on {cpu} ({os.cpu_count()} CPUs{load}), {platform.system()} "
+            f"{platform.machine()}, Python {platform.python_version()}, cffi {cffi.__version__}, "
+            f"compiler {_compiler()}; min over rounds, ns per event.")
+
+
+def markdown(results: Sequence[tuple[Spec, float, float]], when: str | None = None) -> str:
+    """The README's block: the markers, the measured-line, the table (``--markdown``)."""
+    return "\n".join([MARK_BEGIN, measured_line(when), "", format_table(results), MARK_END])
+
+
+def readme_block(text: str) -> str:
+    """The generated block of a README's text, markers included (ValueError if none)."""
+    start = text.index(MARK_BEGIN)
+    end = text.index(MARK_END, start) + len(MARK_END)
+    return text[start:end]
+
+
+def write_readme(path: str, block: str) -> None:
+    """Replace the generated block of ``path`` (written to a temp name, renamed into place)."""
+    import os
+    import tempfile
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    new = text.replace(readme_block(text), block)
+    fd, tmp = tempfile.mkstemp(prefix=".bench-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new)
+        os.chmod(tmp, os.stat(path).st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def _rows_from_json(path: str) -> list[tuple[Spec, float, float]]:
     """The table of a ``pytest benchmarks --benchmark-json=path`` run."""
     with open(path) as f:
@@ -643,7 +811,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-json", metavar="FILE",
                         help="print the table of a pytest-benchmark JSON file instead of measuring")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any row misses its target")
+    parser.add_argument("--ci", action="store_true",
+                        help="only the rows whose targets hold with margin on a loaded 2-core machine")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the README block: when and where it was measured, then the table")
+    parser.add_argument("--readme", metavar="FILE",
+                        help="with --markdown: replace the block between FILE's markers instead of printing it")
     args = parser.parse_args(argv)
+    if args.readme and not args.markdown:
+        return _error("--readme needs --markdown")
+    if args.readme:
+        try:
+            with open(args.readme, encoding="utf-8") as f:
+                readme_block(f.read())
+        except OSError as exc:
+            return _error(f"--readme {args.readme}: {exc.strerror or exc}")
+        except ValueError:
+            return _error(f"--readme {args.readme}: no block between the markers {MARK_BEGIN!r} "
+                          f"and {MARK_END!r}")
 
     if args.from_json:
         try:
@@ -653,7 +838,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, KeyError, TypeError) as exc:
             return _error(f"--from-json {args.from_json}: not a pytest-benchmark JSON file ({exc})")
     else:
-        names = [name for name in ROWS if args.match in name]
+        names = [name for name, spec in ROWS.items()
+                 if args.match in name and (spec.ci or not args.ci)]
         if not names:
             return _error(f"-k {args.match!r} matches no row; the rows are: " + "; ".join(ROWS))
         from . import _bench_floors
@@ -675,11 +861,19 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
             del row, res
             gc.collect()
-    print(_platform_line())
-    print(format_table(table))
+    if args.from_json and args.ci:
+        table = [t for t in table if t[0].ci]
+    if args.readme:
+        write_readme(args.readme, markdown(table))
+    elif args.markdown:
+        print(markdown(table))
+    else:
+        print(_platform_line())
+        print(format_table(table))
     missed = [r.name for r, o, f in table if r.meets(r.ratio(o, f)) is False]
     if missed:
-        print(f"\n{len(missed)} row(s) miss their target: " + "; ".join(missed))
+        print(f"\n{len(missed)} row(s) miss their target: " + "; ".join(missed),
+              file=sys.stderr if args.markdown else sys.stdout)   # the block stays clean
     return 1 if (missed and args.strict) else 0
 
 

@@ -212,11 +212,14 @@ class Domain:
             c_send2 = lib.xe_evtchn_send
 
             def send(port: int) -> None:
-                rc = c_send2(c, port)
-                if rc:
-                    if rc < 0:
-                        raise EvtchnError(-rc, "send")
-                    after(rc)
+                if 0 <= port <= U32:  # else the checked path's ValueError, not cffi's OverflowError
+                    rc = c_send2(c, port)
+                    if rc:
+                        if rc < 0:
+                            raise EvtchnError(-rc, "send")
+                        after(rc)
+                else:
+                    slow(port)
 
         send.__doc__ = Domain.send.__doc__
         self.send = send  # type: ignore[method-assign]
