@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 # Every header the cdef is made of; the generated source includes each of them too, so
 # nothing it calls is undeclared (an error under GCC 14 and clang 16+).
-CDEF_HEADERS = ("xen_abi.h", "xenevtchn.h", "python/fast_upcall.h")
+CDEF_HEADERS = ("xen_abi.h", "xenevtchn.h", "python/fast_upcall.h", "sim_engine.h")
 # Every C file except the standalone examples/tests is part of the module: the core
 # (csrc/*.c, also csrc/libxenevtchn.a) and the one file written against CPython's API
 # (csrc/python/*.c, the builtin do_upcall).
@@ -93,6 +93,7 @@ def make_builder():
         extra_compile_args=["-std=c11", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra",
                             "-Wno-unused-parameter", *sanitize_flags()],
         extra_link_args=sanitize_flags(),
+        libraries=["m"],  # the C scenario engine's log()
     )
     return ffibuilder
 
