@@ -136,6 +136,8 @@ struct vcpu {
     uint8_t has_upcall_at, in_upcall, lock_released, _pad;
     struct deferred *dq;        /* deferred tasks (a ring buffer) */
     uint32_t dq_head, dq_len, dq_cap;
+    int64_t *timeline;          /* handler start times, when recorded */
+    size_t tl_len, tl_cap;
 };
 
 struct dom {
@@ -189,7 +191,7 @@ struct xe_sim {
     uint64_t *hist;
     uint32_t hooks[3 * HOOK_RECORDS];
     uint32_t *hook_recs; size_t hook_cap;
-    int started, err;
+    int started, err, timeline;
     const char *errwhat;
 };
 
@@ -855,6 +857,18 @@ static void deliver(struct xe_sim *s, uint32_t vi, int32_t port)
         fail(s, EINVAL, "an event was handled before it was raised");
         return;
     }
+    if (s->timeline) {
+        struct vcpu *vs = &s->vcpus[vi];
+        if (vs->tl_len == vs->tl_cap) {
+            void *tl = grow_to(vs->timeline, &vs->tl_cap, vs->tl_len + 1, sizeof *vs->timeline);
+            if (!tl) {
+                fail(s, ENOMEM, "out of memory (timeline)");
+                return;
+            }
+            vs->timeline = tl;
+        }
+        vs->timeline[vs->tl_len++] = start;
+    }
     uint64_t lat = (uint64_t)(start - p->raised_at);
     s->hist[hist_index(lat)]++;
     s->lat_count++;
@@ -1131,8 +1145,10 @@ void xe_sim_free(struct xe_sim *s)
         for (uint32_t k = 0; k < s->ndoms; k++)
             free(s->doms[k].port_index);
     if (s->vcpus)
-        for (uint32_t k = 0; k < s->nvcpus; k++)
+        for (uint32_t k = 0; k < s->nvcpus; k++) {
             free(s->vcpus[k].dq);
+            free(s->vcpus[k].timeline);
+        }
     if (s->devs)
         for (uint32_t k = 0; k < s->ndevs; k++)
             free(s->devs[k].heap);
@@ -1360,6 +1376,23 @@ void xe_sim_totals(const struct xe_sim *s, uint64_t *out)
     out[XE_SIM_T_LAT_MAX] = s->lat_max;
     out[XE_SIM_T_ACTIONS] = s->actions;
     out[XE_SIM_T_QUEUED] = s->qlen;
+    out[XE_SIM_T_HV_SEQ] = s->hv_seq;
+}
+
+size_t xe_sim_poll_timers(const struct xe_sim *s, uint64_t *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < s->tlen && n < cap; k++) {
+        const struct timer *t = &s->tq[k];
+        if (s->vcpus[t->vidx].timer_seq != t->seq)
+            continue;
+        out[4 * n] = (uint64_t)t->deadline;
+        out[4 * n + 1] = t->domid;
+        out[4 * n + 2] = t->vcpu;
+        out[4 * n + 3] = t->seq;
+        n++;
+    }
+    return n;
 }
 
 int xe_sim_port_counts(const struct xe_sim *s, uint32_t i, uint64_t *out)
@@ -1397,6 +1430,25 @@ size_t xe_sim_hist(const struct xe_sim *s, uint64_t *out, size_t n)
     if (n > XE_SIM_HIST_BUCKETS)
         n = XE_SIM_HIST_BUCKETS;
     memcpy(out, s->hist, n * sizeof *out);
+    return n;
+}
+
+int xe_sim_record_timeline(struct xe_sim *s, int on)
+{
+    if (s->started)
+        return -EINVAL;
+    s->timeline = on != 0;
+    return 0;
+}
+
+size_t xe_sim_timeline(const struct xe_sim *s, uint32_t i, size_t from, int64_t *out, size_t n)
+{
+    if (i >= s->nvcpus || from >= s->vcpus[i].tl_len)
+        return 0;
+    size_t have = s->vcpus[i].tl_len - from;
+    if (n > have)
+        n = have;
+    memcpy(out, s->vcpus[i].timeline + from, n * sizeof *out);
     return n;
 }
 

@@ -59,7 +59,8 @@ enum {
     XE_SIM_T_LAT_MAX = 8,
     XE_SIM_T_ACTIONS = 9,
     XE_SIM_T_QUEUED = 10,
-    XE_SIM_T_WORDS = 11
+    XE_SIM_T_HV_SEQ = 11,      /* the hypervisor's poll-timer sequence number */
+    XE_SIM_T_WORDS = 12
 };
 
 /* A world of ndoms domains, nvcpus vCPUs, nports model ports, ndevs host devices and
@@ -109,6 +110,14 @@ int xe_sim_vcpu_counts(const struct xe_sim *s, uint32_t i, uint64_t *out);   /* 
 uint64_t xe_sim_dom_sent(const struct xe_sim *s, uint32_t i);
 uint64_t xe_sim_ring_completed(const struct xe_sim *s, uint32_t i);
 size_t xe_sim_hist(const struct xe_sim *s, uint64_t *out, size_t n);
+/* The armed poll timers (re-armed ones left out), four words each: deadline, domid,
+ * vCPU, sequence number; at most cap; returns how many. */
+size_t xe_sim_poll_timers(const struct xe_sim *s, uint64_t *out, size_t cap);
+/* Before xe_sim_start: keep every handler's start time per vCPU (memory grows with
+ * events; for plots). xe_sim_timeline copies vCPU i's times from index `from`, at most n;
+ * returns how many. */
+int xe_sim_record_timeline(struct xe_sim *s, int on);
+size_t xe_sim_timeline(const struct xe_sim *s, uint32_t i, size_t from, int64_t *out, size_t n);
 /* The data-path call that failed, as text, after a negative xe_sim_run. */
 const char *xe_sim_error(const struct xe_sim *s);
 

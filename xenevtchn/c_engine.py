@@ -15,6 +15,7 @@ before it starts rather than fall back to the Python engine behind the user's ba
 from __future__ import annotations
 
 import errno
+import heapq
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -34,8 +35,6 @@ def unsupported(sim: Simulation) -> str | None:
     """What of this simulation the C engine cannot run, in a few words, or None."""
     if sim.trace is not None:
         return "traces (--trace)"
-    if sim.record_timeline:
-        return "timelines (record_timeline / --plot)"
     hv = getattr(sim, "hv", None)
     if hv is None:  # not built yet: the rest is checked once it is
         return None
@@ -65,6 +64,8 @@ class CEngine:
         dev_index = {id(dev): i for i, dev in enumerate(devices)}
         ring_index = {id(r): i for i, r in enumerate(sim.rings)}
         dom_index = {d.domid: i for i, d in enumerate(sim.doms)}
+        if sim.hv._timers or sim.hv._seq:
+            raise AssertionError("poll timers were armed before the C engine took over")
         raw = lib.xe_sim_new(sim.sc.seed & (2**64 - 1), len(sim.doms), len(vcpus), len(ports),
                              len(devices), len(sim.rings))
         if raw == ffi.NULL:
@@ -108,6 +109,7 @@ class CEngine:
             _check(lib.xe_sim_set_ring(s, i, dev_index[id(ring.device)], dom_index[ring.guest.domid],
                                        vidx[(ring.gv.domid, ring.gv.id)], index[id(ring.front)],
                                        index[id(ring.back)]), f"ring {ring.name}")
+        _check(lib.xe_sim_record_timeline(s, int(sim.record_timeline)), "timeline")
         _check(lib.xe_sim_start(s), "start")
         self._totals = ffi.new("uint64_t[]", lib.XE_SIM_T_WORDS)
         self._four = ffi.new("uint64_t[4]")
@@ -161,12 +163,39 @@ class CEngine:
         for i, vs in enumerate(self.vcpus):
             lib.xe_sim_vcpu_counts(s, i, four)
             vs.upcalls, vs.kicks, vs.polls, vs.woken = (int(x) for x in four)
+        self._sync_poll_timers(int(out[lib.XE_SIM_T_HV_SEQ]))
+        if sim.record_timeline:
+            self._sync_timeline()
         for i, ring in enumerate(sim.rings):
             ring.completed = int(lib.xe_sim_ring_completed(s, i))
         n = lib.xe_sim_hist(s, self._hist, lib.XE_SIM_HIST_BUCKETS)
         counts = ffi.unpack(self._hist, n)
         sim.latency.load(((i, c) for i, c in enumerate(counts) if c), int(out[lib.XE_SIM_T_LAT_COUNT]),
                          int(out[lib.XE_SIM_T_LAT_SUM]), int(out[lib.XE_SIM_T_LAT_MAX]))
+
+
+    def _sync_poll_timers(self, hv_seq: int) -> None:
+        """The hypervisor's poll timers as C left them, so the Hypervisor object (its
+        snapshot, a later hv.advance) sees the vCPUs still blocked with a timeout."""
+        hv = self.sim.hv
+        cap = len(self.vcpus)
+        buf = ffi.new("uint64_t[]", 4 * cap)
+        n = lib.xe_sim_poll_timers(self._s, buf, cap)
+        raw = ffi.unpack(buf, 4 * n)
+        timers = [(raw[i], raw[i + 1], raw[i + 2], raw[i + 3]) for i in range(0, 4 * n, 4)]
+        heapq.heapify(timers)
+        hv._timers = timers
+        hv._timer_seq = {(domid, vcpu): seq for _, domid, vcpu, seq in timers}
+        hv._seq = hv_seq
+
+    def _sync_timeline(self) -> None:
+        """Append the handler times C recorded since the last sync to each vCPU's list."""
+        buf = ffi.new("int64_t[]", 1 << 14)
+        for i, vs in enumerate(self.vcpus):
+            if vs.delivered_at is None:
+                vs.delivered_at = []
+            while n := lib.xe_sim_timeline(self._s, i, len(vs.delivered_at), buf, 1 << 14):
+                vs.delivered_at += ffi.unpack(buf, n)
 
 
 def _check(rc: int, what: str) -> None:

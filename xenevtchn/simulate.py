@@ -46,7 +46,7 @@ from .simrng import SimRandom
 from .trace import XEN_PID, TraceRecorder
 
 ENGINES = ("c", "python")
-DEFAULT_ENGINE = "python"
+DEFAULT_ENGINE = "c"
 
 KINDS = ("interdomain", "virq", "ipi", "pirq")
 METRICS = ("sent", "delivered", "coalesced", "masked")
@@ -167,7 +167,7 @@ class Simulation:
     ``engine``: ``"c"`` runs the event loop in C (``csrc/sim_engine.c``), ``"python"``
     runs it here; both give the same counts for the same scenario and seed (their random
     numbers come from one generator, ``simrng.SimRandom``). What the C engine cannot run
-    (traces, timelines, hooks of your own) is refused with ``ScenarioError``.
+    (traces, FIFO guests, hooks of your own) is refused with ``ScenarioError``.
     """
 
     def __init__(self, scenario: Scenario, trace: TraceRecorder | None = None,
