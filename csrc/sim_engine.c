@@ -1425,11 +1425,14 @@ uint64_t xe_sim_ring_completed(const struct xe_sim *s, uint32_t i)
     return i < s->nrings ? s->rings[i].completed : 0;
 }
 
-size_t xe_sim_hist(const struct xe_sim *s, uint64_t *out, size_t n)
+size_t xe_sim_hist(const struct xe_sim *s, uint32_t *index, uint64_t *count, size_t cap)
 {
-    if (n > XE_SIM_HIST_BUCKETS)
-        n = XE_SIM_HIST_BUCKETS;
-    memcpy(out, s->hist, n * sizeof *out);
+    size_t n = 0;
+    for (uint32_t k = 0; k < XE_SIM_HIST_BUCKETS && n < cap; k++)
+        if (s->hist[k]) {
+            index[n] = k;
+            count[n++] = s->hist[k];
+        }
     return n;
 }
 

@@ -44,7 +44,7 @@ enum {
     XE_SIM_MORE = 1,           /* the action budget of this call ran out: call again */
     XE_SIM_UNTIL = 2,          /* stopped at until_ns */
 
-    /* Latency histogram: xe_sim_hist copies this many buckets (xenevtchn/latency.py). */
+    /* Latency histogram: buckets of xenevtchn/latency.py (values below 2**63 ns). */
     XE_SIM_HIST_BUCKETS = 55296,
 
     /* xe_sim_totals: indices of its output words. */
@@ -109,7 +109,9 @@ int xe_sim_vcpu_counts(const struct xe_sim *s, uint32_t i, uint64_t *out);   /* 
                                                   kicks, polls, woken */
 uint64_t xe_sim_dom_sent(const struct xe_sim *s, uint32_t i);
 uint64_t xe_sim_ring_completed(const struct xe_sim *s, uint32_t i);
-size_t xe_sim_hist(const struct xe_sim *s, uint64_t *out, size_t n);
+/* The latency histogram's buckets that were hit, ascending: bucket numbers (see
+ * xenevtchn/latency.py) and counts, at most cap; returns how many. */
+size_t xe_sim_hist(const struct xe_sim *s, uint32_t *index, uint64_t *count, size_t cap);
 /* The armed poll timers (re-armed ones left out), four words each: deadline, domid,
  * vCPU, sequence number; at most cap; returns how many. */
 size_t xe_sim_poll_timers(const struct xe_sim *s, uint64_t *out, size_t cap);

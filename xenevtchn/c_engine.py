@@ -114,6 +114,7 @@ class CEngine:
         self._totals = ffi.new("uint64_t[]", lib.XE_SIM_T_WORDS)
         self._four = ffi.new("uint64_t[4]")
         self._hist = ffi.new("uint64_t[]", lib.XE_SIM_HIST_BUCKETS)
+        self._hist_index = ffi.new("uint32_t[]", lib.XE_SIM_HIST_BUCKETS)
 
     def run(self, limit: int, until_ns: int | None,
             progress: Callable[[int, int], None] | None) -> None:
@@ -168,9 +169,9 @@ class CEngine:
             self._sync_timeline()
         for i, ring in enumerate(sim.rings):
             ring.completed = int(lib.xe_sim_ring_completed(s, i))
-        n = lib.xe_sim_hist(s, self._hist, lib.XE_SIM_HIST_BUCKETS)
-        counts = ffi.unpack(self._hist, n)
-        sim.latency.load(((i, c) for i, c in enumerate(counts) if c), int(out[lib.XE_SIM_T_LAT_COUNT]),
+        n = lib.xe_sim_hist(s, self._hist_index, self._hist, lib.XE_SIM_HIST_BUCKETS)
+        sim.latency.load(zip(ffi.unpack(self._hist_index, n), ffi.unpack(self._hist, n)),
+                         int(out[lib.XE_SIM_T_LAT_COUNT]),
                          int(out[lib.XE_SIM_T_LAT_SUM]), int(out[lib.XE_SIM_T_LAT_MAX]))
 
 
