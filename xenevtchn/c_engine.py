@@ -131,7 +131,8 @@ class CEngine:
                 if rc != lib.XE_SIM_MORE:
                     break
                 if progress is not None:
-                    self.sync()
+                    lib.xe_sim_totals(s, self._totals)
+                    sim.sent = int(self._totals[lib.XE_SIM_T_SENT])
                     progress(sim.sent, limit)
         finally:  # also on Ctrl-C: the counters say what was done
             sim.wall += time.perf_counter() - start

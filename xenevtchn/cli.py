@@ -234,8 +234,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                          record_timeline=plot_file is not None, engine=engine)
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         bar = Progress(sys.stderr) if show and not args.quiet else None
+        interrupted = False
         try:
             sim.run(progress=bar)
+        except KeyboardInterrupt:  # Ctrl-C: report what was done
+            interrupted = True
         finally:
             if bar is not None:
                 bar.close()
@@ -245,6 +248,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print()
         else:
             print(format_summary(summary))
+        if interrupted:
+            print(f"xenevtchn simulate: interrupted after {sim.sent:,} of {sim.limit:,} events "
+                  "(the summary above is of those)", file=sys.stderr)
+            return 130
         if trace_file is not None:
             assert sim.trace is not None
             sim.trace.write(trace_file)
