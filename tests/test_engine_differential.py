@@ -1,7 +1,7 @@
 """The C scenario engine against the Python one: same scenario and seed, same run.
 
 ``Simulation(sc, engine="c")`` runs the event loop of ``simulate.py`` in C
-(``csrc/sim_engine.c``). Both engines draw from one generator (``simrng``) at the same
+(``csrc/engine/sim_engine.c``). Both engines draw from one generator (``simrng``) at the same
 points, so every count, every latency bucket and the final state of every port must be
 the same; the only fields allowed to differ are wall-clock ones. Any difference is a bug
 in one of the engines.

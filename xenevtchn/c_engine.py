@@ -1,4 +1,4 @@
-"""The C scenario engine (``csrc/sim_engine.c``) behind ``Simulation(..., engine="c")``.
+"""The C scenario engine (``csrc/engine/sim_engine.c``) behind ``Simulation(..., engine="c")``.
 
 ``Simulation`` builds the world through the control plane as it does for the Python
 engine; ``CEngine`` then hands C the model's tables (domains, vCPUs, ports, host devices,

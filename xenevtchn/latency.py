@@ -3,7 +3,7 @@
 Memory stays flat however many events a run has. Values are integer nanoseconds >= 0.
 Every value below 2048 has its own bucket; above that, each power of two [2**k, 2**(k+1))
 is split into 1024 equal buckets, so a bucket is narrower than 1/1024 of its values
-(three significant digits). ``index()`` is ``csrc/sim_engine.c``'s ``hist_index``.
+(three significant digits). ``index()`` is ``csrc/engine/sim_engine.c``'s ``hist_index``.
 
 Percentiles are read HdrHistogram's way: the highest value of the bucket that holds the
 sample of 0-based rank ``min(n - 1, int(q * n))`` (never more than the exact maximum).

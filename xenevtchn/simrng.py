@@ -1,6 +1,6 @@
 """The random numbers of ``xenevtchn simulate``: one generator, the same in Python and C.
 
-Both scenario engines (``simulate.py`` in Python, ``csrc/sim_engine.c`` in C) draw from
+Both scenario engines (``simulate.py`` in Python, ``csrc/engine/sim_engine.c`` in C) draw from
 xoshiro256** (Blackman and Vigna) seeded through splitmix64, with the same conversions,
 so a scenario and a seed give the same run, to the last count, on either engine:
 

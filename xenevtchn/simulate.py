@@ -164,7 +164,7 @@ class Simulation:
 
     ``trace``: a ``TraceRecorder`` to fill (``None``: no tracing, no cost).
     ``record_timeline``: keep each vCPU's handler times (for ``--plot``).
-    ``engine``: ``"c"`` runs the event loop in C (``csrc/sim_engine.c``), ``"python"``
+    ``engine``: ``"c"`` runs the event loop in C (``csrc/engine/sim_engine.c``), ``"python"``
     runs it here; both give the same counts for the same scenario and seed (their random
     numbers come from one generator, ``simrng.SimRandom``). What the C engine cannot run
     (traces, FIFO guests, hooks of your own) is refused with ``ScenarioError``.

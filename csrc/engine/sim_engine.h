@@ -1,5 +1,5 @@
 /*
- * The scenario engine of `xenevtchn simulate` in C (csrc/sim_engine.c).
+ * The scenario engine of `xenevtchn simulate` in C (csrc/engine/sim_engine.c).
  *
  * Python builds the world through the control plane (domains, channels, bindings, the
  * guests' boot), then describes it here: one call per domain, vCPU, port, host device and
