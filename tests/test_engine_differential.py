@@ -207,3 +207,59 @@ def test_interrupted_c_run_reports_what_it_did():
     ref = Simulation(default_scenario(events=t["sent"] + 5_000, seed=4), engine="c")
     ref.run()
     assert comparable(sim) == comparable(ref)
+
+
+# ---- the C API refuses what does not describe a world ------------------------------------
+
+def test_the_c_api_refuses_bad_tables_without_crashing():
+    from xenevtchn._native import ffi, lib
+
+    assert lib.xe_sim_new(1, 0, 1, 1, 0, 0) == ffi.NULL            # no domain
+    assert lib.xe_sim_new(1, 1, 33, 1, 0, 0) == ffi.NULL           # more vCPUs than 32 per domain
+    sim = Simulation(default_scenario(guests=1, vcpus=1, events=10), engine="python")
+    d0, d1 = sim.doms
+    s = ffi.gc(lib.xe_sim_new(1, 2, 3, 8, 1, 1), lib.xe_sim_free)
+    assert lib.xe_sim_run(s, 10, -1, 100) == -22                   # not started
+    assert lib.xe_sim_start(s) == -22                              # no rates, no domains
+    assert lib.xe_sim_set_rates(s, 0, 0.5, 0.5) == -22
+    assert lib.xe_sim_set_rates(s, 1000, 1.5, 0.5) == -22
+    assert lib.xe_sim_set_rates(s, 1000, float("nan"), 0.5) == -22
+    assert lib.xe_sim_set_rates(s, 1000, 0.5, 0.5) == 0
+    assert lib.xe_sim_set_domain(s, 2, d0._c, 0, 0) == -22          # index out of range
+    assert lib.xe_sim_set_domain(s, 0, ffi.NULL, 0, 0) == -22
+    assert lib.xe_sim_set_domain(s, 0, d0._c, 7, 0) == -22          # no such kernel
+    assert lib.xe_sim_set_domain(s, 0, d0._c, 0, 2) == -22          # its 2 vCPUs past the table
+    assert lib.xe_sim_set_domain(s, 0, d0._c, 0, 0) == 0
+    assert lib.xe_sim_set_domain(s, 1, d0._c, 0, 2) == -22          # the same domain twice
+    assert lib.xe_sim_set_domain(s, 1, d1._c, 0, 2) == 0
+    scan = d0.guest._scans[0]
+    assert lib.xe_sim_set_vcpu(s, 1, 0, 0, scan, 0, 1, 2) == -22    # vCPU 0 of dom 0 is entry 0
+    assert lib.xe_sim_set_vcpu(s, 0, 0, 0, ffi.NULL, 0, 1, 2) == -22
+    assert lib.xe_sim_set_vcpu(s, 0, 0, 0, scan, 0, 1, 99) == -22   # no such port entry
+    assert lib.xe_sim_set_port(s, 0, 0, 0, 0, 0, 0) == -22          # port 0 is never bound
+    assert lib.xe_sim_set_port(s, 0, 0, 5000, 0, 0, 0) == -22       # past the ABI's ports
+    assert lib.xe_sim_set_port(s, 0, 0, 5, 9, 0, 0) == -22          # no such kind
+    assert lib.xe_sim_set_port(s, 0, 0, 5, 0, 2, 7) == -22          # no such ring
+    assert lib.xe_sim_set_device(s, 0, 0, 0.0, 1.0, 1.0, 2.0, 1, 0) == -22   # zero service time
+    assert lib.xe_sim_set_device(s, 0, 0, 2.0, 1.0, 1.0, 2.0, 1, 0) == -22   # low > high
+    assert lib.xe_sim_set_device(s, 0, 0, 1.0, 2.0, 1.0, 2.0, 0, 0) == -22   # depth 0
+    assert lib.xe_sim_set_ring(s, 0, 3, 1, 2, 0, 1) == -22          # no such device
+    assert lib.xe_sim_start(s) == -22                               # vCPUs and ports not described
+    out = ffi.new("uint64_t[4]")
+    assert lib.xe_sim_port_counts(s, 8, out) == -22 and lib.xe_sim_vcpu_counts(s, 3, out) == -22
+
+
+def test_the_c_engine_keeps_its_memory_flat_in_events():
+    """The action queue and the histogram do not grow with the events sent."""
+    from xenevtchn._native import ffi, lib
+
+    sim = Simulation(default_scenario(events=400_000, seed=2), engine="c")
+    totals = ffi.new("uint64_t[]", lib.XE_SIM_T_WORDS)
+    sizes = []
+    for n in (20_000, 100_000, 400_000):
+        sim.run(events=n)
+        lib.xe_sim_totals(sim._engine._s, totals)
+        sizes.append((int(totals[lib.XE_SIM_T_QUEUED]), len(sim.latency.counts)))
+    assert sim.sent == 400_000
+    assert sizes[2][0] <= 2 * sizes[0][0] + 64      # queued actions: the model's, not the run's
+    assert sizes[2][1] <= 2 * sizes[0][1] + 256     # histogram buckets hit: the value range's
