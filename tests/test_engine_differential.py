@@ -140,6 +140,15 @@ def test_runs_in_pieces_and_until_ns():
     assert_same(py, c)
 
 
+@pytest.mark.parametrize("engine", ["python", "c"])
+@pytest.mark.parametrize("events", [-1, 2.5, "10", True])
+def test_run_refuses_a_bad_event_count_on_both_engines(engine, events):
+    sim = Simulation(default_scenario(events=100), engine=engine)
+    with pytest.raises(ValueError, match="events must be a non-negative int"):
+        sim.run(events=events)
+    assert sim.sent == 0
+
+
 def test_one_event_and_zero_more():
     sc = default_scenario(events=1, seed=3)
     py, c = both(sc, runs=((None, None), (1, None), (0, None)))

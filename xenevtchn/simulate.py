@@ -22,6 +22,12 @@ What runs (see ``scenario.py`` for the knobs):
   ``d.guest.do_upcall`` on that vCPU after an interrupt-delivery latency; a vCPU runs one
   upcall at a time, and handlers cost simulated time.
 
+Two engines run this model: the Python one below (``engine="python"``, the readable
+reference) and ``csrc/engine/sim_engine.c`` (``engine="c"``, the default; see
+``c_engine.py``), which makes the same data-path calls, random draws (``simrng``) and
+queue insertions in the same order, so both give the same summary for a scenario and
+seed. Latencies go into a log-linear histogram (``latency``), flat in events.
+
 Counting (all from the library): *sent* is every send, VIRQ and PIRQ raised; before each,
 the target port's pending and mask bits are read: *coalesced* if it was already pending,
 else *masked* if it was masked. *delivered* is a handler call from ``do_upcall``,
@@ -348,6 +354,8 @@ class Simulation:
         (``hv.now`` is then ``until_ns``). May be called again with a larger total or a
         later time to go on. ``progress(sent, total)`` is called now and then.
         """
+        if events is not None and (isinstance(events, bool) or not isinstance(events, int) or events < 0):
+            raise ValueError(f"events must be a non-negative int, not {events!r}")
         self.limit = self.sc.events if events is None else events
         if until_ns is not None and (not isinstance(until_ns, int) or until_ns < 0):
             raise ValueError(f"until_ns must be a non-negative int, not {until_ns!r}")
