@@ -25,12 +25,13 @@ HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 # Every header the cdef is made of; the generated source includes each of them too, so
 # nothing it calls is undeclared (an error under GCC 14 and clang 16+).
-CDEF_HEADERS = ("xen_abi.h", "xenevtchn.h", "python/fast_upcall.h")
+CDEF_HEADERS = ("xen_abi.h", "xenevtchn.h", "python/fast_upcall.h", "engine/sim_engine.h")
 # Every C file except the standalone examples/tests is part of the module: the core
-# (csrc/*.c, also csrc/libxenevtchn.a) and the one file written against CPython's API
-# (csrc/python/*.c, the builtin do_upcall).
-SOURCES = sorted([*CSRC.glob("*.c"), *CSRC.glob("python/*.c")])
-HEADERS = sorted([*CSRC.glob("*.h"), *CSRC.glob("python/*.h")])
+# (csrc/*.c, also csrc/libxenevtchn.a), the one file written against CPython's API
+# (csrc/python/*.c, the builtin do_upcall) and the scenario engine (csrc/engine/*.c, which
+# needs libm; C programs that link the core alone do not).
+SOURCES = sorted([*CSRC.glob("*.c"), *CSRC.glob("python/*.c"), *CSRC.glob("engine/*.c")])
+HEADERS = sorted([*CSRC.glob("*.h"), *CSRC.glob("python/*.h"), *CSRC.glob("engine/*.h")])
 SANITIZE_ENV = "XENEVTCHN_SANITIZE"
 SANITIZERS = {"address", "undefined", "leak", "thread"}
 
@@ -93,6 +94,7 @@ def make_builder():
         extra_compile_args=["-std=c11", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra",
                             "-Wno-unused-parameter", *sanitize_flags()],
         extra_link_args=sanitize_flags(),
+        libraries=["m"],  # the C scenario engine's log()
     )
     return ffibuilder
 

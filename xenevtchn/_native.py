@@ -36,8 +36,8 @@ def _source_build_id() -> str | None:
     if not (csrc.is_dir() and builder.is_file()):
         return None
     h = hashlib.sha256()
-    files = [*csrc.glob("*.c"), *csrc.glob("python/*.c"), *csrc.glob("*.h"),
-             *csrc.glob("python/*.h"), builder]
+    files = [*csrc.glob("*.c"), *csrc.glob("python/*.c"), *csrc.glob("engine/*.c"), *csrc.glob("*.h"),
+             *csrc.glob("python/*.h"), *csrc.glob("engine/*.h"), builder]
     for path in sorted(files):
         h.update(path.name.encode())
         h.update(path.read_bytes())

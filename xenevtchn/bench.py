@@ -35,6 +35,9 @@ What a row measures
 * Threads: two domains, each fed by its own thread with long ``send_many`` batches, against
   one thread doing both; the "(info) 2 C threads vs 1" row runs the C floor loop the same
   way with pthreads, to show what the machine itself gives two threads at that moment.
+* ``simulate: C engine vs Python engine``: the default scenario (``ENGINE_EVENTS`` events)
+  run from a fresh ``Simulation`` by each engine; the target is the C engine at 40x the
+  Python engine's events per second or more.
 * Times are the minimum over rounds of (round time / events in the round); the garbage
   collector is off while timing.
 """
@@ -553,6 +556,35 @@ def _python_call_row(xe: Any, floors: Any) -> Built:
             _floor_call(floors, n, loop=_loop_last))
 
 
+ENGINE_EVENTS = 20_000
+
+
+def _engine_row(xe: Any, floors: Any) -> Built:
+    """``xenevtchn simulate``'s default scenario run by the C engine, against the same run
+    by the Python engine (a fresh Simulation per round, built untimed; per sent event)."""
+    from .scenario import default_scenario
+    from .simulate import Simulation
+
+    sc = default_scenario(events=ENGINE_EVENTS)
+
+    def side(engine: str) -> Case:
+        box: dict[str, Any] = {}
+
+        def setup() -> None:
+            box["sim"] = Simulation(sc, engine=engine)
+
+        def run() -> Any:
+            box["sim"].run()
+            return box["sim"]
+
+        def check(sim: Any) -> None:
+            assert sim.sent == ENGINE_EVENTS, sim.sent
+
+        return Case(run, ENGINE_EVENTS, setup, check)
+
+    return ("simulate, default scenario, engine='c', per event", side("c"), side("python"))
+
+
 _CFFI = "bare cffi call"
 _FETCH_OR = "C atomic_fetch_or loop"
 # ci=True: the worst of three full runs on the 2-core development machine at load average 6
@@ -596,6 +628,8 @@ _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
     (Spec("(info) 2 C threads vs 1", "the same on 1 thread", None, rounds=90),
      _machine_threads_row),
     (Spec("(info) pure-Python call", _CFFI, None, rounds=300), _python_call_row),
+    (Spec("simulate: C engine vs Python engine", "engine='python'", 40.0, "speedup", rounds=5),
+     _engine_row),
 ]
 ROWS: dict[str, Spec] = {spec.name: spec for spec, _ in _SPECS}
 _FACTORIES = {spec.name: factory for spec, factory in _SPECS}

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="a progress bar on stderr (default: only when stderr is a terminal)")
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes on stderr")
+    sim.add_argument("--engine", choices=("c", "python"), default=None,
+                     help="run the event loop in C (default; tens of times faster) or in Python "
+                          "(the readable reference; the default with --trace, which only it records). "
+                          "Both give the same summary for the same scenario and seed")
 
     lst = sub.add_parser(
         "list", help="print every domain's port table at a point of a scenario",
@@ -180,7 +184,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"xenevtchn simulate: {sc['domains']} domains (dom0 + {sc['guests']} guests), {sc['vcpus']} vCPUs, "
         f"{sc['channels']} channels; scenario {sc['source']}, seed {sc['seed']}",
         f"{t['sent']:,} events in {s['sim_time_us'] / 1000:,.3f} ms of simulated time; "
-        f"{s['wall_s']:.2f} s wall, {s['events_per_s']:,} events/s",
+        f"{s['wall_s']:.2f} s wall, {s['events_per_s']:,} events/s ({s.get('engine', 'python')} engine)",
         "",
         f"{'':<22}{'sent':>10}{'delivered':>11}{'coalesced':>11}{'masked':>9}",
     ]
@@ -201,7 +205,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"upcalls {t['upcalls']:,}, kicks {t['kicks']:,}; polls {t['polls']:,}, woken {t['polls_woken']:,}, "
         f"kicks taken by poll waiters {t['consumed_by_poll']:,}; still pending at the end {t['pending_at_end']:,}",
         f"raise -> handled latency (simulated): mean {lat['mean']:.2f} us, p50 {lat['p50']:.2f} us, "
-        f"p99 {lat['p99']:.2f} us, max {lat['max']:.2f} us; "
+        f"p90 {lat['p90']:.2f} us, p99 {lat['p99']:.2f} us, p99.9 {lat['p99.9']:.2f} us, "
+        f"max {lat['max']:.2f} us; "
         f"{req['completed']:,} I/O requests, mean round trip {req['mean_us']:.1f} us",
     ]
     return "\n".join(lines)
@@ -237,15 +242,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         except (ImportError, ValueError) as exc:
             raise UsageError(str(exc)) from None
     to_stdout = args.trace == "-"
-    trace_out = _open_out(args.trace, "trace file") if args.trace not in (None, "-") else None
+    tracing = args.trace is not None
+    engine = args.engine
+    if engine is None:
+        engine = "python" if tracing else "c"
+        if tracing and not args.quiet:
+            print("note: --trace runs the Python engine (the C engine does not record traces)",
+                  file=sys.stderr)
+    trace_out = _open_out(args.trace, "trace file") if tracing and not to_stdout else None
     plot_out = _open_out(args.plot, "plot file", "wb") if args.plot is not None else None
     try:
-        sim = Simulation(sc, trace=TraceRecorder() if args.trace is not None else None,
-                         record_timeline=plot_out is not None)
+        sim = Simulation(sc, trace=TraceRecorder() if tracing else None,
+                         record_timeline=plot_out is not None, engine=engine)
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         bar = Progress(sys.stderr) if show and not args.quiet else None
+        interrupted = False
         try:
             sim.run(progress=bar)
+        except KeyboardInterrupt:  # Ctrl-C: report what was done
+            interrupted = True
         finally:
             if bar is not None:
                 bar.close()
@@ -256,7 +271,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(file=report)
         else:
             print(format_summary(summary), file=report)
-        if args.trace is not None:
+        if interrupted:
+            print(f"xenevtchn simulate: interrupted after {sim.sent:,} of {sim.limit:,} events "
+                  "(the summary above is of those)", file=sys.stderr)
+            return 130
+        if tracing:
             assert sim.trace is not None
             if trace_out is None:
                 sim.trace.write(sys.stdout)

@@ -22,6 +22,12 @@ What runs (see ``scenario.py`` for the knobs):
   ``d.guest.do_upcall`` on that vCPU after an interrupt-delivery latency; a vCPU runs one
   upcall at a time, and handlers cost simulated time.
 
+Two engines run this model: the Python one below (``engine="python"``, the readable
+reference) and ``csrc/engine/sim_engine.c`` (``engine="c"``, the default; see
+``c_engine.py``), which makes the same data-path calls, random draws (``simrng``) and
+queue insertions in the same order, so both give the same summary for a scenario and
+seed. Latencies go into a log-linear histogram (``latency``), flat in events.
+
 Counting (all from the library): *sent* is every send, VIRQ and PIRQ raised; before each,
 the target port's pending and mask bits are read: *coalesced* if it was already pending,
 else *masked* if it was masked. *delivered* is a handler call from ``do_upcall``,
@@ -33,7 +39,6 @@ else *masked* if it was masked. *delivered* is a handler call from ``do_upcall``
 from __future__ import annotations
 
 import heapq
-import random
 import time
 from collections import deque
 from typing import Any, Callable
@@ -41,8 +46,13 @@ from typing import Any, Callable
 from .hypervisor import Hypervisor
 from .constants import VIRQ_TIMER
 from .domain import Domain, Vcpu
-from .scenario import DeviceSpec, GuestSpec, Scenario
+from .latency import LatencyHistogram
+from .scenario import DeviceSpec, GuestSpec, Scenario, ScenarioError
+from .simrng import SimRandom
 from .trace import XEN_PID, TraceRecorder
+
+ENGINES = ("c", "python")
+DEFAULT_ENGINE = "c"
 
 KINDS = ("interdomain", "virq", "ipi", "pirq")
 METRICS = ("sent", "delivered", "coalesced", "masked")
@@ -160,13 +170,25 @@ class Simulation:
 
     ``trace``: a ``TraceRecorder`` to fill (``None``: no tracing, no cost).
     ``record_timeline``: keep each vCPU's handler times (for ``--plot``).
+    ``engine``: ``"c"`` runs the event loop in C (``csrc/engine/sim_engine.c``), ``"python"``
+    runs it here; both give the same counts for the same scenario and seed (their random
+    numbers come from one generator, ``simrng.SimRandom``). What the C engine cannot run
+    (traces, FIFO guests, hooks of your own) is refused with ``ScenarioError``.
     """
 
     def __init__(self, scenario: Scenario, trace: TraceRecorder | None = None,
-                 record_timeline: bool = False) -> None:
+                 record_timeline: bool = False, engine: str = DEFAULT_ENGINE) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         self.sc = scenario
-        self.rng = random.Random(scenario.seed)
+        self.engine = engine
+        self.rng = SimRandom(scenario.seed)
         self.trace = trace
+        self.record_timeline = record_timeline
+        self._port_owner: dict[int, tuple[str, Any]] = {}  # id(_Port) -> what its handler serves
+        self._engine: Any = None
+        if engine == "c":
+            self._refuse_for_c()
         self.hv = Hypervisor()
         self.queue: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = 0
@@ -177,7 +199,7 @@ class Simulation:
         self.dom_tally: dict[int, _Tally] = {}
         self.dom_sent: dict[int, int] = {}
         self.consumed_by_poll = 0
-        self.latencies: list[int] = []
+        self.latency = LatencyHistogram()  # raise -> handled, ns (flat in events)
         self.requests_done = 0
         self.request_ns = 0
         self.ports: dict[int, dict[int, _Port]] = {}
@@ -188,6 +210,18 @@ class Simulation:
         self.devices: dict[str, _Device] = {}
         self.wall = 0.0
         self._build(record_timeline)
+        if engine == "c":
+            from .c_engine import CEngine
+
+            self._refuse_for_c()  # the world as built (e.g. its guests' ABI)
+            self._engine = CEngine(self)
+
+    def _refuse_for_c(self) -> None:
+        from .c_engine import unsupported
+
+        what = unsupported(self)
+        if what is not None:
+            raise ScenarioError(f"the C engine cannot run {what}; use engine='python' (--engine python)")
 
     # ---- set-up ------------------------------------------------------------------------
 
@@ -206,6 +240,7 @@ class Simulation:
             port = dom0.bind_pirq(dspec.pirq)
             dev.port = self._register(dom0, port, "pirq", f"pirq {dspec.pirq} ({name} host device)",
                                       lambda v, p, dev=dev: self._on_device_irq(v, dev))  # type: ignore[misc]
+            self._port_owner[id(dev.port)] = ("device", dev)
             self.devices[name] = dev
         # Split drivers: the frontend offers a port, dom0's backend binds it.
         nback = 0
@@ -227,6 +262,8 @@ class Simulation:
                                             lambda v, p, r=ring: self._on_front(v, r))  # type: ignore[misc]
                 ring.back = self._register(dom0, back, "interdomain", f"{dname}back d{d.domid}:{front}",
                                            lambda v, p, r=ring: self._on_back(v, r))  # type: ignore[misc]
+                self._port_owner[id(ring.front)] = ("front", ring)
+                self._port_owner[id(ring.back)] = ("back", ring)
                 self.rings.append(ring)
         # Per vCPU: VIRQ_TIMER, a reschedule IPI and a spinlock-kicker IPI (masked, polled).
         for d in self.doms:
@@ -247,14 +284,17 @@ class Simulation:
                 d.guest.do_upcall(v.id)
         hv.on_kick = self._on_kick
         hv.on_wake = self._on_wake
-        # First actions: timer ticks staggered over a period, and each frontend's requests.
-        period = 10**9 // self.sc.timer_hz
         for i, vs in enumerate(self.vcpus.values()):
             vs.timer_tid = 100 + i
-            self._at(self.rng.randrange(period), self._tick, vs, period)
-        for ring in self.rings:
-            for _ in range(ring.device.spec.depth):
-                self._at(self._us(ring.device.spec.think_us), self._run_on, ring.gv, self._issue, ring)
+        if self.engine == "python":
+            # First actions: timer ticks staggered over a period, and each frontend's
+            # requests (the C engine queues its own, with the same draws in this order).
+            period = 10**9 // self.sc.timer_hz
+            for vs in self.vcpus.values():
+                self._at(self.rng.randrange(period), self._tick, vs, period)
+            for ring in self.rings:
+                for _ in range(ring.device.spec.depth):
+                    self._at(self._us(ring.device.spec.think_us), self._run_on, ring.gv, self._issue, ring)
         if self.trace is not None:
             self._trace_metadata()
 
@@ -314,9 +354,17 @@ class Simulation:
         (``hv.now`` is then ``until_ns``). May be called again with a larger total or a
         later time to go on. ``progress(sent, total)`` is called now and then.
         """
+        if events is not None and (isinstance(events, bool) or not isinstance(events, int) or events < 0):
+            raise ValueError(f"events must be a non-negative int, not {events!r}")
         self.limit = self.sc.events if events is None else events
         if until_ns is not None and (not isinstance(until_ns, int) or until_ns < 0):
             raise ValueError(f"until_ns must be a non-negative int, not {until_ns!r}")
+        if self._engine is not None:
+            self._refuse_for_c()  # e.g. a listener added since the build
+            self._engine.run(self.limit, until_ns, progress)
+            if progress is not None:
+                progress(self.sent, self.limit)
+            return
         hv, q, pop = self.hv, self.queue, heapq.heappop
         start = time.perf_counter()
         n = 0
@@ -449,7 +497,7 @@ class Simulation:
         self.dom_tally[p.domid].delivered += 1
         p.tally.delivered += 1
         assert start >= p.raised_at, (start, p.raised_at, p.label)
-        self.latencies.append(start - p.raised_at)
+        self.latency.record(start - p.raised_at)
         if vs.delivered_at is not None:
             vs.delivered_at.append(start)
         p.on_event(vs, p)
@@ -668,11 +716,6 @@ class Simulation:
             row.update(upcalls=sum(v.upcalls for v in mine), kicks=sum(v.kicks for v in mine),
                        polls_woken=sum(v.woken for v in mine))
             by_domain.append(row)
-        lat = sorted(self.latencies)
-
-        def pct(q: float) -> float:
-            return round(lat[min(len(lat) - 1, int(q * len(lat)))] / 1000, 3) if lat else 0.0
-
         sc = self.sc
         return {
             "scenario": {
@@ -683,12 +726,12 @@ class Simulation:
             "totals": totals,
             "by_kind": {k: t.as_dict() for k, t in self.kind.items()},
             "by_domain": by_domain,
-            "latency_us": {"count": len(lat), "mean": round(sum(lat) / len(lat) / 1000, 3) if lat else 0.0,
-                           "p50": pct(0.5), "p99": pct(0.99), "max": round(lat[-1] / 1000, 3) if lat else 0.0},
+            "latency_us": self.latency.summary_us(),
             "requests": {"completed": self.requests_done,
                          "mean_us": round(self.request_ns / self.requests_done / 1000, 3)
                          if self.requests_done else 0.0},
             "sim_time_us": round(self.hv.now / 1000, 3),
+            "engine": self.engine,
             "wall_s": round(self.wall, 4),
             "events_per_s": round(self.sent / self.wall) if self.wall > 0 else 0,
         }
