@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -146,13 +147,21 @@ def _records(points: list[Point], results: Mapping[int, tuple[Any, str | None]])
 
 def _run_pool(points: list[Point], options: Mapping[str, Any], workers: int,
               done: Callable[[int, Any, str | None], None]) -> None:
-    # forkserver: workers start from a clean process, not a fork of a threaded parent.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["xenevtchn.sweeps"])
+    ctx = _context()
     broken = _pool_pass(points, options, workers, ctx, done)
     for p in broken:  # a worker died under them: run each alone, so only the culprit fails
         if _pool_pass([p], options, 1, ctx, done):
             done(p.index, None, "the worker process running this point died")
+
+
+def _context() -> Any:
+    """fork when this process has one thread (fast, and a script needs no ``__main__`` guard);
+    else forkserver, since a fork copies locks that other threads may be holding."""
+    if threading.active_count() == 1 or "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["xenevtchn.sweeps"])
+    return ctx
 
 
 def _pool_pass(points: list[Point], options: Mapping[str, Any], workers: int, ctx: Any,
@@ -192,14 +201,16 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
 
 def _run_dask(points: list[Point], options: Mapping[str, Any], client: Any,
               done: Callable[[int, Any, str | None], None]) -> None:
-    from distributed import as_completed
+    import distributed
+
+    as_completed: Any = distributed.as_completed
 
     tag = uuid.uuid4().hex[:12]
     futures = [client.submit(_task, p.index, p.scenario, dict(options), key=f"xenevtchn-sweep-{tag}-{p.index}",
                              pure=False) for p in points]
     by_key = {f.key: p for f, p in zip(futures, points)}
     try:
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             p = by_key[fut.key]
             try:
                 done(*fut.result())
@@ -321,20 +332,23 @@ def write_records(path: str, records: list[dict[str, Any]]) -> None:
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
     try:
-        with os.fdopen(fd, "w" if fmt != ".parquet" else "wb",
-                       **({"encoding": "utf-8", "newline": ""} if fmt != ".parquet" else {})) as f:
-            if fmt == ".jsonl":
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
-            elif fmt == ".csv":
-                w = csv.DictWriter(f, fieldnames=columns(records), restval="", lineterminator="\n")
-                w.writeheader()
-                for row in flat_rows(records):
-                    w.writerow({k: "" if v is None else v for k, v in row.items()})
-            else:
-                _frame(_pandas(), records).to_parquet(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
+        if fmt == ".parquet":
+            with os.fdopen(fd, "wb") as b:
+                _frame(_pandas(), records).to_parquet(b, index=False)
+                b.flush()
+                os.fsync(b.fileno())
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                if fmt == ".jsonl":
+                    for r in records:
+                        f.write(json.dumps(r) + "\n")
+                else:
+                    w = csv.DictWriter(f, fieldnames=columns(records), restval="", lineterminator="\n")
+                    w.writeheader()
+                    for row in flat_rows(records):
+                        w.writerow({k: "" if v is None else v for k, v in row.items()})
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
