@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import itertools
 import json
 import multiprocessing
 import os
@@ -169,9 +170,16 @@ def _pool_pass(points: list[Point], options: Mapping[str, Any], workers: int, ct
     broken: list[Point] = []
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_quiet_worker)
     clean = False
+    todo = iter(points)
+    window = 4 * workers  # runs queued at once: a million-point grid is not a million futures
+
+    def submit_more() -> None:
+        for p in itertools.islice(todo, window - len(pending)):
+            pending[pool.submit(_task, p.index, p.scenario, options)] = p
+
+    pending: dict[Future[Any], Point] = {}
     try:
-        pending: dict[Future[Any], Point] = {pool.submit(_task, p.index, p.scenario, options): p
-                                             for p in points}
+        submit_more()
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -182,6 +190,7 @@ def _pool_pass(points: list[Point], options: Mapping[str, Any], workers: int, ct
                     broken.append(p)
                 except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
                     done(p.index, None, _error_text(exc))
+            submit_more()
         clean = True
     finally:
         if not clean:  # Ctrl-C or a failure of ours: stop the runs still going
@@ -206,19 +215,34 @@ def _run_dask(points: list[Point], options: Mapping[str, Any], client: Any,
     as_completed: Any = distributed.as_completed
 
     tag = uuid.uuid4().hex[:12]
-    futures = [client.submit(_task, p.index, p.scenario, dict(options), key=f"xenevtchn-sweep-{tag}-{p.index}",
-                             pure=False) for p in points]
-    by_key = {f.key: p for f, p in zip(futures, points)}
+    todo = iter(points)
+    window = max(64, 4 * sum(client.nthreads().values()))  # tasks the scheduler holds at once
+    by_key: dict[str, Point] = {}
+    live: dict[str, Any] = {}
+
+    def submit(p: Point) -> Any:
+        fut = client.submit(_task, p.index, p.scenario, dict(options), key=f"xenevtchn-sweep-{tag}-{p.index}",
+                            pure=False)
+        by_key[fut.key] = p
+        live[fut.key] = fut
+        return fut
+
     try:
-        for fut in as_completed(futures, loop=client.loop):
-            p = by_key[fut.key]
+        ac = as_completed([submit(p) for p in itertools.islice(todo, window)], loop=client.loop)
+        for fut in ac:
+            p = by_key.pop(fut.key)
+            live.pop(fut.key, None)
             try:
                 done(*fut.result())
             except Exception as exc:  # noqa: BLE001 - e.g. the worker died (KilledWorker)
                 done(p.index, None, _error_text(exc))
             fut.release()
+            nxt = next(todo, None)
+            if nxt is not None:
+                ac.add(submit(nxt))
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        if live:
+            client.cancel(list(live.values()))
 
 
 # ---- the Python API -------------------------------------------------------------------------
