@@ -21,21 +21,19 @@ import csv
 import inspect
 import itertools
 import json
-import multiprocessing
 import os
 import signal
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .grid import GridError, Point, expand
 from .scenario import Scenario, default_scenario
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
 
 ENGINES = ("c", "python")
 FORMATS = (".csv", ".jsonl", ".parquet")
@@ -158,6 +156,8 @@ def _run_pool(points: list[Point], options: Mapping[str, Any], workers: int,
 def _context() -> Any:
     """fork when this process has one thread (fast, and a script needs no ``__main__`` guard);
     else forkserver, since a fork copies locks that other threads may be holding."""
+    import multiprocessing  # here, not at import: ``import xenevtchn`` stays light
+
     if threading.active_count() == 1 or "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("fork")
     ctx = multiprocessing.get_context("forkserver")
@@ -167,6 +167,9 @@ def _context() -> Any:
 
 def _pool_pass(points: list[Point], options: Mapping[str, Any], workers: int, ctx: Any,
                done: Callable[[int, Any, str | None], None]) -> list[Point]:
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
     broken: list[Point] = []
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_quiet_worker)
     clean = False
@@ -210,6 +213,8 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
 
 def _run_dask(points: list[Point], options: Mapping[str, Any], client: Any,
               done: Callable[[int, Any, str | None], None]) -> None:
+    import uuid
+
     import distributed
 
     as_completed: Any = distributed.as_completed
@@ -352,6 +357,8 @@ def check_output(path: str) -> str:
 
 def write_records(path: str, records: list[dict[str, Any]]) -> None:
     """Write the records as ``path``'s format, to a temporary file renamed into place."""
+    import tempfile
+
     fmt = check_output(path)
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
