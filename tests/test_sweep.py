@@ -152,6 +152,8 @@ def test_other_command_line_mistakes(capsys, tmp_path):
         (["--param", "events=5", "--out", out, "--events", "9"], "events is both"),
         (["--param", "seed=1", "--out", out, "--scenario", str(tmp_path / "missing.toml")], "cannot read"),
         (["--param", "seed=1", "--out", out, "--engine", "fortran"], "invalid choice"),
+        (["--param", "seed=1", "--out", out, "--scheduler", "foo://bar"], "unknown address scheme 'foo'"),
+        (["--param", "seed=1", "--out", out, "--scheduler", "tcp://127.0.0.1"], "missing port"),
         (["--param", "seed=1"], "--out"),
         (["--out", out], "--param"),
     ]:
@@ -176,6 +178,23 @@ def test_the_c_engine_is_never_silently_python(capsys, tmp_path, monkeypatch):
         monkeypatch.setattr(simulate, "Simulation", broken)
         rc, _, err = _cli(capsys, "sweep", "--param", "seed=1", "--engine", "c", "--out", str(out))
         assert rc == 2 and "cannot run here: no C engine in this build" in err and not out.exists()
+
+
+def test_abi_is_every_domain_or_refused(capsys, tmp_path):
+    from xenevtchn.grid import fifo_supported
+
+    (p,) = expand({"abi": ["2l"], "guests": [3]})
+    if not fifo_supported():  # this tree's scenarios are 2-level only: 2l is what they are
+        assert p.scenario == xe.default_scenario(3)
+        rc, _, err = _cli(capsys, "sweep", "--param", "abi=2l,fifo", "--out", str(tmp_path / "r.csv"))
+        assert rc == 2 and "abi=fifo: this installation's scenarios are 2-level only" in err
+        return
+    two, fifo = expand({"abi": ["2l", "fifo"], "guests": [3]})
+    assert two.scenario == xe.default_scenario(3, abi="2l") and fifo.scenario == xe.default_scenario(3, abi="fifo")
+    (f,) = expand({"abi": ["fifo"], "simulation.timer_hz": [100]}, EXAMPLE)
+    assert f.scenario != expand({"abi": ["2l"], "simulation.timer_hz": [100]}, EXAMPLE)[0].scenario
+    rows = xe.sweep({"abi": ["2l", "fifo"]}, events=500, workers=1)
+    assert [r["error"] for r in rows] == [None, None]
 
 
 # ---- rows equal single runs -----------------------------------------------------------------

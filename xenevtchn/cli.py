@@ -350,8 +350,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _dask_client(address: str) -> Any:
     try:
         from distributed import Client
+        from distributed.comm import get_address_host_port, parse_address
+        from distributed.comm.registry import get_backend
     except ImportError:
         raise UsageError("--scheduler needs Dask: pip install 'xenevtchn[dask]'") from None
+    try:  # before a Client exists: one that failed to start hangs at exit
+        get_backend(parse_address(address)[0])
+        get_address_host_port(address)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--scheduler wants tcp://HOST:PORT, not {address!r}: {exc}") from None
     try:
         return Client(address, timeout=15, set_as_default=False)
     except (OSError, TimeoutError, ValueError, TypeError) as exc:
