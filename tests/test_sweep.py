@@ -180,6 +180,48 @@ def test_the_c_engine_is_never_silently_python(capsys, tmp_path, monkeypatch):
         assert rc == 2 and "cannot run here: no C engine in this build" in err and not out.exists()
 
 
+@pytest.mark.parametrize("grid, message", [
+    ({}, "the grid is empty"),
+    ([("guests", [1])], "the grid is empty"),
+    ({"guests": 5}, "must be a list, not int"),
+    ({"guests": b"12"}, "must be a list, not bytes"),
+    ({"guests": []}, "no values"),
+    ({"guests": [True]}, "must be a whole number, not True"),
+    ({"guests": [2.0]}, "must be a whole number"),
+    ({"guests": "x..y"}, "must be a whole number"),
+    ({1: [1]}, "parameter names are strings"),
+    ({"seed": [2**63]}, "must be in 0.."),
+    ({"simulation.ipi_probability": [float("nan")]}, "must be in 0..1"),
+    ({"devices.net.service_us": [object()]}, "must be [low, high]"),
+    ({"guest.count": [10**9]}, "must be in 1..1000"),
+    ({"seed": range(0)}, "no values"),
+])
+def test_python_grids_are_checked_too(grid, message):
+    with pytest.raises(GridError) as err:
+        xe.sweep(grid, events=10, workers=1)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert issubclass(xe.GridError, ValueError)
+
+
+def test_python_scenarios_path_dict_or_object():
+    import tomllib
+
+    data = tomllib.loads(EXAMPLE.read_text())
+    by_dict = expand({"seed": [4]}, data, events=50)[0].scenario
+    by_path = expand({"seed": [4]}, EXAMPLE, events=50)[0].scenario
+    assert by_dict == xe.parse_scenario(data).with_overrides(events=50, seed=4)
+    assert by_path == xe.load_scenario(EXAMPLE).with_overrides(events=50, seed=4)
+    sc = xe.default_scenario(2, 2)
+    (p,) = expand({"seed": range(9, 10)}, sc)
+    assert p.scenario == sc.with_overrides(seed=9)
+    with pytest.raises(GridError, match="a Scenario object takes only seed and events"):
+        expand({"simulation.timer_hz": [10]}, sc)
+    with pytest.raises(GridError, match="scenario must be a path, a dict or a Scenario"):
+        expand({"seed": [1]}, 42)
+    with pytest.raises(GridError, match="unknown key 'bogus'"):
+        expand({"seed": [1]}, {**data, "bogus": 1})
+
+
 def test_abi_is_every_domain_or_refused(capsys, tmp_path):
     from xenevtchn.grid import fifo_supported
 
