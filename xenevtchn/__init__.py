@@ -36,6 +36,7 @@ from .shared_page import SharedPage
 from .simpy_adapter import SimPyAdapter
 from .simulate import Simulation
 from .status import EvtchnStatus
+from .sweeps import GridError, SweepInterrupted, sweep, sweep_frame
 
 try:
     __version__: str = _dist_version("xenevtchn")
@@ -49,6 +50,7 @@ __all__ = [
     "EvtchnError",
     "EvtchnStatus",
     "GuestMemory",
+    "GridError",
     "GuestSpec",
     "Hypervisor",
     "LinuxGuest",
@@ -59,6 +61,7 @@ __all__ = [
     "SharedPage",
     "SimPyAdapter",
     "Simulation",
+    "SweepInterrupted",
     "Vcpu",
     "XenEvtchn",
     "default_scenario",
@@ -67,5 +70,7 @@ __all__ = [
     "get_pkgconfig_dir",
     "load_scenario",
     "parse_scenario",
+    "sweep",
+    "sweep_frame",
 ]
 __all__ += _constants.__all__

@@ -1,4 +1,4 @@
-"""The ``xenevtchn`` command line: ``demo``, ``simulate``, ``list`` and ``bench``.
+"""The ``xenevtchn`` command line: ``demo``, ``simulate``, ``list``, ``sweep`` and ``bench``.
 
 Every mistake on the command line or in a scenario file is one line on stderr,
 ``xenevtchn SUBCOMMAND: error: ...``, and exit status 2; never a traceback.
@@ -100,9 +100,41 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only this domain")
     lst.add_argument("--json", action="store_true", help="print the tables as JSON")
 
+    _sweep_parser(sub)
+
     sub.add_parser("bench", help="the performance ratio table (see 'xenevtchn bench --help')",
                    description="Run the benchmarks and print the ratio table.", add_help=False)
     return parser
+
+
+def _sweep_parser(sub: Any) -> None:
+    sw = sub.add_parser(
+        "sweep", help="run a grid of simulations, here or on a Dask cluster, into one table",
+        description="Run one simulation per point of a parameter grid (the product of every --param) "
+                    "in parallel, on this machine or on a Dask cluster, and write one row per run. "
+                    "Rows come in grid order; a run that failed is a row with its error.",
+        epilog="NAME: guests, vcpus (built-in scenario only), seed, events, abi, or a dotted scenario "
+               "key: simulation.ipi_probability, devices.net.service_us, dom0.vcpus, guest[0].count, "
+               "guest.vcpus (every [[guest]] table). VALUES: a,b,c or an integer range low..high. "
+               "Exit status: 0, or 1 if any run failed, 2 for a bad command line, 130 after Ctrl-C "
+               "(the runs finished so far are written).",
+    )
+    sw.add_argument("--scenario", metavar="FILE.toml", help="a scenario file (default: built in)")
+    sw.add_argument("--param", action="append", required=True, metavar="NAME=VALUES",
+                    help="a parameter and its values (repeat for more: the grid is their product)")
+    sw.add_argument("--events", type=_count(1, MAX_EVENTS, "--events"), metavar="N",
+                    help="events of every run (default: the scenario's)")
+    sw.add_argument("--engine", choices=("c", "python"),
+                    help="the simulation engine (default: the simulator's default)")
+    sw.add_argument("--workers", type=_count(1, 4096, "--workers"), metavar="N",
+                    help="local worker processes (default: the number of cores)")
+    sw.add_argument("--scheduler", metavar="ADDRESS",
+                    help="run on this Dask cluster (tcp://HOST:PORT; needs 'xenevtchn[dask]')")
+    sw.add_argument("--out", required=True, metavar="FILE.csv|.jsonl|.parquet",
+                    help="where the rows go (written when the sweep ends, or at Ctrl-C)")
+    sw.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="a progress bar on stderr (default: only when stderr is a terminal)")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes on stderr")
 
 
 def _scenario_options(p: argparse.ArgumentParser) -> None:
@@ -323,6 +355,64 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweeps as sw
+    from .grid import GridError, expand, parse_params
+
+    try:
+        if args.scheduler is not None and args.workers is not None:
+            raise UsageError("--workers is for local runs; with --scheduler the cluster's workers run them")
+        sw.check_output(args.out)
+        points = expand(parse_params(args.param), args.scenario, args.events)
+        sw.engine_options(args.engine)
+    except (GridError, ValueError, sw.EngineUnavailable) as exc:
+        raise UsageError(str(exc)) from None
+    client = _dask_client(args.scheduler) if args.scheduler is not None else None
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    bar = sw.RunsProgress(sys.stderr) if show and not args.quiet else None
+    interrupted = False
+    try:
+        records = sw.run_points(points, engine=args.engine, client=client, workers=args.workers, progress=bar)
+    except sw.SweepInterrupted as exc:
+        records, interrupted = exc.records, True
+    finally:
+        if bar is not None:
+            bar.close()
+        if client is not None:
+            client.close()
+    try:
+        sw.write_records(args.out, records)
+    except OSError as exc:
+        raise UsageError(f"cannot write '{args.out}': {exc.strerror or exc}") from None
+    failed = sum(r["error"] is not None for r in records)
+    if interrupted:
+        print(f"xenevtchn sweep: interrupted: {len(records):,} of {len(points):,} runs written to "
+              f"{args.out}", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        note = f", {failed:,} failed (see the error column)" if failed else ""
+        print(f"sweep: {len(records):,} runs{note} in {args.out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _dask_client(address: str) -> Any:
+    try:
+        from distributed import Client
+        from distributed.comm import get_address_host_port, parse_address
+        from distributed.comm.registry import get_backend
+    except ImportError:
+        raise UsageError("--scheduler needs Dask: pip install 'xenevtchn[dask]'") from None
+    try:  # before a Client exists: one that failed to start hangs at exit
+        get_backend(parse_address(address)[0])
+        get_address_host_port(address)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--scheduler wants tcp://HOST:PORT, not {address!r}: {exc}") from None
+    try:
+        return Client(address, timeout=15, set_as_default=False)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}: {' '.join(str(exc).split())}") from None
+
+
 def cmd_bench(argv: list[str]) -> int:
     try:
         from . import bench
@@ -349,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run(sys.stdout)
         return 0
-    fn = {"simulate": cmd_simulate, "list": cmd_list}[args.command]
+    fn = {"simulate": cmd_simulate, "list": cmd_list, "sweep": cmd_sweep}[args.command]
     return _guarded(args.command, lambda: fn(args))
 
 
