@@ -175,8 +175,8 @@ XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
         if (!rd || !port_is_valid(rd, rport))
             return 0;
         struct xe_chan *rc = &rd->chans[rport];
-        if (rc->xen_consumer)   /* Xen's own consumer takes it; nothing for the guest */
-            return 0;
+        if (rc->xen_consumer)   /* Xen's own consumer takes it: the caller calls it */
+            return XE_EV_XEN;
         return deliver(rd, rc->notify_vcpu, rport);
     }
     case XE_ECS_IPI:

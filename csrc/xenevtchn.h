@@ -35,6 +35,10 @@ enum {
     /* Result flag of the domain-level calls: a kick or a poll wake-up was recorded in
      * xe_domain.kicked / .woken of some domain, so hooks may be owed. */
     XE_EV_HOOKS = 1,
+    /* Result flag of a send: the peer port is held by a Xen-internal consumer, whose
+     * callback the caller runs instead of raising anything (notify_via_xen_event_channel's
+     * other direction). */
+    XE_EV_XEN = 2,
 
     /* Channel states (Xen's ECS_*). */
     XE_ECS_FREE = 0,
