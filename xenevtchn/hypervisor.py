@@ -53,7 +53,7 @@ class Hypervisor:
     def __init__(self, irq_max_guests: int = IRQ_MAX_GUESTS) -> None:
         """``irq_max_guests``: Xen's ``irq-max-guests`` boot option, the most domains that
         may share one host IRQ (1..255)."""
-        if isinstance(irq_max_guests, bool) or not isinstance(irq_max_guests, int):
+        if not isinstance(irq_max_guests, int):
             raise TypeError(f"irq_max_guests must be an int, not {type(irq_max_guests).__name__}")
         if not 1 <= irq_max_guests <= IRQ_MAX_GUESTS_LIMIT:
             raise ValueError(f"irq_max_guests must be in 1..{IRQ_MAX_GUESTS_LIMIT}, not {irq_max_guests}")
@@ -160,7 +160,7 @@ class Hypervisor:
                 raise TypeError("max_evtchn_port must be an int or None")
             if max_evtchn_port < 0:
                 raise ValueError(f"max_evtchn_port must be >= 0, not {max_evtchn_port}")
-        if isinstance(nr_pirqs, bool) or not isinstance(nr_pirqs, int):
+        if not isinstance(nr_pirqs, int):
             raise TypeError(f"nr_pirqs must be an int, not {type(nr_pirqs).__name__}")
         if not 0 <= nr_pirqs <= NR_PIRQS_MAX:
             raise ValueError(f"nr_pirqs must be in 0..{NR_PIRQS_MAX}, not {nr_pirqs}")
