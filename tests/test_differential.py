@@ -166,8 +166,12 @@ class Side:
         if self.boom:
             raise HookBoom(kind)
 
+    xen_silent = False  # test_snapshot_differential: a restored copy's consumers are None
+
     def xen_notify(self, vcpu, port):
         """A Xen-attached channel's consumer: logged among the hooks (issue 19 item 4)."""
+        if self.xen_silent:
+            return
         self.log.append(("xen", vcpu, port))
         if self.boom:
             raise HookBoom("xen")
