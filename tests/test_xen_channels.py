@@ -68,6 +68,8 @@ def test_alloc_errors(xe, hv, pair):
     dom0, domu = pair
     with raises_errno(xe, errno.ESRCH):
         hv.alloc_xen_channel(7, 0, 0)
+    with raises_errno(xe, errno.ESRCH):   # the domain before the vCPU
+        hv.alloc_xen_channel(7, 99, 0)
     with raises_errno(xe, errno.ENOENT):  # [sim] no such vCPU; no port taken
         hv.alloc_xen_channel(1, 2, 0)
     assert domu.alloc_unbound(0) == 1
