@@ -194,8 +194,8 @@ static int send_interdomain(struct xe_domain *d, struct xe_chan *c)
     if (!rd || !port_is_valid(rd, rport))
         return 0;
     struct xe_chan *rc = &chans_of(rd)[rport];
-    if (rc->xen_consumer)   /* Xen's own consumer takes it; nothing for the guest */
-        return 0;
+    if (rc->xen_consumer)   /* Xen's own consumer takes it: the caller calls it */
+        return XE_EV_XEN;
     return deliver(rd, rc->notify_vcpu, rport);
 }
 

@@ -38,6 +38,10 @@ enum {
      * nobody took yet (a caller stopped before it took them), so the next sender takes
      * them with xe_hv_take_hooks. */
     XE_EV_HOOKS = 1,
+    /* Result flag of a send: the peer port is held by a Xen-internal consumer, whose
+     * callback the caller runs instead of raising anything (notify_via_xen_event_channel's
+     * other direction). */
+    XE_EV_XEN = 2,
 
     /* Channel states (Xen's ECS_*). */
     XE_ECS_FREE = 0,

@@ -73,8 +73,9 @@ INITIAL = [
     (0, dict(vcpus=2, privileged=True)),
     (1, dict(vcpus=3)),
     (2, dict(vcpus=1, layout="x86_32")),
-    (3, dict(vcpus=2, max_evtchn_port=70)),
+    (3, dict(vcpus=2, max_evtchn_port=70, nr_pirqs=4)),
 ]
+IRQ_MAX_GUESTS = 3  # Hypervisor(irq_max_guests=...): a fourth sharer of a host IRQ gets EBUSY
 
 EXAMPLES = int(os.environ.get("XENEVTCHN_DIFF_EXAMPLES", "50"))
 STEPS = int(os.environ.get("XENEVTCHN_DIFF_STEPS", "200"))
@@ -151,7 +152,7 @@ class Side:
     def __init__(self, m, name):
         self.m = m
         self.name = name
-        self.hv = m.Hypervisor()
+        self.hv = m.Hypervisor(irq_max_guests=IRQ_MAX_GUESTS)
         self.doms = {}
         self.dead = []
         self.log = []
@@ -164,6 +165,16 @@ class Side:
         self.log.append((self.domid_of(v), v.id, kind))
         if self.boom:
             raise HookBoom(kind)
+
+    xen_silent = False  # test_snapshot_differential: a restored copy's consumers are None
+
+    def xen_notify(self, vcpu, port):
+        """A Xen-attached channel's consumer: logged among the hooks (issue 19 item 4)."""
+        if self.xen_silent:
+            return
+        self.log.append(("xen", vcpu, port))
+        if self.boom:
+            raise HookBoom("xen")
 
     def domid_of(self, v):
         for domid, d in self.doms.items():
@@ -198,6 +209,13 @@ class Differential(RuleBasedStateMachine):
         self.both(lambda s: s.hv.permit_pirq(1, 3))
         self.both(lambda s: s.doms[1].bind_pirq(3, 1))
         self.both(lambda s: s.doms[0].bind_pirq(3, 1))  # shared with dom1
+        # A Xen-attached channel of dom1 (notify vCPU 1) bound by dom0, and one left unbound.
+        self.xen_ports = []  # (domid, port) of Xen-attached channels allocated so far
+        x = self.both(lambda s: s.hv.alloc_xen_channel(1, 1, 0, notify=s.xen_notify))
+        self.xen_ports.append((1, x[1]))
+        self.both(lambda s: s.doms[0].bind_interdomain(1, x[1]))
+        y = self.both(lambda s: s.hv.alloc_xen_channel(3, 0, 1))
+        self.xen_ports.append((3, y[1]))
         self.both(lambda s: s.doms[0].bind_virq(3))  # VIRQ_DOM_EXC (global)
         self.both(lambda s: s.doms[2].alloc_unbound(0))
         self.both(lambda s: s.doms[0].unmask(1))
@@ -791,6 +809,10 @@ class Differential(RuleBasedStateMachine):
                 st.sampled_from([-1, 5, None] if bad else [None, None, 70, 63, 64, 130, 5]),
                 label="max_evtchn_port",
             ),
+            nr_pirqs=data.draw(
+                st.sampled_from([-1, 65537, 256] if bad else [256, 256, 4, 1, 0, 65536]),
+                label="nr_pirqs",
+            ),
         )
         kw["domid"] = self.pick(
             data,
@@ -868,7 +890,8 @@ class Differential(RuleBasedStateMachine):
         caller after the state change is complete (semantics.md "Hooks")."""
         which = data.draw(
             st.sampled_from(["send", "inject", "send_virq", "send_pirq", "unmask",
-                             "bind_interdomain", "advance", "guest_poke", "sched_poll"]),
+                             "bind_interdomain", "advance", "guest_poke", "sched_poll",
+                             "notify_xen_channel", "raw_sched_op"]),
             label="op with raising hooks",
         )
         self.N.boom = self.R.boom = True
@@ -916,6 +939,96 @@ class Differential(RuleBasedStateMachine):
             self.ports.add(struct.unpack_from("<I", out["native"], 8)[0] & 0x1FFFF)
         elif r is not None and r[1] == 0 and len(arg) >= 8 and cmd in (6, 7):
             self.ports.add(struct.unpack_from("<I", out["native"], 4)[0] & 0x1FFFF)
+
+    # ------------------------------------------------------------------ issue 19: Xen channels, sched_op
+
+    @rule(data=st.data())
+    def alloc_xen_channel(self, data):
+        domid = self.any_domid(data, wild=True)
+        vcpu = self.vcpu(data)
+        remote = self.pick(
+            data, [(6, st.sampled_from(self.domids())), (1, st.sampled_from(ODD_DOMIDS))], "remote"
+        )
+        with_notify = data.draw(st.integers(0, 3), label="notify") > 0
+        r = self.both(lambda s: s.hv.alloc_xen_channel(
+            domid, vcpu, remote, notify=s.xen_notify if with_notify else None))
+        if r is not None and r[0] == "int":
+            self.xen_ports.append((domid, r[1]))
+
+    def xen_port(self, data, wild=False):
+        """Mostly a (domid, port) that was allocated as a Xen channel (maybe freed since)."""
+        if self.xen_ports and data.draw(st.integers(0, 3), label="xen port") > 0:
+            return data.draw(st.sampled_from(self.xen_ports), label="(domid, port)")
+        domid = self.any_domid(data)
+        return domid, self.port(data, domid=domid if domid in self.N.doms else None, wild=wild)
+
+    @rule(data=st.data())
+    def notify_xen_channel(self, data):
+        domid, port = self.xen_port(data, wild=True)
+        self.both(lambda s: s.hv.notify_xen_channel(domid, port))
+
+    @rule(data=st.data())
+    def free_xen_channel(self, data):
+        domid, port = self.xen_port(data)
+        self.both(lambda s: s.hv.free_xen_channel(domid, port))
+
+    @rule(data=st.data())
+    def owner_uses_xen_channel(self, data):
+        """What the owning guest may not do (close, send, bind_vcpu, set_priority) and
+        the silent unmask, on a Xen-attached port."""
+        domid, port = self.xen_port(data)
+        if domid not in self.N.doms:
+            return
+        which = data.draw(st.sampled_from(["close", "send", "bind_vcpu", "unmask", "set_priority",
+                                           "sched_poll", "status", "reset"]), label="op")
+        vcpu = self.vcpu(data)
+
+        def op(s):
+            d = s.doms[domid]
+            if which == "bind_vcpu":
+                return d.bind_vcpu(port, vcpu)
+            if which == "set_priority":
+                return d.set_priority(port, 3)
+            if which == "sched_poll":
+                return d.sched_poll([port])
+            if which == "reset":
+                return d.reset()
+            return getattr(d, which)(port)
+
+        self.both(op)
+
+    @rule(data=st.data())
+    def raw_sched_op(self, data):
+        """HYPERVISOR_sched_op with struct sched_poll in the domain's layout and the port
+        array in guest memory (frames 10-11, across their boundary, or past the end)."""
+        a = self.dom(data)
+        cmd = data.draw(st.sampled_from([0, 1, 2, 3, 3, 3, 3, 4, 99, -1]), label="cmd")
+        n = data.draw(st.sampled_from([0, 1, 1, 2, 3, 129]), label="nr_ports")
+        bound = self.bound_ports(a)
+        ports = [data.draw(st.sampled_from(bound), label="port") if bound and data.draw(st.booleans())
+                 else self.port(data, domid=a) & 0xFFFFFFFF for _ in range(min(n, 4))]
+        end = self.N.doms[a].memory.nr_frames * 4096
+        addr = data.draw(st.sampled_from([10 * 4096, 12 * 4096 - 6, 11 * 4096 + 4092, end - 8,
+                                          end, 2**32 - 2]), label="address")
+        now = self.N.hv.now
+        timeout = data.draw(st.sampled_from([0, now, now + 100]), label="timeout")
+        x86_64 = self.layout[a] == "x86_64"
+        arg = (struct.pack("<QI4xQ", addr, n, timeout) if x86_64
+               else struct.pack("<IIQ", addr & 0xFFFFFFFF, n, timeout))
+        arg = arg[:data.draw(st.sampled_from([len(arg)] * 4 + [0, len(arg) - 1]), label="len")]
+        vcpu = self.pick(data, [(6, st.integers(0, len(self.N.doms[a].vcpus) - 1)), (1, st.integers(0, 40))],
+                         "vcpu")
+        raw = b"".join(struct.pack("<I", p) for p in ports)
+
+        def op(s):
+            mem = s.doms[a].memory
+            for i, byte in enumerate(raw):  # byte by byte: the array may cross frames
+                g, off = divmod(addr + i, 4096)
+                if g < mem.nr_frames:
+                    mem.page(g)[off] = byte
+            return s.doms[a].sched_op(cmd, bytearray(arg), vcpu=vcpu)
+
+        self.both(op)
 
     @rule(data=st.data())
     def raw_compat_op(self, data):

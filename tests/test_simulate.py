@@ -153,7 +153,9 @@ GOOD = {"guest": [{"vcpus": 2}]}
     ({"dom0": {"layout": "arm"}, **GOOD}, "dom0.layout: must be one of 'x86_64', 'x86_32'"),
     ({"devices": {"net": {"service_us": [5]}}, **GOOD}, "devices.net.service_us: must be [low, high]"),
     ({"devices": {"net": {"service_us": [9, 1]}}, **GOOD}, "devices.net.service_us: must satisfy 0 < low <= high"),
-    ({"devices": {"net": {"pirq": 300}}, **GOOD}, "devices.net.pirq: must be in 0..255"),
+    ({"devices": {"net": {"pirq": 300}}, **GOOD}, "devices.net.pirq: must be in 1..255"),
+    # PIRQ 0 is never bindable (Xen's pirq_access_permitted; issue 19)
+    ({"devices": {"net": {"pirq": 0}}, **GOOD}, "devices.net.pirq: must be in 1..255"),
     ({"devices": {"net": {"napi": "yes"}}, **GOOD}, "devices.net.napi: must be true or false"),
     ({"devices": {"net": {"colour": 1}}, **GOOD}, "unknown key 'devices.net.colour'"),
     ({"devices": {"net": {"pirq": 17}}, **GOOD}, "devices.net.pirq: PIRQ 17 is also used by device 'blk'"),

@@ -39,6 +39,9 @@ class ForkedCopy(Differential):
 
     def __init__(self) -> None:
         super().__init__()  # builds native and reference sides; the reference one is replaced
+        # A restored Xen-attached channel has notify=None (callables are not state): the
+        # original's consumers stay silent so both sides observe the same.
+        self.N.xen_silent = True
         self.forks = 0
         self.fork()
 
@@ -52,6 +55,7 @@ class ForkedCopy(Differential):
         side.dead = list(self.N.dead)  # destroyed domains answer ESRCH, whoever holds them
         side.log = []
         side.boom = False
+        side.xen_silent = True
         side.bufs = {}
         side.hv.on_kick = lambda v: side.hook(v, "kick")
         side.hv.on_wake = lambda v: side.hook(v, "wake")

@@ -9,15 +9,13 @@ checks Python argument types (see ``domain.py``).
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import fifo
 from ._native import lib
 from .constants import (
     BIND_PIRQ__WILL_SHARE,
     DOMID_SELF,
-    IRQ_MAX_GUESTS,
-    NR_PIRQS,
     NR_VIRQS,
     VIRQ_TIMER,
     ChannelState as S,
@@ -119,9 +117,10 @@ def bind_virq(caller: Domain, virq: int, vcpu: int) -> int:
 
 def bind_pirq(caller: Domain, pirq: int, flags: int) -> int:
     hv = caller.hv
-    if pirq >= NR_PIRQS:
+    if pirq >= caller.nr_pirqs:
         raise _fail(errno.EINVAL)
-    if not caller.privileged and pirq not in caller._permitted_pirqs:
+    # Xen's pirq_access_permitted wants a host IRQ above 0: PIRQ 0 is nobody's.
+    if pirq == 0 or (not caller.privileged and pirq not in caller._permitted_pirqs):
         raise _fail(errno.EPERM)
     if pirq in caller._pirq_to_port:
         raise _fail(errno.EEXIST)
@@ -129,7 +128,7 @@ def bind_pirq(caller: Domain, pirq: int, flags: int) -> int:
     guests = hv._irq_guests.setdefault(pirq, [])
     share = bool(flags & BIND_PIRQ__WILL_SHARE)
     if guests:
-        if not (hv._irq_shareable[pirq] and share) or len(guests) >= IRQ_MAX_GUESTS:
+        if not (hv._irq_shareable[pirq] and share) or len(guests) >= hv.irq_max_guests:
             raise _fail(errno.EBUSY)
     else:
         hv._irq_shareable[pirq] = share
@@ -182,6 +181,7 @@ def close_port(d: Domain, port: int, *, by_xen: bool = False) -> None:
             # The peer silently falls back to unbound, waiting for the closer.
             rd.ports.rebind(rport, S.UNBOUND, remote_dom=d.domid)
     lib.xe_evtchn_clear_pending(d._c, port)   # the mask bit is left as it is
+    d._xen_channels.pop(port, None)
     pt.free(port)
 
 
@@ -235,7 +235,84 @@ def send(caller: Domain, port: int) -> None:
     rc = lib.xe_evtchn_send(caller._c, port)
     if rc < 0:
         raise _fail(-rc)
-    caller.hv._after(rc)
+    if rc & XEN_SENT:
+        xen_sent(caller, (port,), rc)
+    else:
+        caller.hv._after(rc)
+
+
+XEN_SENT: int = lib.XE_EV_XEN
+
+
+def xen_sent(d: Domain, ports: Iterable[int], flags: int) -> None:
+    """Sends by ``d`` reached Xen-attached peers (``XE_EV_XEN``): call each consumer's
+    ``notify(vcpu, port)`` in send order (ports whose peer is not Xen's are skipped), then
+    the owed hooks; a raising callback stops none of them, the first error comes last."""
+    first: BaseException | None = None
+    hv = d.hv
+    for port in ports:
+        try:
+            xen_peer_notify(hv, d, port)
+        except Exception as exc:  # noqa: BLE001 - raised once every owed call ran
+            if first is None:
+                first = exc
+    try:
+        hv._after(flags & ~XEN_SENT)
+    except Exception as exc:
+        if first is None:
+            first = exc
+    if first is not None:
+        raise first
+
+
+def xen_peer_notify(hv: Hypervisor, d: Domain, port: int) -> None:
+    """``d`` sent on ``port``: if its peer is a Xen-attached channel, run its consumer."""
+    pt = d.ports
+    if not pt.is_valid(port) or pt.state[port] != S.INTERDOMAIN:
+        return
+    rdom, rport = pt.remote(port)
+    rd = hv._domains.get(rdom)
+    if rd is None or rport not in rd._xen_channels:
+        return
+    fn = rd._xen_channels[rport]
+    if fn is not None:  # None: Xen's default consumer, which the simulator does not model
+        fn(rd.ports.notify(rport), rport)
+
+
+# ---- Xen-attached channels (spec xen-hvm-and-beyond §4) -----------------------------------
+
+def alloc_xen_channel(d: Domain, vcpu: int, remote_domid: int,
+                      notify: Callable[[int, int], object] | None) -> int:
+    """alloc_unbound_xen_event_channel: UNBOUND, remote domid as given, Xen-attached."""
+    if vcpu >= len(d.vcpus):
+        raise _fail(errno.ENOENT)           # [sim]: Xen's callers never name a missing vCPU
+    port = _free_port(d)
+    d.ports.bind(port, S.UNBOUND, notify=vcpu, remote_dom=remote_domid, xen=True)
+    d._xen_channels[port] = notify
+    return port
+
+
+def _xen_port(d: Domain, port: int) -> None:
+    if not d.ports.is_valid(port) or port not in d._xen_channels:
+        raise EvtchnError(errno.EINVAL, f"port {port} of domain {d.domid} is not Xen-attached")
+
+
+def notify_xen_channel(d: Domain, port: int) -> None:
+    """notify_via_xen_event_channel: raise the bound peer's port; nothing while unbound."""
+    _xen_port(d, port)
+    pt = d.ports
+    if pt.state[port] != S.INTERDOMAIN:
+        return
+    rdom, rport = pt.remote(port)
+    rd = d.hv._domains.get(rdom)
+    if rd is not None:
+        d.hv._after(lib.xe_evtchn_raise(rd._c, rport))
+
+
+def free_xen_channel(d: Domain, port: int) -> None:
+    """free_xen_event_channel: closed with Xen's rights (the peer falls back to unbound)."""
+    _xen_port(d, port)
+    close_port(d, port, by_xen=True)
 
 
 # ---- reset ------------------------------------------------------------------------
@@ -254,16 +331,18 @@ def reset(caller: Domain, dom: int, cont: bool = False) -> None:
             raise _fail(errno.EBUSY)
         d._reset_next = 1
     # Runs to completion here: the continuation Xen uses every 64 ports is invisible.
+    # Xen-attached channels cannot be closed by the guest: they survive, and only the
+    # other channels count (active_evtchns > xen_evtchns).
     pt = d.ports
     port = d._reset_next
-    while pt.is_valid(port) and pt.active > 0:
+    while pt.is_valid(port) and pt.active > len(d._xen_channels):
         try:
             close_port(d, port)
         except EvtchnError:
             pass
         port += 1
     d._reset_next = 0
-    if pt.active > 0:
+    if pt.active > len(d._xen_channels):
         raise _fail(errno.EAGAIN)
     fifo.teardown(d)  # back to the 2-level ABI, whoever asked for the reset
 

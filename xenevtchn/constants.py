@@ -175,6 +175,25 @@ EVTCHN_FIFO_PRIORITY_MIN = 15
 EVTCHNS_PER_BUCKET = 64  # port_is_valid() grows in steps of this many ports
 SCHEDOP_POLL_MAX_PORTS = 128
 PAGE_SIZE = 4096
+NR_PIRQS_MAX = 65536  # the largest per-domain nr_pirqs the simulator accepts
+IRQ_MAX_GUESTS_LIMIT = 255  # irq-max-guests is stored in a byte
+
+
+class SchedOp(IntEnum):
+    """``HYPERVISOR_sched_op`` commands (public/sched.h); only yield and poll are modelled."""
+
+    yield_ = 0
+    block = 1
+    shutdown = 2
+    poll = 3
+
+
+SCHEDOP_yield = SchedOp.yield_
+SCHEDOP_block = SchedOp.block
+SCHEDOP_shutdown = SchedOp.shutdown
+SCHEDOP_poll = SchedOp.poll
+# struct sched_poll: (size, ports offset/size, nr_ports offset, timeout offset) per layout
+SCHED_POLL_SIZE = {"x86_64": 24, "x86_32": 16}
 
 SHARED_INFO_SIZE = {"x86_64": 3136, "x86_32": 2344}
 LAYOUTS = ("x86_64", "x86_32")
@@ -251,6 +270,14 @@ __all__ = [
     "EVTCHN_FIFO_PRIORITY_MIN",
     "EVTCHNS_PER_BUCKET",
     "SCHEDOP_POLL_MAX_PORTS",
+    "NR_PIRQS_MAX",
+    "IRQ_MAX_GUESTS_LIMIT",
+    "SchedOp",
+    "SCHEDOP_yield",
+    "SCHEDOP_block",
+    "SCHEDOP_shutdown",
+    "SCHEDOP_poll",
+    "SCHED_POLL_SIZE",
     "PAGE_SIZE",
     "SHARED_INFO_SIZE",
     "LAYOUTS",

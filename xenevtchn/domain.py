@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterable, ParamSpe
 from . import commands as cmds
 from . import fifo as fifo_cmds
 from . import hypercalls
+from . import sched
 from ._native import ffi, lib
 from .constants import (
     DOMID_SELF,
     EVTCHN_2L_NR_CHANNELS,
     EVTCHN_2L_NR_CHANNELS_X86_32,
     NR_VIRQS,
-    SCHEDOP_POLL_MAX_PORTS,
 )
 from .errors import EvtchnError
 from .guest import GUESTS
@@ -177,6 +177,9 @@ class Domain:
         self._created = 0  # the hypervisor's creation counter when this domain was made
         self._virq_to_evtchn = [[0] * NR_VIRQS for _ in range(vcpus)]
         self._pirq_to_port: dict[int, int] = {}
+        self.nr_pirqs = 256  # create_domain(nr_pirqs=...) sets it: PIRQs are 0..nr_pirqs-1
+        # Xen-attached channels (hv.alloc_xen_channel): port -> the consumer's notify(vcpu, port)
+        self._xen_channels: dict[int, Callable[[int, int], Any] | None] = {}
         self._permitted_pirqs: set[int] = set()
         self._pause_count = 0
         self._reset_next = 0
@@ -196,6 +199,7 @@ class Domain:
         slot = _Slot.take(c)
         self._slot = slot
         slow = Domain.send.__get__(self)
+        xen_sent, XEN = cmds.xen_sent, cmds.XEN_SENT
         if slot is not None:
             c_send, base = lib.xe_send_key, slot.base
 
@@ -205,7 +209,10 @@ class Domain:
                     if rc:
                         if rc < 0:
                             raise EvtchnError(-rc, "send")
-                        after(rc)
+                        if rc & XEN:
+                            xen_sent(self, (port,), rc)
+                        else:
+                            after(rc)
                 else:
                     slow(port)
         else:
@@ -217,7 +224,10 @@ class Domain:
                     if rc:
                         if rc < 0:
                             raise EvtchnError(-rc, "send")
-                        after(rc)
+                        if rc & XEN:
+                            xen_sent(self, (port,), rc)
+                        else:
+                            after(rc)
                 else:
                     slow(port)
 
@@ -338,9 +348,13 @@ class Domain:
         arr, n, view = _uint32_array(ports)
         if n == 0:
             return
+        sent: list[int] = []
         try:
             rc = lib.xe_evtchn_send_batch(self._c, arr, n)  # the GIL is released meanwhile
             bad_port = int(arr[-rc >> 8]) if rc < 0 else 0
+            if rc & cmds.XEN_SENT or (rc < 0 and self.hv._xen_channel_count()):
+                # Some sends reached Xen-attached peers (a failed batch does not say: look).
+                sent = ffi.unpack(arr, n if rc >= 0 else -rc >> 8)
         finally:
             ffi.release(arr)  # hand the caller's buffer back now, not at some GC
             if view is not None:
@@ -348,9 +362,15 @@ class Domain:
         if rc:
             if rc < 0:
                 i, err = divmod(-rc, 256)
-                self.hv._after(1)
+                if sent:
+                    cmds.xen_sent(self, sent, 1)
+                else:
+                    self.hv._after(1)
                 raise EvtchnError(err, f"send_many: port {bad_port} (index {i})")
-            self.hv._after(rc)
+            if sent:
+                cmds.xen_sent(self, sent, rc)
+            else:
+                self.hv._after(rc)
 
     # ---- SCHEDOP_poll --------------------------------------------------------------
 
@@ -361,6 +381,15 @@ class Domain:
         if not isinstance(vcpu, int):
             raise TypeError(f"vcpu must be an int, not {type(vcpu).__name__}")
         return self._call(_sched_poll, ports, timeout, vcpu)
+
+    def sched_op(self, cmd: int, arg: Any, vcpu: int = 0) -> int:
+        """Raw ``HYPERVISOR_sched_op(cmd, arg)`` made by ``vcpu``: 0 or ``-errno``.
+
+        SCHEDOP_yield (0) answers 0; SCHEDOP_poll (3) takes ``struct sched_poll`` in this
+        domain's layout in ``arg`` (a writable buffer; short: ``-EFAULT``), its ``ports``
+        a guest address in ``d.memory``; every other command answers ``-ENOSYS``.
+        """
+        return sched.sched_op(self, cmd, arg, vcpu)
 
     def __repr__(self) -> str:
         state = " dead" if self.dead else ""
@@ -411,32 +440,4 @@ def _uint32_array(ports: Any) -> tuple[Any, int, memoryview | None]:
 def _sched_poll(d: Domain, ports: list[int], timeout: int, vcpu: int) -> bool:
     if not 0 <= vcpu < len(d.vcpus):
         raise EvtchnError(errno.ENOENT, "sched_poll")
-    if len(ports) > SCHEDOP_POLL_MAX_PORTS:
-        raise EvtchnError(errno.EINVAL, "sched_poll: more than 128 ports")
-    c = d._c
-    if lib.xe_vcpu_polling(c, vcpu):
-        raise EvtchnError(errno.EBUSY, f"sched_poll: vCPU {vcpu} is already blocked in poll")
-    si = d.shared_info._s
-    # Begin and cancel are one unit: whatever is raised once the poll began (a signal
-    # handler's exception between two bytecodes too) cancels it, so a failed call never
-    # leaves the vCPU blocked. Calls on a domain are serialized (Domain._call), so the
-    # cancel can only undo this call's own begin.
-    try:
-        lib.xe_poll_begin(c, vcpu)
-        if lib.xe_vcpu_upcall_pending(si, vcpu) and not lib.xe_vcpu_upcall_mask(si, vcpu):
-            lib.xe_poll_cancel(c, vcpu)
-            return True
-        for port in ports:
-            if not d.ports.is_valid(port) or not d.ports.usable(port):
-                raise EvtchnError(errno.EINVAL, f"sched_poll: port {port}")
-            if lib.xe_evtchn_is_pending(c, port):
-                lib.xe_poll_cancel(c, vcpu)
-                return True
-        if len(ports) == 1:
-            lib.xe_poll_set_port(c, vcpu, ports[0])
-        if timeout:
-            d.hv._arm_poll_timer(d, vcpu, timeout)
-    except BaseException:
-        lib.xe_poll_cancel(c, vcpu)
-        raise
-    return False
+    return sched.poll(d, vcpu, len(ports), ports.__getitem__, timeout)

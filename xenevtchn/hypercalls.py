@@ -206,6 +206,7 @@ def fast_event_channel_op(d: Domain, key_base: int) -> Callable[[int, Any], int]
     unpack_from, struct_error = _PORT.unpack_from, struct.error
     c_send, c_unmask = lib.xe_send_key, lib.xe_unmask_key
     after = d.hv._after
+    xen_sent, xen_flag = cmds.xen_sent, cmds.XEN_SENT
     send_int, send_enum = int(EvtchnOp.send), EvtchnOp.send
     unmask_int, unmask_enum = int(EvtchnOp.unmask), EvtchnOp.unmask
 
@@ -230,7 +231,10 @@ def fast_event_channel_op(d: Domain, key_base: int) -> Callable[[int, Any], int]
                 if rc <= 0:
                     return rc
                 try:
-                    after(rc)
+                    if rc & xen_flag and fn is c_send:
+                        xen_sent(d, (port,), rc)
+                    else:
+                        after(rc)
                 except EvtchnError as exc:  # as the general path: a hook's errno is the answer
                     return -exc.errno
                 return 0

@@ -11,8 +11,11 @@ from . import commands as cmds
 from ._native import ffi, lib, run_hooks
 from .constants import (
     DOMID_FIRST_RESERVED,
+    IRQ_MAX_GUESTS,
+    IRQ_MAX_GUESTS_LIMIT,
     LAYOUTS,
     NR_PIRQS,
+    NR_PIRQS_MAX,
     NR_VIRQS,
     XEN_LEGACY_MAX_VCPUS,
     VirqClass,
@@ -46,7 +49,14 @@ class Hypervisor:
     with ``add_listener("kick" | "wake", fn)`` run after them, in the order added.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, irq_max_guests: int = IRQ_MAX_GUESTS) -> None:
+        """``irq_max_guests``: Xen's ``irq-max-guests`` boot option, the most domains that
+        may share one host IRQ (1..255)."""
+        if not isinstance(irq_max_guests, int):
+            raise TypeError(f"irq_max_guests must be an int, not {type(irq_max_guests).__name__}")
+        if not 1 <= irq_max_guests <= IRQ_MAX_GUESTS_LIMIT:
+            raise ValueError(f"irq_max_guests must be in 1..{IRQ_MAX_GUESTS_LIMIT}, not {irq_max_guests}")
+        self.irq_max_guests = int(irq_max_guests)
         self._c = ffi.new("struct xe_hv *")
         self._lock = threading.RLock()
         self._domains: dict[int, Domain] = {}
@@ -130,11 +140,12 @@ class Hypervisor:
     def create_domain(self, vcpus: int = 1, privileged: bool = False, domid: int | None = None,
                       max_evtchn_port: int | None = None, layout: str = "x86_64",
                       shared_info: Any = None, guest: str = "linux",
-                      memory_frames: int = DEFAULT_FRAMES) -> Domain:
+                      memory_frames: int = DEFAULT_FRAMES, nr_pirqs: int = NR_PIRQS) -> Domain:
         """Create a domain; see ``docs/semantics.md`` for the argument rules.
 
         ``guest`` picks the guest kernel behind ``d.guest``: ``"linux"`` or ``"minios"``.
         ``memory_frames`` sizes ``d.memory`` (4 KiB frames, allocated lazily; 1 GiB).
+        ``nr_pirqs`` is the domain's PIRQ count (0..65536; Xen derives it from the host).
         """
         if guest not in GUESTS:
             raise ValueError(f"guest must be one of {sorted(GUESTS)}, not {guest!r}")
@@ -151,6 +162,10 @@ class Hypervisor:
                 raise TypeError("max_evtchn_port must be an int or None")
             if max_evtchn_port < 0:
                 raise ValueError(f"max_evtchn_port must be >= 0, not {max_evtchn_port}")
+        if not isinstance(nr_pirqs, int):
+            raise TypeError(f"nr_pirqs must be an int, not {type(nr_pirqs).__name__}")
+        if not 0 <= nr_pirqs <= NR_PIRQS_MAX:
+            raise ValueError(f"nr_pirqs must be in 0..{NR_PIRQS_MAX}, not {nr_pirqs}")
         memory = GuestMemory(memory_frames)
         si = SharedInfo(shared_info, layout)  # the buffer is an argument: checked first
         with self._lock:
@@ -170,6 +185,7 @@ class Hypervisor:
                     raise EvtchnError(errno.EEXIST, f"domain {domid} exists")
             d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, si, guest,
                        memory)
+            d.nr_pirqs = int(nr_pirqs)
             self._created += 1
             d._created = self._created
             self._domains[domid] = d
@@ -242,10 +258,15 @@ class Hypervisor:
     # ---- routing: PIRQs and VIRQs -------------------------------------------------------
 
     def permit_pirq(self, domid: int, pirq: int) -> None:
-        """Let an unprivileged domain bind ``pirq`` (as ``xl pci-attach``/irqs= would)."""
-        pirq = _uint(pirq, "pirq", NR_PIRQS - 1)
+        """Let an unprivileged domain bind ``pirq`` (as ``xl pci-attach``/irqs= would).
+
+        ``pirq`` must be below the domain's ``nr_pirqs`` (``ValueError``)."""
+        pirq = _uint(pirq, "pirq", NR_PIRQS_MAX - 1)
         with self._lock:
-            self.domain(domid)._permitted_pirqs.add(pirq)
+            d = self.domain(domid)
+            if pirq >= d.nr_pirqs:
+                raise ValueError(f"pirq {pirq} is not below domain {domid}'s nr_pirqs {d.nr_pirqs}")
+            d._permitted_pirqs.add(pirq)
 
     def _virq_handler(self, virq: int) -> Domain | None:
         return self._virq_handlers.get(virq, self._hardware_domain)
@@ -301,7 +322,7 @@ class Hypervisor:
             raise TypeError(f"pirq must be an int, not {type(pirq).__name__}")
         with self._lock:
             d = self.domain(domid)
-            if not 0 <= pirq < NR_PIRQS:
+            if not 0 <= pirq < d.nr_pirqs:
                 raise EvtchnError(errno.EINVAL, f"pirq {pirq}")
             port = d._pirq_to_port.get(pirq)
             if port:
@@ -316,6 +337,45 @@ class Hypervisor:
             if rc < 0:
                 raise EvtchnError(-rc, f"inject: port {port}")
             self._after(rc)
+
+    # ---- Xen-attached channels (spec xen-hvm-and-beyond §4) -------------------------------
+
+    def alloc_xen_channel(self, domid: int, vcpu: int, remote_domid: int,
+                          notify: Callable[[int, int], Any] | None = None) -> int:
+        """A channel of ``domid`` held by Xen itself (an ioreq server's or vm_event's):
+        UNBOUND, bindable by ``remote_domid`` (taken as is, DOMID_SELF not translated),
+        notify vCPU ``vcpu``. When the peer sends, ``notify(vcpu, port)`` runs instead of
+        any event; ``None`` stands for Xen's default consumer, which is not modelled (the
+        notification is dropped). The owning guest cannot close, send on, move or unmask
+        it. Unknown domid: ``ESRCH``; a vCPU that does not exist: ``ENOENT``.
+        """
+        domid = _uint(domid, "domid", 0xFFFF)
+        vcpu = _uint(vcpu, "vcpu", 0xFFFFFFFF)
+        remote_domid = _uint(remote_domid, "remote_domid", 0xFFFF)
+        if notify is not None and not callable(notify):
+            raise TypeError(f"notify must be callable or None, not {type(notify).__name__}")
+        with self._lock:
+            return cmds.alloc_xen_channel(self.domain(domid), vcpu, remote_domid, notify)
+
+    def notify_xen_channel(self, domid: int, port: int) -> None:
+        """Xen notifies the peer of its channel ``port`` of ``domid``: the peer's port is
+        raised if bound, nothing happens while unbound; ``EINVAL`` if ``port`` is not a
+        Xen-attached channel."""
+        domid = _uint(domid, "domid", 0xFFFF)
+        port = _uint(port, "port", 0xFFFFFFFF)
+        with self._lock:
+            cmds.notify_xen_channel(self.domain(domid), port)
+
+    def free_xen_channel(self, domid: int, port: int) -> None:
+        """Xen closes its channel ``port`` of ``domid`` (a bound peer falls back to
+        unbound, naming ``domid``); ``EINVAL`` if it is not a Xen-attached channel."""
+        domid = _uint(domid, "domid", 0xFFFF)
+        port = _uint(port, "port", 0xFFFFFFFF)
+        with self._lock:
+            cmds.free_xen_channel(self.domain(domid), port)
+
+    def _xen_channel_count(self) -> int:
+        return sum(len(d._xen_channels) for d in list(self._domains.values()))
 
     # ---- time and poll timers -----------------------------------------------------------
 

@@ -52,6 +52,22 @@ class GuestMemory:
             self._frames[gfn] = entry
         return entry[0]
 
+    def read(self, addr: int, n: int) -> bytes | None:
+        """``n`` bytes at guest address ``addr`` (byte ``addr % 4096`` of frame
+        ``addr // 4096``, spanning frames as needed); None if any byte lies outside the
+        domain's memory. A frame never touched reads as zeros and stays unallocated."""
+        if addr < 0 or n < 0 or addr + n > self.nr_frames * PAGE_SIZE:
+            return None
+        out = bytearray()
+        while n:
+            gfn, off = divmod(addr, PAGE_SIZE)
+            k = min(n, PAGE_SIZE - off)
+            entry = self._frames.get(gfn)
+            out += bytes(k) if entry is None else ffi.buffer(entry[0] + off, k)[:]
+            addr += k
+            n -= k
+        return bytes(out)
+
     def page(self, gfn: int) -> memoryview:
         """A writable 4096-byte view of frame ``gfn`` (zeroed on first use)."""
         return memoryview(ffi.buffer(self.frame(self._gfn(gfn)), PAGE_SIZE))

@@ -121,12 +121,20 @@ class PortTable:
         lib.xe_2l_route_sync(cdom, port)
 
     def bind(self, port: int, state: int, *, notify: int | None = None,
-             remote_dom: int = 0, remote_port: int = 0, info: int = 0) -> None:
-        """Take a free port (from ``find_free``) into ``state``."""
+             remote_dom: int = 0, remote_port: int = 0, info: int = 0, xen: bool = False) -> None:
+        """Take a free port (from ``find_free``) into ``state``.
+
+        ``xen``: a Xen-attached channel (``consumer_is_xen``): marked before its state is
+        written, so a concurrent C reader never sees it usable; its FIFO priority is kept
+        (Xen's allocation of one does not reset it).
+        """
         self._cover(port)
         if self.state[port] == FREE:
             self.active += 1
-        self.chans[port].priority = EVTCHN_FIFO_PRIORITY_DEFAULT  # every bind, as Xen's port init
+        if xen:
+            self.chans[port].xen_consumer = 1
+        else:
+            self.chans[port].priority = EVTCHN_FIFO_PRIORITY_DEFAULT  # every bind, as Xen's port init
         self._write(port, state, notify=notify, remote_dom=remote_dom,
                     remote_port=remote_port, info=info)
 

@@ -269,7 +269,7 @@ def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
         if "depth" in spec:
             upd["depth"] = c.int(spec["depth"], f"{key}.depth", 1, 64)
         if "pirq" in spec:
-            upd["pirq"] = c.int(spec["pirq"], f"{key}.pirq", 0, NR_PIRQS - 1)
+            upd["pirq"] = c.int(spec["pirq"], f"{key}.pirq", 1, NR_PIRQS - 1)  # PIRQ 0 is never bindable
         if "napi" in spec:
             upd["napi"] = c.bool(spec["napi"], f"{key}.napi")
         devices[name] = replace(base, **upd)

@@ -11,6 +11,10 @@ VIRQ handlers, host-IRQ sharing and which domain is the hardware domain.
 Not captured, by design:
 
 * the hooks ``on_kick`` / ``on_wake`` (code, not state): a restored hypervisor has none;
+* the ``notify`` callables of Xen-attached channels (``hv.alloc_xen_channel``): the
+  channels themselves are captured (owner, port, state, peer, notify vCPU), and a
+  restored one has ``notify=None``, Xen's default consumer, so a peer's send on it is
+  dropped until the embedder frees it and allocates a new one;
 * destroyed domains (``Domain`` objects a caller still holds answer ``ESRCH`` anyway);
 * a caller's own shared_info buffer: the bytes are captured, and the restored domain gets
   them in a fresh page of its own (pass no buffer of yours to a restore);
@@ -55,8 +59,10 @@ from .constants import (
     EVTCHNS_PER_BUCKET,
     PAGE_SIZE,
     IRQ_MAX_GUESTS,
+    IRQ_MAX_GUESTS_LIMIT,
     LAYOUTS,
     NR_PIRQS,
+    NR_PIRQS_MAX,
     NR_VIRQS,
     SHARED_INFO_SIZE,
     XEN_LEGACY_MAX_VCPUS,
@@ -180,6 +186,7 @@ def _capture_hv(hv: Hypervisor) -> dict[str, Any]:
         "virq_handlers": sorted([virq, d.domid] for virq, d in hv._virq_handlers.items()),
         "irq_guests": sorted([pirq, [d.domid for d in ds]] for pirq, ds in hv._irq_guests.items()),
         "irq_shareable": sorted([pirq, bool(v)] for pirq, v in hv._irq_shareable.items()),
+        "irq_max_guests": hv.irq_max_guests,
     }
 
 
@@ -216,6 +223,7 @@ def _capture_domain(d: Domain) -> dict[str, Any]:
         "dying": bool(d.dying),
         "pause_count": d._pause_count,
         "reset_next": d._reset_next,
+        "nr_pirqs": d.nr_pirqs,
         "permitted_pirqs": sorted(d._permitted_pirqs),
         "pirq_to_port": sorted([pirq, port] for pirq, port in d._pirq_to_port.items()),
         "virq_to_evtchn": [list(row) for row in d._virq_to_evtchn],
@@ -319,9 +327,12 @@ def decode(data: bytes) -> dict[str, Any]:
 
 
 def _check_domain(raw: Any, where: str) -> dict[str, Any]:
+    if isinstance(raw, dict) and "nr_pirqs" not in raw:
+        raw["nr_pirqs"] = NR_PIRQS  # written before per-domain PIRQ counts: the old fixed count
     d = _obj(raw, where, ("domid", "vcpus", "privileged", "layout", "max_evtchn_port", "guest", "dying",
-                          "pause_count", "reset_next", "permitted_pirqs", "pirq_to_port", "virq_to_evtchn",
-                          "shared_info", "ports", "c", "scans", "fifo_scans", "memory", "sections"))
+                          "pause_count", "reset_next", "nr_pirqs", "permitted_pirqs", "pirq_to_port",
+                          "virq_to_evtchn", "shared_info", "ports", "c", "scans", "fifo_scans", "memory",
+                          "sections"))
     domid = _int(d["domid"], f"{where}.domid", 0, DOMID_FIRST_RESERVED - 1)
     where = f"domain {domid}"
     nv = _int(d["vcpus"], f"{where}.vcpus", 1, XEN_LEGACY_MAX_VCPUS)
@@ -337,7 +348,8 @@ def _check_domain(raw: Any, where: str) -> dict[str, Any]:
         _int(d["max_evtchn_port"], f"{where}.max_evtchn_port", 0, MAX_PORT_UNLIMITED - 1)
     _int(d["pause_count"], f"{where}.pause_count", 0, 2**63 - 1)
     _int(d["reset_next"], f"{where}.reset_next", 0, 2**32 - 1)
-    pirqs = [_int(p, f"{where}.permitted_pirqs", 0, NR_PIRQS - 1) for p in _list(d["permitted_pirqs"],
+    nr_pirqs = _int(d["nr_pirqs"], f"{where}.nr_pirqs", 0, NR_PIRQS_MAX)
+    pirqs = [_int(p, f"{where}.permitted_pirqs", 0, nr_pirqs - 1) for p in _list(d["permitted_pirqs"],
                                                                                    f"{where}.permitted_pirqs")]
     if len(set(pirqs)) != len(pirqs):
         raise _fail(f"{where}.permitted_pirqs", "duplicates")
@@ -378,7 +390,9 @@ def _check_domain(raw: Any, where: str) -> dict[str, Any]:
             raise _fail(w, f"virq {vals[7]} out of range")
         if vals[8] >= nv:
             raise _fail(w, f"last queue's vCPU {vals[8]} does not exist")
-        if state == ChannelState.PIRQ and vals[7] >= NR_PIRQS:
+        if vals[1] > 1 or (vals[1] and state not in (ChannelState.UNBOUND, _INTERDOMAIN)):
+            raise _fail(w, f"xen_consumer {vals[1]} on a channel in state {state}")
+        if state == ChannelState.PIRQ and not 0 < vals[7] < nr_pirqs:
             raise _fail(w, f"pirq {vals[7]} out of range")
         if state == _INTERDOMAIN and vals[3] >= DOMID_FIRST_RESERVED:
             raise _fail(w, f"interdomain peer {vals[3]} is not a domid")
@@ -399,7 +413,7 @@ def _check_domain(raw: Any, where: str) -> dict[str, Any]:
                 raise _fail(f"{where}.virq_to_evtchn[{v}][{virq}]", f"port {port} is not bound to that VIRQ")
     pmap = {}
     for i, (pirq, port) in enumerate(_pairs(d["pirq_to_port"], f"{where}.pirq_to_port")):
-        pirq = _int(pirq, f"{where}.pirq_to_port[{i}]", 0, NR_PIRQS - 1)
+        pirq = _int(pirq, f"{where}.pirq_to_port[{i}]", 1, nr_pirqs - 1)
         port = _int(port, f"{where}.pirq_to_port[{i}]", 1, nports - 1)
         if pirq in pmap or states[port] != ChannelState.PIRQ or recs[port][7] != pirq:
             raise _fail(f"{where}.pirq_to_port[{i}]", f"port {port} is not bound to pirq {pirq}")
@@ -481,8 +495,12 @@ def _check(doc: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 raise _fail(f"domain {d['domid']} port {port}",
                             f"interdomain with d{rec[3]}:{rec[6]}, which does not point back")
 
+    if isinstance(doc["hv"], dict) and "irq_max_guests" not in doc["hv"]:
+        doc["hv"]["irq_max_guests"] = IRQ_MAX_GUESTS  # written before the option existed
     h = _obj(doc["hv"], "hv", ("now", "timer_counter", "timers", "timer_seq", "hardware_domain",
-                               "hardware_domain_created", "virq_handlers", "irq_guests", "irq_shareable"))
+                               "hardware_domain_created", "virq_handlers", "irq_guests", "irq_shareable",
+                               "irq_max_guests"))
+    max_guests = _int(h["irq_max_guests"], "hv.irq_max_guests", 1, IRQ_MAX_GUESTS_LIMIT)
     _int(h["now"], "hv.now", 0, 2**64 - 1)
     _int(h["timer_counter"], "hv.timer_counter", 0, 2**63 - 1)
     timers = []
@@ -517,16 +535,16 @@ def _check(doc: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     h["virq_handlers"] = handlers
     guests = {}
     for i, (pirq, ds) in enumerate(_pairs(h["irq_guests"], "hv.irq_guests")):
-        pirq = _int(pirq, f"hv.irq_guests[{i}]", 0, NR_PIRQS - 1)
+        pirq = _int(pirq, f"hv.irq_guests[{i}]", 1, NR_PIRQS_MAX - 1)
         ds = _list(ds, f"hv.irq_guests[{i}]")
-        if pirq in guests or len(ds) > IRQ_MAX_GUESTS or len(set(map(repr, ds))) != len(ds) or \
+        if pirq in guests or len(ds) > max_guests or len(set(map(repr, ds))) != len(ds) or \
                 any(x not in by_id or isinstance(x, bool) for x in ds):
             raise _fail(f"hv.irq_guests[{i}]", "bad list of domains")
         guests[pirq] = ds
     h["irq_guests"] = guests
     share = {}
     for i, (pirq, v) in enumerate(_pairs(h["irq_shareable"], "hv.irq_shareable")):
-        pirq = _int(pirq, f"hv.irq_shareable[{i}]", 0, NR_PIRQS - 1)
+        pirq = _int(pirq, f"hv.irq_shareable[{i}]", 1, NR_PIRQS_MAX - 1)
         if pirq in share:
             raise _fail("hv.irq_shareable", "repeated pirq")
         share[pirq] = _bool(v, f"hv.irq_shareable[{i}]")
@@ -552,11 +570,11 @@ def restore(data: bytes, cls: type[Hypervisor] | None = None) -> Hypervisor:
     except (TypeError, KeyError, IndexError, AttributeError) as exc:  # shapes _check did not expect
         raise ValueError(f"corrupt snapshot: {type(exc).__name__}: {exc}") from None
 
-    hv = cls()
+    hv = cls(irq_max_guests=h["irq_max_guests"])
     for p in doms:
         d = hv.create_domain(vcpus=p["vcpus"], privileged=p["privileged"], domid=p["domid"],
                              max_evtchn_port=p["max_evtchn_port"], layout=p["layout"], guest=p["guest"],
-                             memory_frames=p["memory"]["nr_frames"])
+                             memory_frames=p["memory"]["nr_frames"], nr_pirqs=p["nr_pirqs"])
         _apply_domain(d, p)
     hv.now = h["now"]
     hv._seq = h["timer_counter"]
@@ -587,6 +605,8 @@ def _apply_domain(d: Domain, p: dict[str, Any]) -> None:
     for port, vals in p["_recs"].items():
         _CHAN.pack_into(buf, port * _CHAN.size, *vals, 0, 0)
         pt.state[port] = vals[0]
+        if vals[1]:
+            d._xen_channels[port] = None  # the consumer's callable is code: not captured
     ffi.memmove(pt.chans, buf, len(buf))
     pt.valid = p["ports"]["valid"]
     pt.active = p["ports"]["active"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from xenevtchn.constants import EVTCHN_FIFO_PRIORITY_DEFAULT, ChannelState
 
@@ -21,13 +21,14 @@ ECS_IPI = ChannelState.IPI
 class Channel:
     """One port's state. The union ``u`` of Xen is spread over optional attributes.
 
-    No Xen-internal consumers exist in this model (``xen_consumer`` is always 0), so a
-    channel is *usable* exactly when its state is above RESERVED.
+    A channel Xen itself holds (``xen_consumer``: ``hv.alloc_xen_channel``) is never
+    *usable*; any other is usable exactly when its state is above RESERVED.
     """
 
     __slots__ = (
         "state", "notify_vcpu", "remote_domid", "remote_dom", "remote_port", "pirq", "virq",
         "priority", "fifo_pending", "fifo_lastq",
+        "xen_consumer", "xen_notify",
     )
 
     def __init__(self) -> None:
@@ -42,11 +43,13 @@ class Channel:
         self.priority: int = EVTCHN_FIFO_PRIORITY_DEFAULT
         self.fifo_pending: bool = False  # raised while the port had no event word
         self.fifo_lastq: tuple[int, int] = (0, 0)  # (vcpu, priority) of the last queue
+        self.xen_consumer: bool = False  # held by Xen (consumer_is_xen)
+        self.xen_notify: Callable[[int, int], object] | None = None  # its consumer callback
 
     @property
     def usable(self) -> bool:
         """Xen's ``evtchn_usable``: not FREE/RESERVED (and not Xen-attached)."""
-        return self.state > ECS_RESERVED
+        return self.state > ECS_RESERVED and not self.xen_consumer
 
     def reset_to_free(self) -> None:
         """State FREE, notify vCPU 0, union cleared (the record part of ``evtchn_free``).
@@ -60,6 +63,8 @@ class Channel:
         self.remote_port = 0
         self.pirq = 0
         self.virq = 0
+        self.xen_consumer = False
+        self.xen_notify = None
 
     def __repr__(self) -> str:
         return f"Channel({self.state.name}, notify_vcpu={self.notify_vcpu})"

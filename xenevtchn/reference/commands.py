@@ -8,12 +8,11 @@ values (already unsigned and in range for their field).
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from xenevtchn.constants import (
     BIND_PIRQ__WILL_SHARE,
     DOMID_SELF,
-    NR_PIRQS,
     NR_VIRQS,
     EvtchnStat,
     VirqClass,
@@ -24,6 +23,7 @@ from xenevtchn.errors import EvtchnError
 from . import event_fifo
 from .events import raise_event
 from .channel import (
+    Channel,
     ECS_FREE,
     ECS_INTERDOMAIN,
     ECS_IPI,
@@ -116,8 +116,10 @@ def bind_virq(caller: Domain, virq: int, vcpu: int) -> int:
 
 # -- EVTCHNOP_bind_pirq (§4.4) ----------------------------------------------------------
 def bind_pirq(caller: Domain, pirq: int, flags: int) -> int:
-    if pirq >= NR_PIRQS:
+    if pirq >= caller.nr_pirqs:  # first, even for the privileged domain
         raise _fail(errno.EINVAL)
+    if pirq == 0:  # pirq_access_permitted: IRQ 0 is never a guest's
+        raise _fail(errno.EPERM)
     if not caller.privileged and pirq not in caller.permitted_pirqs:
         raise _fail(errno.EPERM)
     if pirq in caller.pirq_to_port:
@@ -136,11 +138,17 @@ def close(caller: Domain, port: int) -> None:
     close_port(caller, port)
 
 
-def close_port(d: Domain, port: int) -> None:
-    """``evtchn_close`` of ``d``'s ``port`` (also used by reset and destruction)."""
+def close_port(d: Domain, port: int, by_xen: bool = False) -> None:
+    """``evtchn_close`` of ``d``'s ``port`` (also used by reset and destruction).
+
+    ``by_xen``: Xen's own close (destruction, ``free_xen_event_channel``), which may close
+    Xen-attached channels; the guest's close of one is ``EINVAL``.
+    """
     if not d.port_is_valid(port):
         raise _fail(errno.EINVAL)
     channel = d.channels[port]
+    if channel.xen_consumer and not by_xen:
+        raise _fail(errno.EINVAL)
     state = channel.state
     if state in (ECS_FREE, ECS_RESERVED):
         raise _fail(errno.EINVAL)
@@ -159,6 +167,8 @@ def close_port(d: Domain, port: int) -> None:
         peer.state = ECS_UNBOUND
         peer.remote_domid, peer.remote_dom, peer.remote_port = d.domid, None, 0
     # UNBOUND and IPI need nothing beyond the free.
+    if channel.xen_consumer:
+        d.xen_evtchns -= 1
     d.free_port(port)
 
 
@@ -167,11 +177,17 @@ def send(caller: Domain, port: int) -> None:
     if not caller.port_is_valid(port):
         raise _fail(errno.EINVAL)
     channel = caller.channels[port]
+    if channel.xen_consumer:  # the owner may not send on a Xen-attached channel
+        raise _fail(errno.EINVAL)
     state = channel.state
     if state == ECS_INTERDOMAIN:
         rd, rport = channel.remote_dom, channel.remote_port
         assert rd is not None
-        raise_event(rd, rd.channels[rport].notify_vcpu, rport)
+        peer = rd.channels[rport]
+        if peer.xen_consumer:  # Xen's consumer is called instead of raising anything
+            rd.hypervisor.queue_xen_notify(peer.xen_notify, peer.notify_vcpu, rport)
+        else:
+            raise_event(rd, peer.notify_vcpu, rport)
     elif state == ECS_IPI:
         raise_event(caller, channel.notify_vcpu, port)
     elif state != ECS_UNBOUND:  # UNBOUND: silently dropped
@@ -215,6 +231,8 @@ def bind_vcpu(caller: Domain, port: int, vcpu: int) -> None:
     if not caller.port_is_valid(port):
         raise _fail(errno.EINVAL)
     channel = caller.channels[port]
+    if channel.xen_consumer:
+        raise _fail(errno.EINVAL)
     state = channel.state
     if state == ECS_VIRQ:
         if virq_class(channel.virq) == VirqClass.VCPU:
@@ -269,14 +287,15 @@ def reset_cont(caller: Domain, dom: int) -> None:
 def _continue_reset(d: Domain) -> None:
     """Close every port as the guest would, from the recorded cursor (no preemption)."""
     port = d.reset_next
-    while d.port_is_valid(port) and d.active_evtchns > 0:
+    # Only channels the guest owns count: Xen-attached ones are skipped and survive.
+    while d.port_is_valid(port) and d.active_evtchns > d.xen_evtchns:
         try:
             close_port(d, port)
         except EvtchnError:
             pass  # FREE (and Xen-attached) ports cannot be closed
         port += 1
     d.reset_next = 0
-    if d.active_evtchns > 0:
+    if d.active_evtchns > d.xen_evtchns:
         raise _fail(errno.EAGAIN)
     event_fifo.teardown(d)  # back to the 2-level ABI, whoever asked for the reset
 
@@ -304,3 +323,41 @@ def set_priority(caller: Domain, port: int, priority: int) -> None:
     if not caller.port_is_valid(port):
         raise _fail(errno.EINVAL)
     event_fifo.set_priority(caller, port, priority)
+
+
+# -- Xen-attached channels (xen-hvm-and-beyond §4) ----------------------------------------
+def alloc_xen_channel(
+    d: Domain, vcpu: int, remote_domid: int, notify: Callable[[int, int], object] | None
+) -> int:
+    """``alloc_unbound_xen_event_channel``: an UNBOUND channel Xen holds."""
+    d.get_vcpu(vcpu)  # [sim] ENOENT; nothing allocated yet
+    port = d.get_free_port()
+    channel = d.channels[port]
+    priority = channel.priority  # not reset for Xen's channels
+    d.claim_port(port, ECS_UNBOUND, notify_vcpu=vcpu)
+    channel.priority = priority
+    channel.remote_domid = remote_domid  # as given: no DOMID_SELF translation
+    channel.xen_consumer, channel.xen_notify = True, notify
+    d.xen_evtchns += 1
+    return port
+
+
+def _xen_channel(d: Domain, port: int) -> Channel:
+    if not d.port_is_valid(port) or not d.channels[port].xen_consumer:
+        raise _fail(errno.EINVAL)
+    return d.channels[port]
+
+
+def notify_xen_channel(d: Domain, port: int) -> None:
+    """``notify_via_xen_event_channel``: raise the bound peer; nothing while unbound."""
+    channel = _xen_channel(d, port)
+    if channel.state == ECS_INTERDOMAIN:
+        rd, rport = channel.remote_dom, channel.remote_port
+        assert rd is not None
+        raise_event(rd, rd.channels[rport].notify_vcpu, rport)
+
+
+def free_xen_channel(d: Domain, port: int) -> None:
+    """``free_xen_event_channel``: Xen closes it (the peer goes back to UNBOUND)."""
+    _xen_channel(d, port)
+    close_port(d, port, by_xen=True)

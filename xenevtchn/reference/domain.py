@@ -26,7 +26,7 @@ from .channel import ECS_FREE, ECS_RESERVED, Channel
 from .event_fifo import FifoState
 from .guest import Guest, make_guest
 from .memory import DEFAULT_FRAMES, GuestMemory
-from .shared_info import SharedInfo
+from .shared_info import SharedInfo, writable_bytes
 from .status import EvtchnStatus
 from .validate import port_list, u16, u32, u64, as_int
 
@@ -125,6 +125,8 @@ class Domain:
         self._free_hint = 1  # every port below it is known not to be FREE
         self.pirq_to_port: dict[int, int] = {}
         self.permitted_pirqs: set[int] = set()
+        self.nr_pirqs = 256  # PIRQs are 0..nr_pirqs-1 (create_domain sets it)
+        self.xen_evtchns = 0  # channels held by Xen (alloc_xen_channel)
         self.pause_count = 0
         self.poll_mask = 0  # bit v set while vCPU v is blocked in poll
         self.reset_next = 0  # EVTCHNOP_reset progress cursor, 0 = none in progress
@@ -348,6 +350,19 @@ class Domain:
     def send_many(self, ports: Sequence[int] | object) -> None:
         """EVTCHNOP_send on each port in order; the first failure raises (earlier sent)."""
         self._call("send", commands.send_many, port_list(ports))
+
+    def sched_op(self, cmd: int, arg: object, vcpu: int = 0) -> int:
+        """Raw HYPERVISOR_sched_op (yield 0, poll 3; else -ENOSYS): 0 or ``-errno``."""
+        cmd, vcpu = as_int(cmd, "cmd"), as_int(vcpu, "vcpu")
+        data = writable_bytes(arg, "arg").tobytes()  # copied in
+        if self.destroyed:
+            return -errno.ESRCH
+        hv = self.hypervisor
+        try:
+            return poll.sched_op(self, cmd, data, vcpu)
+        finally:
+            if hv.hooks_queued:
+                hv.run_hooks()
 
     def sched_poll(self, ports: Sequence[int] | object, timeout: int = 0, vcpu: int = 0) -> bool:
         """SCHEDOP_poll on vCPU ``vcpu``: True if it returns at once, False if now blocked."""

@@ -8,8 +8,10 @@ from typing import Callable
 from xenevtchn.constants import (
     DOMID_FIRST_RESERVED,
     IRQ_MAX_GUESTS,
+    IRQ_MAX_GUESTS_LIMIT,
     LAYOUTS,
     NR_PIRQS,
+    NR_PIRQS_MAX,
     NR_VIRQS,
     XEN_LEGACY_MAX_VCPUS,
     VirqClass,
@@ -24,7 +26,7 @@ from .events import raise_event
 from .memory import DEFAULT_FRAMES, MAX_FRAMES
 from .guest import GUEST_MODES
 from .shared_info import SharedInfo
-from .validate import as_int, int_in_range
+from .validate import as_int, int_in_range, u16, u32
 
 Hook = Callable[[Vcpu], object]
 
@@ -38,7 +40,9 @@ class Hypervisor:
     if hooks raise, every queued hook still runs and the first exception propagates.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, irq_max_guests: int = IRQ_MAX_GUESTS) -> None:
+        """``irq_max_guests``: how many domains may share one host IRQ (1..255)."""
+        self.irq_max_guests = int_in_range(irq_max_guests, "irq_max_guests", 1, IRQ_MAX_GUESTS_LIMIT)
         self.on_kick: Hook | None = None
         self.on_wake: Hook | None = None
         self._domains: dict[int, Domain] = {}
@@ -49,6 +53,8 @@ class Hypervisor:
         self._irq_shareable: dict[int, bool] = {}  # host IRQ -> set by its first binder
         self._irq_guests: dict[int, list[Domain]] = {}  # host IRQ -> domains bound to it
         self._hooks: list[tuple[Hook, Vcpu]] = []
+        # Xen-attached consumers' callbacks owed: (notify, vcpu, port), in send order.
+        self._xen_calls: list[tuple[Callable[[int, int], object], int, int]] = []
 
     # -- hooks ---------------------------------------------------------------------------
     def queue_hook(self, hook: Hook | None, vcpu: Vcpu) -> None:
@@ -56,15 +62,29 @@ class Hypervisor:
         if hook is not None:
             self._hooks.append((hook, vcpu))
 
+    def queue_xen_notify(self, fn: Callable[[int, int], object] | None, vcpu: int, port: int) -> None:
+        """Remember to call a Xen-attached channel's consumer ``fn(vcpu, port)``; these
+        run before the kick/wake hooks of the same call. None: Xen's default consumer,
+        not modelled (dropped)."""
+        if fn is not None:
+            self._xen_calls.append((fn, vcpu, port))
+
     @property
     def hooks_queued(self) -> bool:
         """Whether hooks are waiting to run."""
-        return bool(self._hooks)
+        return bool(self._hooks or self._xen_calls)
 
     def run_hooks(self) -> None:
         """Run the queued hooks in order; re-raise the first exception after all ran."""
+        calls, self._xen_calls = self._xen_calls, []
         queued, self._hooks = self._hooks, []
         first_error: Exception | None = None
+        for fn, v, port in calls:
+            try:
+                fn(v, port)
+            except Exception as exc:  # noqa: BLE001 - re-raised below
+                if first_error is None:
+                    first_error = exc
         for hook, vcpu in queued:
             try:
                 hook(vcpu)
@@ -75,7 +95,7 @@ class Hypervisor:
             raise first_error
 
     def _finish(self) -> None:
-        if self._hooks:
+        if self._hooks or self._xen_calls:
             self.run_hooks()
 
     # -- domains -------------------------------------------------------------------------
@@ -89,6 +109,7 @@ class Hypervisor:
         shared_info: object = None,
         guest: str = "linux",
         memory_frames: int = DEFAULT_FRAMES,
+        nr_pirqs: int = NR_PIRQS,
     ) -> Domain:
         """Create a domain (see docs/semantics.md "Hypervisor" for every rule).
 
@@ -106,6 +127,7 @@ class Hypervisor:
         elif max_evtchn_port < 0:
             raise ValueError(f"max_evtchn_port must be None or an int >= 0, not {max_evtchn_port!r}")
         memory_frames = int_in_range(memory_frames, "memory_frames", 1, MAX_FRAMES)
+        nr_pirqs = int_in_range(nr_pirqs, "nr_pirqs", 0, NR_PIRQS_MAX)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
         if guest not in GUEST_MODES:
@@ -126,6 +148,7 @@ class Hypervisor:
             guest,
             memory_frames,
         )
+        d.nr_pirqs = nr_pirqs
         self._domains[domid] = d
         if d.privileged and not self._hardware_domain_assigned:
             self._hardware_domain = d
@@ -171,7 +194,7 @@ class Hypervisor:
         d.dying = True
         for port in range(d.valid_evtchns - 1, 0, -1):
             if d.channels[port].state > ECS_RESERVED:
-                commands.close_port(d, port)
+                commands.close_port(d, port, by_xen=True)  # Xen's channels too
         event_fifo.teardown(d)
         for v in d.vcpus:  # the vCPUs are gone: no poll, no timer, no wake-up
             v.poll_evtchn, v.poll_deadline = 0, None
@@ -196,9 +219,11 @@ class Hypervisor:
 
     # -- PIRQs / host IRQs -----------------------------------------------------------------
     def permit_pirq(self, domid: int, pirq: int) -> None:
-        """Let domain ``domid`` bind ``pirq`` (0..255)."""
-        pirq = int_in_range(pirq, "pirq", 0, NR_PIRQS - 1)
-        self._get(domid, "permit_pirq").permitted_pirqs.add(pirq)
+        """Let domain ``domid`` bind ``pirq`` (below its ``nr_pirqs``, else ``ValueError``)."""
+        pirq = int_in_range(pirq, "pirq", 0, NR_PIRQS_MAX - 1)
+        d = self._get(domid, "permit_pirq")
+        int_in_range(pirq, "pirq", 0, d.nr_pirqs - 1)
+        d.permitted_pirqs.add(pirq)
 
     def bind_host_irq(self, d: Domain, irq: int, will_share: bool) -> None:
         """``pirq_guest_bind`` sharing rules: ``EBUSY`` when ``d`` may not join."""
@@ -207,7 +232,7 @@ class Hypervisor:
             self._irq_shareable[irq] = will_share
             self._irq_guests[irq] = [d]
             return
-        if not (self._irq_shareable[irq] and will_share) or len(guests) >= IRQ_MAX_GUESTS:
+        if not (self._irq_shareable[irq] and will_share) or len(guests) >= self.irq_max_guests:
             raise EvtchnError(errno.EBUSY)
         guests.append(d)
 
@@ -281,7 +306,7 @@ class Hypervisor:
         """Fire ``pirq`` of domain ``domid`` (dropped if not bound)."""
         pirq = as_int(pirq, "pirq")
         d = self._get(domid, "send_pirq")
-        if not 0 <= pirq < NR_PIRQS:
+        if not 0 <= pirq < d.nr_pirqs:
             raise EvtchnError(errno.EINVAL, "send_pirq")
         port = d.pirq_to_port.get(pirq)
         if port:
@@ -300,6 +325,31 @@ class Hypervisor:
             raise_event(d, d.channels[port].notify_vcpu, port)
         finally:
             self._finish()
+
+    # -- Xen-attached channels (xen-hvm-and-beyond §4) --------------------------------------
+    def alloc_xen_channel(
+        self, domid: int, vcpu: int, remote_domid: int,
+        notify: Callable[[int, int], object] | None = None,
+    ) -> int:
+        """A channel of ``domid`` that Xen holds, bindable by ``remote_domid``."""
+        domid, vcpu, remote_domid = u16(domid, "domid"), u32(vcpu, "vcpu"), u16(remote_domid, "remote_domid")
+        if notify is not None and not callable(notify):
+            raise TypeError(f"notify must be callable or None, not {type(notify).__name__}")
+        return commands.alloc_xen_channel(self._get(domid, "alloc_xen_channel"), vcpu, remote_domid, notify)
+
+    def notify_xen_channel(self, domid: int, port: int) -> None:
+        """Xen raises the bound peer of its channel (nothing while unbound)."""
+        domid, port = u16(domid, "domid"), u32(port, "port")
+        d = self._get(domid, "notify_xen_channel")
+        try:
+            commands.notify_xen_channel(d, port)
+        finally:
+            self._finish()
+
+    def free_xen_channel(self, domid: int, port: int) -> None:
+        """Xen closes its channel (a bound peer becomes UNBOUND naming ``domid``)."""
+        domid, port = u16(domid, "domid"), u32(port, "port")
+        commands.free_xen_channel(self._get(domid, "free_xen_channel"), port)
 
     # -- time ------------------------------------------------------------------------------
     @property

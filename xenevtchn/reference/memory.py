@@ -73,6 +73,22 @@ class GuestMemory:
             raise ValueError(f"frame {gfn} is in use as a FIFO control block or event-array page")
         self._pages[gfn] = view
 
+    def read_guest(self, address: int, size: int) -> bytes | None:
+        """``copy_from_guest`` of ``size`` bytes at guest address ``address`` (guest
+        virtual = guest physical; frame ``address // 4096``): None when any byte is
+        outside the domain's memory. Untouched frames read as zeros (not allocated)."""
+        end = address + size
+        if address < 0 or end > self._nr_frames * PAGE_SIZE:
+            return None
+        chunks = []
+        while address < end:
+            gfn, offset = divmod(address, PAGE_SIZE)
+            take = min(end - address, PAGE_SIZE - offset)
+            page = self._pages.get(gfn)
+            chunks.append(bytes(take) if page is None else page[offset : offset + take].tobytes())
+            address += take
+        return b"".join(chunks)
+
     # -- the hypervisor's mappings ------------------------------------------------------
     def _frame(self, gfn: int) -> memoryview:
         view = self._pages.get(gfn)
