@@ -199,7 +199,9 @@ static int send_interdomain(struct xe_domain *d, struct xe_chan *c)
     return deliver(rd, rc->notify_vcpu, rport);
 }
 
-XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
+/* One send. `held`: the caller already counts itself a borrower (a batch borrows once
+ * for all its ports, not two atomic read-modify-writes per port). */
+XE_INLINE int send_in(struct xe_domain *d, uint32_t port, int held)
 {
     if (!port_is_valid(d, port))
         return -EINVAL;
@@ -208,6 +210,8 @@ XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
         return -EINVAL;
     switch (atomic_load_explicit(A8(c->state), memory_order_acquire)) {
     case XE_ECS_INTERDOMAIN: {
+        if (held)
+            return send_interdomain(d, c);
         borrow();
         int rc = send_interdomain(d, c);
         unborrow();
@@ -220,6 +224,11 @@ XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
     default:
         return -EINVAL;
     }
+}
+
+XE_INLINE int send_one(struct xe_domain *d, uint32_t port)
+{
+    return send_in(d, port, 0);
 }
 
 /* A send's flags, with XE_EV_HOOKS added while the hypervisor still lists hooks nobody
@@ -245,15 +254,18 @@ int xe_evtchn_send_many(struct xe_domain *d, const uint32_t *ports, size_t n,
                         size_t *failed_at)
 {
     int ev = 0;
+    borrow();
     for (size_t i = 0; i < n; i++) {
-        int rc = send_one(d, ports[i]);
+        int rc = send_in(d, ports[i], 1);
         if (rc < 0) {
+            unborrow();
             if (failed_at)
                 *failed_at = i;
             return rc;
         }
         ev |= rc;
     }
+    unborrow();
     if (failed_at)
         *failed_at = n;
     return with_owed(d, ev);
@@ -262,12 +274,16 @@ int xe_evtchn_send_many(struct xe_domain *d, const uint32_t *ports, size_t n,
 int64_t xe_evtchn_send_batch(struct xe_domain *d, const uint32_t *ports, size_t n)
 {
     int ev = 0;
+    borrow();
     for (size_t i = 0; i < n; i++) {
-        int rc = send_one(d, ports[i]);
-        if (rc < 0)
+        int rc = send_in(d, ports[i], 1);
+        if (rc < 0) {
+            unborrow();
             return -((int64_t)i * 256 + (int64_t)-rc);
+        }
         ev |= rc;
     }
+    unborrow();
     return with_owed(d, ev);
 }
 

@@ -51,7 +51,7 @@ MODES = ["linux", "linux-handler", "linux-noslot", "minios", "minios-handler", "
 def _world(mode: str, monkeypatch):
     if "noslot" in mode:
         from xenevtchn import domain as domain_mod
-        monkeypatch.setattr(domain_mod._Slot, "_free", [])
+        monkeypatch.setattr(domain_mod._Slot, "take", classmethod(lambda cls, cdom: None))  # no slot
     hv = xe.Hypervisor()
     if mode.startswith("fifo"):
         d, f = fifo_domain(hv, vcpus=NV, pages=1)
@@ -260,12 +260,12 @@ def test_a_raising_wake_hook_does_not_drop_the_kicks():
 
 
 def test_exception_right_after_poll_begin(monkeypatch):
-    from xenevtchn import domain as domain_mod
+    from xenevtchn import sched as sched_mod
     hv = xe.Hypervisor()
     d = hv.create_domain(vcpus=2)
     p = d.bind_ipi(1)
-    proxy = _RaiseAfter(domain_mod.lib, "xe_poll_begin")
-    monkeypatch.setattr(domain_mod, "lib", proxy)
+    proxy = _RaiseAfter(sched_mod.lib, "xe_poll_begin")
+    monkeypatch.setattr(sched_mod, "lib", proxy)
     with pytest.raises(KeyboardInterrupt):
         d.sched_poll([p], vcpu=1)
     assert proxy.fired == 1

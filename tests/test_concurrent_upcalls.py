@@ -178,7 +178,7 @@ def _run(guest: str, fifo: bool, handler: bool, seed: int) -> dict[str, int]:
 def test_upcalls_on_every_vcpu_at_once(kind, monkeypatch):
     _, guest, fifo, slot, handler = kind
     if not slot:
-        monkeypatch.setattr(domain_mod._Slot, "_free", [])
+        monkeypatch.setattr(domain_mod._Slot, "take", classmethod(lambda cls, cdom: None))  # no slot
     stats = _run(guest, fifo, handler, seed=14)
     assert stats["sends"] > ROUNDS * NV * PER_VCPU // 2
     assert stats["upcalls"] >= ROUNDS * NV
@@ -212,7 +212,7 @@ class _UpcallDuringFill:
 def test_an_upcall_between_another_vcpus_fill_and_its_unpack(kind, monkeypatch):
     from xenevtchn import guest as guest_mod
     if kind == "linux-noslot":
-        monkeypatch.setattr(domain_mod._Slot, "_free", [])
+        monkeypatch.setattr(domain_mod._Slot, "take", classmethod(lambda cls, cdom: None))  # no slot
     hv = xe.Hypervisor()
     if kind == "fifo":
         d, _ = fifo_domain(hv, vcpus=2)

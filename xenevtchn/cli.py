@@ -275,14 +275,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     to_stdout = args.trace == "-"
     tracing = args.trace is not None
+    trace_out = _open_out(args.trace, "trace file") if tracing and not to_stdout else None
+    try:
+        plot_out = _open_out(args.plot, "plot file", "wb") if args.plot is not None else None
+    except UsageError:
+        if trace_out is not None:
+            trace_out.discard()  # no stray temporary file beside the trace's path
+        raise
     engine = args.engine
     if engine is None:
         engine = "python" if tracing else "c"
         if tracing and not args.quiet:
             print("note: --trace runs the Python engine (the C engine does not record traces)",
                   file=sys.stderr)
-    trace_out = _open_out(args.trace, "trace file") if tracing and not to_stdout else None
-    plot_out = _open_out(args.plot, "plot file", "wb") if args.plot is not None else None
     try:
         sim = Simulation(sc, trace=TraceRecorder() if tracing else None,
                          record_timeline=plot_out is not None, engine=engine)

@@ -18,7 +18,8 @@ Rules (the name starts the message):
 - ``port0``: port 0 is reserved and no other port is.
 - ``mirror``: the Python state mirror equals each C record's state.
 - ``route-map``: the guest's per-vCPU port maps agree with the records.
-- ``xen-consumer``: no port is attached to a Xen-internal consumer (nothing attaches one).
+- ``xen-consumer``: only unbound and interdomain channels are Xen-attached
+  (``hv.alloc_xen_channel`` makes them unbound; the peer's bind makes them interdomain).
 - ``handle``: a port's handle pointer is set only in a domain with XenEvtchn handles.
 - ``notify-vcpu``: every record's notify vCPU exists.
 - ``free-blank``: a free record has no notify vCPU, remote end or VIRQ/PIRQ number.
@@ -33,7 +34,7 @@ Rules (the name starts the message):
 - ``active``: the domain's active count is its number of open ports.
 - ``virq-table`` / ``pirq-table``: every table entry points at a port bound to it.
 - ``irq-guests``: each claimed host IRQ has a sharing flag and lists exactly the live
-  domains that bind it (at most IRQ_MAX_GUESTS, none twice); no flag without a claim.
+  domains that bind it (at most ``hv.irq_max_guests``, none twice); no flag without a claim.
 - ``virq-handler``: handlers are live domains and handle global VIRQs only.
 - ``hardware-domain``: the hardware domain, if any, is live.
 - ``timers``: armed poll timers belong to vCPUs of live domains.
@@ -53,8 +54,6 @@ from .constants import (
     EVTCHN_2L_NR_CHANNELS_X86_32,
     EVTCHN_FIFO_NR_CHANNELS,
     EVTCHNS_PER_BUCKET,
-    IRQ_MAX_GUESTS,
-    NR_PIRQS,
     NR_VIRQS,
     ChannelState,
     VirqClass,
@@ -154,7 +153,7 @@ def _check_domain(hv: Hypervisor, d: Domain, rows_of: dict[int, list[tuple[int, 
     for bits in ("poll_mask", "kicked", "woken"):
         if int(getattr(d._c, bits)) >> nv:
             raise InvariantError("vcpu-bits", f"d{A}: {bits} names a vCPU that does not exist")
-    limit = min(top - 1, d.max_evtchn_port)
+    limit = min(top - 1, d._port_cap)  # the cap asked for at creation (unlimited: the ABI's)
     active = 0
     virq_ports: dict[tuple[int, int], int] = {}
     for p, row in enumerate(rows):
@@ -162,8 +161,9 @@ def _check_domain(hv: Hypervisor, d: Domain, rows_of: dict[int, list[tuple[int, 
         where = f"d{A} port {p}"
         if pt.state[p] != state:
             raise InvariantError("mirror", f"{where}: the mirror says {pt.state[p]}, the record {state}")
-        if xc:
-            raise InvariantError("xen-consumer", f"{where} is attached to a Xen-internal consumer")
+        if xc and state not in (UNBOUND, INTERDOMAIN):
+            raise InvariantError("xen-consumer", f"{where}: a Xen-attached channel in state {state} "
+                                 "(only unbound or interdomain ones exist)")
         if user and not d._handles:
             raise InvariantError("handle", f"{where} has a handle pointer but the domain has no handles")
         if notify >= nv:
@@ -180,7 +180,8 @@ def _check_domain(hv: Hypervisor, d: Domain, rows_of: dict[int, list[tuple[int, 
         if p > limit:
             raise InvariantError("port-limit", f"{where} is open past the limit {limit}")
         if state == UNBOUND:
-            if rdom == DOMID_SELF or rport or info:
+            # a Xen-attached channel keeps its remote id as given (Xen translates no DOMID_SELF)
+            if (rdom == DOMID_SELF and not xc) or rport or info:
                 raise InvariantError("unbound", f"{where}: remote {rdom}:{rport}, number {info}")
         elif state == INTERDOMAIN:
             peer = rows_of.get(rdom)
@@ -188,7 +189,7 @@ def _check_domain(hv: Hypervisor, d: Domain, rows_of: dict[int, list[tuple[int, 
                     peer[rport][0] != INTERDOMAIN or peer[rport][3] != A or peer[rport][4] != p:
                 raise InvariantError("interdomain", f"{where}: its peer d{rdom}:{rport} does not point back")
         elif state == PIRQ:
-            if info >= NR_PIRQS or rdom or rport or d._pirq_to_port.get(info) != p:
+            if not 0 < info < d.nr_pirqs or rdom or rport or d._pirq_to_port.get(info) != p:
                 raise InvariantError("pirq", f"{where}: pirq {info}, the table says "
                                      f"{d._pirq_to_port.get(info)}")
             if not d.privileged and info not in d._permitted_pirqs:
@@ -224,7 +225,7 @@ def _check_hv(hv: Hypervisor, live: dict[int, Domain], pirq_owners: dict[int, li
                              f"(pirqs {sorted(set(hv._irq_guests) ^ set(hv._irq_shareable))[:8]})")
     for pirq, guests in hv._irq_guests.items():
         ids = [g.domid for g in guests]
-        if not guests or len(guests) > IRQ_MAX_GUESTS or len(set(ids)) != len(ids) or \
+        if not guests or len(guests) > hv.irq_max_guests or len(set(ids)) != len(ids) or \
                 any(live.get(g.domid) is not g for g in guests) or \
                 sorted(ids) != sorted(g.domid for g in pirq_owners.get(pirq, [])):
             raise InvariantError("irq-guests", f"pirq {pirq}: guests {ids}, bound in "

@@ -24,8 +24,8 @@ from .constants import (
     DOMID_FIRST_RESERVED,
     EVTCHN_FIFO_MAX_QUEUES,
     EVTCHN_FIFO_NR_CHANNELS,
-    IRQ_MAX_GUESTS,
-    NR_PIRQS,
+    IRQ_MAX_GUESTS_LIMIT,
+    NR_PIRQS_MAX,
     NR_VIRQS,
     XEN_LEGACY_MAX_VCPUS,
 )
@@ -53,7 +53,8 @@ _TRAILING_WS = re.compile(_WS + rb"\Z")
 _BRACKETS_WS = b"[] \t\r\n"
 
 # Shapes: INT, BOOL, STR, ANY; ("opt", s); ("ints", lo, hi) a list of lo..hi integers;
-# ("list", s, max); ("tuple", (s, ...)); ("obj", {key: s}); ("map", s, max).
+# ("list", s, max); ("tuple", (s, ...)); ("obj", {key: s}); ("map", s, max); ("absent", s):
+# a key of an "obj" that older snapshots do not have (s when present).
 INT, BOOL, STR, ANY = "int", "bool", "str", "any"
 
 
@@ -67,8 +68,9 @@ _SCAN_KEYS = ("pending_words", "bits", "vcpu", "cursor_word", "cursor_bit", "sta
 DOMAIN = ("obj", {
     "domid": INT, "vcpus": INT, "privileged": BOOL, "layout": STR, "max_evtchn_port": ("opt", INT),
     "guest": STR, "dying": BOOL, "pause_count": INT, "reset_next": INT,
-    "permitted_pirqs": _ints(0, NR_PIRQS),
-    "pirq_to_port": ("list", _ints(2), NR_PIRQS),
+    "nr_pirqs": ("absent", INT),
+    "permitted_pirqs": _ints(0, NR_PIRQS_MAX),
+    "pirq_to_port": ("list", _ints(2), NR_PIRQS_MAX),
     "virq_to_evtchn": ("list", _ints(NR_VIRQS), _NV),
     "shared_info": STR,
     "ports": ("obj", {"valid": INT, "active": INT, "chans": ("list", _ints(11), EVTCHN_FIFO_NR_CHANNELS)}),
@@ -87,8 +89,9 @@ DOCUMENT = ("obj", {
         "timer_seq": ("list", _ints(3), DOMID_FIRST_RESERVED * _NV),
         "hardware_domain": ("opt", INT), "hardware_domain_created": BOOL,
         "virq_handlers": ("list", _ints(2), NR_VIRQS),
-        "irq_guests": ("list", ("tuple", (INT, _ints(0, IRQ_MAX_GUESTS))), NR_PIRQS),
-        "irq_shareable": ("list", ("tuple", (INT, BOOL)), NR_PIRQS),
+        "irq_guests": ("list", ("tuple", (INT, _ints(0, IRQ_MAX_GUESTS_LIMIT))), NR_PIRQS_MAX),
+        "irq_shareable": ("list", ("tuple", (INT, BOOL)), NR_PIRQS_MAX),
+        "irq_max_guests": ("absent", INT),
     }),
     "domains": ("list", DOMAIN, DOMID_FIRST_RESERVED),
 })
@@ -267,14 +270,17 @@ class _Walker:
                 if keys is None and len(seen) > shape[2]:
                     raise _fail(where, f"more than {shape[2]} keys")
                 self.expect(b":", where)
-                self.value(keys[key] if keys is not None else shape[1], f"{where}.{key}")
+                sub = keys[key] if keys is not None else shape[1]
+                self.value(sub[1] if sub[0] == "absent" else sub, f"{where}.{key}")
                 kind, text, _ = self.next()
                 if kind == 5 and text == b"}":
                     break
                 if kind != 5 or text != b",":
                     raise _fail(where, f"expected ',' or '}}', found {_show(kind, text)}")
-        if keys is not None and len(seen) != len(keys):
-            raise _fail(where, f"keys differ (missing {sorted(set(keys) - seen)}, unexpected [])")
+        if keys is not None:
+            missing = sorted(k for k, sub in keys.items() if k not in seen and sub[0] != "absent")
+            if missing:
+                raise _fail(where, f"keys differ (missing {missing}, unexpected [])")
 
     def any_value(self, where: str, depth: int) -> None:
         """Any JSON value, at most ``ANY_DEPTH`` deep, counted against ``ANY_ITEMS``."""
