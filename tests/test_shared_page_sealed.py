@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -59,9 +60,12 @@ ATTACKER = textwrap.dedent(
     """
 )
 
+HERE = Path(__file__).resolve().parent  # children start here, never in the source root
+
 
 def test_truncating_the_page_from_another_process_fails_and_the_owner_lives():
-    r = subprocess.run([sys.executable, "-c", OWNER, ATTACKER], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", OWNER, ATTACKER], capture_output=True, text=True, timeout=120,
+                       cwd=HERE)  # not the project root: 'python -c' would import the unbuilt tree
     assert r.returncode != -signal.SIGBUS, "the owner died of SIGBUS"
     assert r.returncode == 0, r.stderr[-2000:]
     attacker, owner = r.stdout.strip().splitlines()
@@ -85,7 +89,7 @@ def test_attach_by_path_and_by_descriptor():
                 print(p.raise_port({port}, 1))
             """
         )
-        r = subprocess.run([sys.executable, "-c", child], pass_fds=(page.fd,), capture_output=True,
+        r = subprocess.run([sys.executable, "-c", child], pass_fds=(page.fd,), capture_output=True, cwd=HERE,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert int(r.stdout) == SET_NEWLY | SET_KICK

@@ -34,7 +34,7 @@ def test_version_is_the_distribution_version():
 
     assert xe.__version__ == version("xenevtchn")
     r = subprocess.run([sys.executable, "-m", "xenevtchn", "--version"], capture_output=True,
-                       text=True, timeout=60)
+                       text=True, timeout=60, cwd=USER_SCRIPT.parent)  # not the source root
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"xenevtchn {xe.__version__} (Python ")
 
