@@ -56,6 +56,16 @@ def test_readme_cplusplus_section_builds_and_runs(tmp_path):
     wrapper = bindir / "python"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     wrapper.chmod(0o755)
+    import shutil
+
+    import xenevtchn as xe
+
+    if b"__asan_init" in Path(xe.get_library()).read_bytes():
+        # tools/sanitize.sh installed a library built with -fsanitize=address,undefined:
+        # a program linking it needs the same runtime (the README's command, plus that).
+        gxx = bindir / "g++"
+        gxx.write_text(f'#!/bin/sh\nexec "{shutil.which("g++")}" "$@" -fsanitize=address,undefined\n')
+        gxx.chmod(0o755)
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
     r = subprocess.run(["bash", "-e", "-c", sh], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=300)
