@@ -61,3 +61,51 @@ def test_restore_corpus_reaches_every_outcome(replay):
     _, tally = replay
     for what in ("restored", "shape", "other refusal", "unreachable"):
         assert tally[what] > 0, tally
+
+
+# The fuzzer's first finding (tests/fuzz/restore-findings/oom-69cee827, outside the
+# corpus so that only the capped child below ever builds it): the harness
+# itself, not restore, ran out of memory. A mutation placed one of OTHER_TYPES' shared list
+# objects into the document and a later one put that list inside itself; walking the cyclic
+# document never ended. Each input must build from fresh objects, in bounded memory.
+FINDING = FUZZ / "restore-findings" / "oom-69cee827"
+
+
+def test_finding_builds_in_bounded_memory_and_is_refused():
+    """In a child capped at 1 GiB of address space, so a regression fails, not the host."""
+    import resource
+    import subprocess
+
+    child = (
+        "import sys, tracemalloc\n"
+        f"sys.path.insert(0, {str(FUZZ)!r})\n"
+        "import fuzz_restore as fr, xenevtchn as xe\n"
+        "tracemalloc.start()\n"
+        f"blob = fr.build(open({str(FINDING)!r}, 'rb').read())\n"
+        "peak = tracemalloc.get_traced_memory()[1]\n"
+        "try:\n"
+        "    xe.Hypervisor.restore(blob)\n"
+        "    print(peak, 'restored')\n"
+        "except ValueError as e:\n"
+        "    print(peak, e)\n")
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    out = subprocess.run([sys.executable, "-P", "-c", child], capture_output=True, text=True,
+                         timeout=120, preexec_fn=cap, cwd=FUZZ)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak, _, verdict = out.stdout.strip().partition(" ")
+    assert int(peak) < 16 << 20, peak
+    assert "not an object" in verdict, verdict
+
+
+def test_mutations_leave_the_harness_constants_alone():
+    import copy
+    import random
+
+    before = copy.deepcopy(fr.OTHER_TYPES), copy.deepcopy(fr.LIMITS), list(fr.BASES)
+    rng = random.Random(69)
+    for _ in range(300):
+        fr.build(bytes(rng.randrange(256) for _ in range(rng.randrange(4, 64))))
+    assert (fr.OTHER_TYPES, fr.LIMITS, fr.BASES) == before

@@ -27,6 +27,7 @@ only ``EvtchnError``), and whose snapshot restores to itself byte for byte.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import zlib
@@ -160,7 +161,10 @@ def _mutate_doc(doc: dict, s: Stream) -> None:
     elif k == 3:
         parent[key] = json.loads(json.dumps(_get(doc, paths[s.below(len(paths))])))
     elif k == 4:
-        parent[key] = OTHER_TYPES[s.below(len(OTHER_TYPES))]
+        # A fresh copy: the same list object placed twice (or inside itself, by a later
+        # mutation) would make the document a cycle that _paths walks forever, and would
+        # carry one input's mutations into the next.
+        parent[key] = copy.deepcopy(OTHER_TYPES[s.below(len(OTHER_TYPES))])
     elif k == 5:
         if isinstance(parent, dict):
             del parent[key]
