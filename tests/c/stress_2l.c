@@ -82,13 +82,6 @@ static uint32_t pick_port(uint64_t *rng)
     }
 }
 
-static void store_max(_Atomic uint64_t *p, uint64_t v)
-{
-    uint64_t cur = atomic_load(p);
-    while (cur < v && !atomic_compare_exchange_weak(p, &cur, v))
-        ;
-}
-
 struct sender_arg {
     uint64_t seed;
     uint64_t calls;
@@ -253,13 +246,9 @@ int main(int argc, char **argv)
     const char *layout_name = argc > 2 ? argv[2] : "x86_64";
     uint64_t seed = argc > 3 ? strtoull(argv[3], NULL, 0) : 1;
     int nsend = argc > 4 ? atoi(argv[4]) : 3;
-    int layout;
+    int layout = stress_layout(layout_name);
 
-    if (!strcmp(layout_name, "x86_64"))
-        layout = XE_LAYOUT_X86_64;
-    else if (!strcmp(layout_name, "x86_32"))
-        layout = XE_LAYOUT_X86_32;
-    else {
+    if (layout < 0) {
         fprintf(stderr, "usage: %s [seconds] [x86_64|x86_32] [seed] [senders]\n", argv[0]);
         return 2;
     }

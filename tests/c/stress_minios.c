@@ -112,12 +112,9 @@ int main(int argc, char **argv)
     const char *layout_name = argc > 2 ? argv[2] : "x86_64";
     uint64_t seed = argc > 3 ? strtoull(argv[3], NULL, 0) : 1;
     int nsend = argc > 4 ? atoi(argv[4]) : 2;
-    int layout;
-    if (!strcmp(layout_name, "x86_64"))
-        layout = XE_LAYOUT_X86_64;
-    else if (!strcmp(layout_name, "x86_32"))
-        layout = XE_LAYOUT_X86_32;
-    else {
+    int layout = stress_layout(layout_name);
+
+    if (layout < 0) {
         fprintf(stderr, "usage: %s [calls] [x86_64|x86_32] [seed] [senders]\n", argv[0]);
         return 2;
     }

@@ -1,7 +1,8 @@
 /*
- * What the C stress programs (stress_2l.c, stress_fifo.c) share: a pseudo-random
- * generator and the pause in which the main thread checks a round. Each program
- * includes it once; everything here is static to that program.
+ * What the C stress programs (stress_2l.c, stress_fifo.c, stress_minios.c) share: a
+ * pseudo-random generator, the pause in which the main thread checks a round, a monotonic
+ * maximum and the layout argument. Each program includes it once; everything here is
+ * static to that program.
  */
 #ifndef XENEVTCHN_STRESS_UTIL_H
 #define XENEVTCHN_STRESS_UTIL_H
@@ -9,6 +10,9 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
+
+#include "xenevtchn.h"
 
 /* Rounds: the main thread sets `paused`, waits until every worker has `parked`, checks,
  * then lets them go on. */
@@ -34,6 +38,24 @@ static inline uint64_t rng_next(uint64_t *x)
     *x ^= *x << 25;
     *x ^= *x >> 27;
     return *x * 0x2545F4914F6CDD1DULL;
+}
+
+/* Raise *p to v unless another thread already stored something larger. */
+static inline void store_max(_Atomic uint64_t *p, uint64_t v)
+{
+    uint64_t cur = atomic_load(p);
+    while (cur < v && !atomic_compare_exchange_weak(p, &cur, v))
+        ;
+}
+
+/* The layout named on the command line, or -1 for a name the programs do not know. */
+static inline int stress_layout(const char *name)
+{
+    if (!strcmp(name, "x86_64"))
+        return XE_LAYOUT_X86_64;
+    if (!strcmp(name, "x86_32"))
+        return XE_LAYOUT_X86_32;
+    return -1;
 }
 
 #endif
