@@ -11,6 +11,8 @@ its domains, the guest-side views, libxenevtchn's handle, the errors, and Xen's 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError
+from importlib.util import find_spec as _find_spec
+from typing import TYPE_CHECKING, Any
 from importlib.metadata import version as _dist_version
 
 from . import constants as _constants
@@ -33,10 +35,23 @@ from .scenario import (
 )
 from .shared_info import SharedInfo
 from .shared_page import SharedPage
-from .simpy_adapter import SimPyAdapter
 from .simulate import Simulation
 from .status import EvtchnStatus
 from .sweeps import GridError, SweepInterrupted, sweep, sweep_frame
+
+if TYPE_CHECKING:
+    from .simpy_adapter import SimPyAdapter
+
+
+def __getattr__(name: str) -> Any:
+    # SimPy is an optional extra: the adapter is imported when first asked for, so that
+    # ``import xenevtchn`` works without it (and xe.SimPyAdapter names the extra if absent).
+    if name == "SimPyAdapter":
+        from .simpy_adapter import SimPyAdapter
+
+        return SimPyAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 try:
     __version__: str = _dist_version("xenevtchn")
@@ -59,7 +74,6 @@ __all__ = [
     "ScenarioError",
     "SharedInfo",
     "SharedPage",
-    "SimPyAdapter",
     "Simulation",
     "SweepInterrupted",
     "Vcpu",
@@ -74,3 +88,5 @@ __all__ = [
     "sweep_frame",
 ]
 __all__ += _constants.__all__
+if _find_spec("simpy") is not None:   # ``from xenevtchn import *`` works with or without it
+    __all__.append("SimPyAdapter")
