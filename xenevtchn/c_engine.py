@@ -43,8 +43,6 @@ def unsupported(sim: Simulation) -> str | None:
     if any(hv._listeners.values()):
         return "hypervisor listeners (hv.add_listener)"
     for d in sim.doms:
-        if d.fifo is not None:
-            return f"FIFO event channels (domain {d.domid})"
         if d.guest.mode not in _KERNELS:
             return f"guest kernel {d.guest.mode!r} (domain {d.domid})"
     return None
@@ -87,6 +85,8 @@ class CEngine:
             _check(lib.xe_sim_set_vcpu(s, i, dom_index[vs.domid], vs.id, vs.dom.guest._scans[vs.id],
                                        index[id(vs.timer)], index[id(vs.resched)], index[id(vs.kicker)]),
                    f"vCPU {vs.id} of domain {vs.domid}")
+            _check(lib.xe_sim_set_vcpu_fifo(s, i, vs.dom.guest._fifo_scans[vs.id]),
+                   f"FIFO consumer of vCPU {vs.id} of domain {vs.domid}")
         for i, p in enumerate(ports):
             handler, arg = lib.XE_SIM_ON_NOTHING, 0
             owner = sim._port_owner.get(id(p))

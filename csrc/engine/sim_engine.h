@@ -80,6 +80,9 @@ int xe_sim_set_domain(struct xe_sim *s, uint32_t i, struct xe_domain *d, int ker
  * the model ports of its VIRQ_TIMER, reschedule IPI and spinlock kicker. */
 int xe_sim_set_vcpu(struct xe_sim *s, uint32_t i, uint32_t dom, uint32_t vcpu_id,
                     struct xe_scan *scan, uint32_t timer, uint32_t resched, uint32_t kicker);
+/* vCPU i's FIFO consumer (the guest's xe_fifo_scan of that vCPU, whose private heads the
+ * Python guest shares), used by its upcalls while its domain is on the FIFO ABI. */
+int xe_sim_set_vcpu_fifo(struct xe_sim *s, uint32_t i, struct xe_fifo_scan *scan);
 /* Model port i: domain index, port number, kind (XE_SIM_INTERDOMAIN...), handler
  * (XE_SIM_ON_...) and its argument. */
 int xe_sim_set_port(struct xe_sim *s, uint32_t i, uint32_t dom, uint32_t port, int kind,
