@@ -110,6 +110,7 @@ class CEngine:
                                        vidx[(ring.gv.domid, ring.gv.id)], index[id(ring.front)],
                                        index[id(ring.back)]), f"ring {ring.name}")
         _check(lib.xe_sim_record_timeline(s, int(sim.record_timeline)), "timeline")
+        self._vidx = vidx
         _check(lib.xe_sim_start(s), "start")
         self._totals = ffi.new("uint64_t[]", lib.XE_SIM_T_WORDS)
         self._four = ffi.new("uint64_t[4]")
@@ -137,6 +138,12 @@ class CEngine:
         finally:  # also on Ctrl-C: the counters say what was done
             sim.wall += time.perf_counter() - start
             self.sync()
+
+    def hook(self, domid: int, vcpu: int, wake: bool) -> None:
+        """A kick or wake-up from the control plane between runs: C's model takes it."""
+        vi = self._vidx[(domid, vcpu)]
+        _check(lib.xe_sim_hook(self._s, vi, int(wake)), "hook")
+        self.sync()
 
     def sync(self) -> None:
         """Copy C's counters into the Simulation's objects."""

@@ -88,7 +88,7 @@ class _Port:
     """A port the model handles: where events land, and what its handler does."""
 
     __slots__ = ("dom", "domid", "port", "kind", "label", "on_event", "raised_at", "flows", "si",
-                 "tally")
+                 "words", "tally")
 
     def __init__(self, dom: Domain, port: int, kind: str, label: str,
                  on_event: Callable[[_Vcpu, _Port], None]) -> None:
@@ -100,8 +100,14 @@ class _Port:
         self.on_event = on_event
         self.raised_at = 0
         self.flows: list[tuple[int, int, int]] = []
-        self.si: Any = dom.shared_info if dom.fifo is None else _FifoWords(dom)
+        self.si = dom.shared_info
+        self.words = _FifoWords(dom)  # read instead of ``si`` while the domain is on FIFO
         self.tally = _Tally()  # this port's own counts (``port_counters()``)
+
+    def bits(self) -> Any:
+        """Where the port's pending and mask bits are now: shared_info's 2-level bitmaps,
+        or the event word of a domain on the FIFO ABI (it may switch at any time)."""
+        return self.si if self.dom.fifo is None else self.words
 
 
 class _FifoWords:
@@ -441,7 +447,8 @@ class Simulation:
         """Raise one event, counting what the library reports before and after."""
         if self.sent >= self.limit:
             return  # the run is over: the model stops generating events
-        si, port = target.si, target.port
+        si = target.si if target.dom.fifo is None else target.words
+        port = target.port
         was_pending = si.is_pending(port)
         was_masked = si.is_masked(port)
         t = self.vt
@@ -478,6 +485,9 @@ class Simulation:
     # ---- hooks -------------------------------------------------------------------------
 
     def _on_kick(self, vcpu: Vcpu) -> None:
+        if self._engine is not None:  # between two C runs (a control-plane call): C's model
+            self._engine.hook(vcpu.domain.domid, vcpu.id, False)
+            return
         vs = self.vcpus[(vcpu.domain.domid, vcpu.id)]
         vs.kicks += 1
         if self.trace is not None:
@@ -486,6 +496,9 @@ class Simulation:
             self._schedule_upcall(vs, self.vt + self.rng.randint(*UPCALL_LATENCY_NS))
 
     def _on_wake(self, vcpu: Vcpu) -> None:
+        if self._engine is not None:
+            self._engine.hook(vcpu.domain.domid, vcpu.id, True)
+            return
         vs = self.vcpus[(vcpu.domain.domid, vcpu.id)]
         vs.woken += 1
         if vs.blocked_since is not None:
@@ -691,8 +704,9 @@ class Simulation:
     def _consume_kick(self, vs: _Vcpu) -> None:
         kicker = vs.kicker
         assert kicker is not None
-        if kicker.si.is_pending(kicker.port):
-            kicker.si.clear_pending(kicker.port)
+        bits = kicker.bits()
+        if bits.is_pending(kicker.port):
+            bits.clear_pending(kicker.port)
             self.consumed_by_poll += 1
             tr = self.trace
             if tr is not None:
@@ -724,7 +738,7 @@ class Simulation:
 
     def pending_at_end(self) -> int:
         """Ports of the model still pending now (events raised, not yet taken)."""
-        return sum(p.si.is_pending(p.port) for ports in self.ports.values() for p in ports.values())
+        return sum(p.bits().is_pending(p.port) for ports in self.ports.values() for p in ports.values())
 
     def summary(self) -> dict[str, Any]:
         """Every count of the run, as plain data (what ``--json`` prints)."""

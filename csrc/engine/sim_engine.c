@@ -1380,6 +1380,19 @@ int xe_sim_start(struct xe_sim *s)
     return s->err;
 }
 
+int xe_sim_hook(struct xe_sim *s, uint32_t vi, int wake)
+{
+    if (!s->started || vi >= s->nvcpus)
+        return -EINVAL;
+    if (s->err)
+        return s->err;
+    if (wake)
+        on_wake(s, vi);
+    else
+        on_kick(s, vi);
+    return s->err;
+}
+
 int xe_sim_run(struct xe_sim *s, uint64_t limit, int64_t until_ns, uint64_t max_actions)
 {
     if (!s->started)

@@ -104,6 +104,11 @@ int xe_sim_start(struct xe_sim *s);
  * (the run cannot go on). */
 int xe_sim_run(struct xe_sim *s, uint64_t limit, int64_t until_ns, uint64_t max_actions);
 
+/* A kick (wake = 0) or a poll wake-up (wake = 1) of vCPU i that the control plane caused
+ * between two runs (e.g. EVTCHNOP_expand_array raising deferred events): the model takes
+ * it as it takes those of its own sends. 0, or -errno. */
+int xe_sim_hook(struct xe_sim *s, uint32_t vi, int wake);
+
 /* Read-back. */
 void xe_sim_totals(const struct xe_sim *s, uint64_t *out);      /* XE_SIM_T_WORDS words */
 int xe_sim_port_counts(const struct xe_sim *s, uint32_t i, uint64_t *out);   /* 4: sent,
