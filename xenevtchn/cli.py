@@ -148,7 +148,7 @@ def _scenario_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--abi", choices=("2l", "fifo"), default=None,
                    help="the event-channel ABI of every domain, dom0 included: 2-level (default; "
                         "4,096 ports on x86_64) or FIFO (131,072 ports, 16 priorities); with "
-                        "--scenario it overrides the file's abi keys")
+                        "--scenario it overrides the file's abi keys (Mini-OS guests stay 2-level)")
 
 
 def _scenario(args: argparse.Namespace, events: int | None) -> Scenario:

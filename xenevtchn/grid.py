@@ -305,8 +305,8 @@ class _Base:
             if isinstance(data["dom0"], dict):
                 data["dom0"]["abi"] = abi
             for g in data.get("guest", []) if isinstance(data.get("guest"), list) else []:
-                if isinstance(g, dict):
-                    g["abi"] = abi
+                if isinstance(g, dict) and g.get("kernel", "linux") == "linux":
+                    g["abi"] = abi  # Mini-OS has no FIFO ABI: it stays 2-level
         for name, value in params.items():
             if paths.get(name):
                 self._set(data, name, paths[name], value)

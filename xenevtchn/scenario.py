@@ -126,10 +126,12 @@ class Scenario:
                        seed=self.seed if seed is None else seed)
 
     def with_abi(self, abi: str) -> Scenario:
-        """A copy with every domain, dom0 included, on ``abi`` (``--abi``), checked again."""
+        """A copy with every domain, dom0 included, on ``abi`` (``--abi``), checked again.
+        Mini-OS guests stay 2-level: Mini-OS has no FIFO ABI."""
         if abi not in ABIS:
             raise ScenarioError(f"abi must be one of {', '.join(ABIS)}, not {abi!r}")
-        sc = replace(self, dom0_abi=abi, guests=tuple(replace(g, abi=abi) for g in self.guests))
+        guests = tuple(replace(g, abi=abi) if g.kernel == "linux" else g for g in self.guests)
+        sc = replace(self, dom0_abi=abi, guests=guests)
         check_abis(sc, self.source, fix="--abi")
         check_limits(sc, self.source)
         return sc
