@@ -233,3 +233,24 @@ def test_list_names_each_domains_abi(capsys):
     assert len(heads) == 2 and all("FIFO)" in h for h in heads)
     rc, out, _ = _cli(capsys, "list", "--guests", "1", "--json")
     assert rc == 0 and {t["abi"] for t in json.loads(out)["domains"]} == {"2l"}
+
+
+def test_the_readmes_scenario_files_run_the_same_on_both_engines():
+    """The README's TOML blocks (a FIFO dom0, FIFO and Mini-OS guests, a priority) are
+    scenarios as written."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        sc = parse_scenario(tomllib.loads(block), f"README.md toml block {i}").with_overrides(events=4_000)
+        out = []
+        for engine in ("python", "c"):
+            sim = Simulation(sc, engine=engine)
+            sim.run()
+            out.append({k: v for k, v in sim.summary().items() if k not in ("wall_s", "events_per_s", "engine")})
+        assert out[0] == out[1]
+    assert any(r["abi"] == "fifo" for r in out[0]["by_domain"])
