@@ -204,7 +204,7 @@ class Simulation:
     ``engine``: ``"c"`` runs the event loop in C (``csrc/engine/sim_engine.c``), ``"python"``
     runs it here; both give the same counts for the same scenario and seed (their random
     numbers come from one generator, ``simrng.SimRandom``). What the C engine cannot run
-    (traces, FIFO guests, hooks of your own) is refused with ``ScenarioError``.
+    (traces, hooks of your own) is refused with ``ScenarioError``.
     """
 
     def __init__(self, scenario: Scenario, trace: TraceRecorder | None = None,
