@@ -254,3 +254,23 @@ def test_the_readmes_scenario_files_run_the_same_on_both_engines():
             out.append({k: v for k, v in sim.summary().items() if k not in ("wall_s", "events_per_s", "engine")})
         assert out[0] == out[1]
     assert any(r["abi"] == "fifo" for r in out[0]["by_domain"])
+
+
+def test_the_c_api_refuses_a_bad_fifo_consumer_or_hook():
+    from xenevtchn._native import ffi, lib
+
+    sim = Simulation(xe.default_scenario(guests=1, vcpus=2, events=10, abi="fifo"), engine="python")
+    d0, d1 = sim.doms
+    s = ffi.gc(lib.xe_sim_new(1, 2, 4, 8, 1, 1), lib.xe_sim_free)
+    assert lib.xe_sim_set_vcpu_fifo(s, 0, d0.guest._fifo_scans[0]) == -22   # vCPU not described yet
+    assert lib.xe_sim_set_domain(s, 0, d0._c, 0, 0) == 0                    # a FIFO domain is taken
+    assert lib.xe_sim_set_vcpu(s, 0, 0, 0, d0.guest._scans[0], 0, 1, 2) == 0
+    assert lib.xe_sim_set_vcpu_fifo(s, 0, ffi.NULL) == -22
+    assert lib.xe_sim_set_vcpu_fifo(s, 0, d0.guest._fifo_scans[1]) == -22   # another vCPU's
+    assert lib.xe_sim_set_vcpu_fifo(s, 9, d0.guest._fifo_scans[0]) == -22
+    assert lib.xe_sim_set_vcpu_fifo(s, 0, d0.guest._fifo_scans[0]) == 0
+    assert lib.xe_sim_set_port(s, 0, 0, 5000, 0, 0, 0) == 0                 # FIFO: past 4,096 is fine
+    assert lib.xe_sim_set_port(s, 1, 0, 1 << 17, 0, 0, 0) == -22            # past FIFO's 2**17
+    assert lib.xe_sim_hook(s, 0, 0) == -22                                  # not started
+    c = Simulation(xe.default_scenario(guests=1, events=10, abi="fifo"), engine="c")
+    assert lib.xe_sim_hook(c._engine._s, 99, 1) == -22                      # no such vCPU
