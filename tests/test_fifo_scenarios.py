@@ -274,3 +274,11 @@ def test_the_c_api_refuses_a_bad_fifo_consumer_or_hook():
     assert lib.xe_sim_hook(s, 0, 0) == -22                                  # not started
     c = Simulation(xe.default_scenario(guests=1, events=10, abi="fifo"), engine="c")
     assert lib.xe_sim_hook(c._engine._s, 99, 1) == -22                      # no such vCPU
+
+
+def test_a_sweep_point_out_of_2_level_ports_is_refused_before_any_run(capsys, tmp_path, monkeypatch):
+    _no_build(monkeypatch)
+    out = tmp_path / "r.csv"
+    rc, _, err = _cli(capsys, "sweep", "--param", "abi=fifo,2l", "--param", "guests=2100", "--out", str(out))
+    assert rc == 2 and err.count("\n") == 1 and not out.exists()
+    assert "abi=2l, guests=2100" in err and "2-level ABI has 4,095" in err and "fifo" in err

@@ -5,7 +5,7 @@ in order (the last name varies fastest). A name is one of the built-in knobs
 
 * ``guests``, ``vcpus``: the built-in scenario's size (as ``simulate --guests/--vcpus``),
 * ``seed``, ``events``: any scenario's (as ``simulate --seed/--events``),
-* ``abi``: ``2l`` or ``fifo`` for every domain, where this installation has FIFO scenarios,
+* ``abi``: ``2l`` or ``fifo`` for every domain (Mini-OS guests stay 2-level: no FIFO there),
 
 or a dotted key of the scenario's TOML tables (``simulation.ipi_probability``,
 ``devices.net.service_us``, ``dom0.vcpus``, ``guest[0].count``; ``guest.vcpus`` sets every
