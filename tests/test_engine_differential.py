@@ -6,8 +6,8 @@ points, so every count, every latency bucket and the final state of every port m
 the same; the only fields allowed to differ are wall-clock ones. Any difference is a bug
 in one of the engines.
 
-FIFO guests are not here because scenarios cannot ask for them yet (neither engine runs
-them); the C engine refuses a FIFO domain (see test_c_engine_refuses_*).
+FIFO domains are here too (``abi = "fifo"``: dom0, guests, mixed with 2-level ones, device
+priorities): both engines drive the same FIFO data path and Linux's FIFO consumer state.
 """
 
 from __future__ import annotations
@@ -185,13 +185,26 @@ def test_c_engine_refuses_hooks_it_would_not_call():
     assert sim.sent == 0  # refused before it started
 
 
-def test_c_engine_refuses_a_fifo_domain():
-    """A guest that switched to FIFO (EVTCHNOP_init_control) is named, before any C runs."""
-    sim = Simulation(default_scenario(events=100), engine="python")
-    sim.doms[2].init_control(0x100, 0, 0)  # any free frame of the guest's memory
-    from xenevtchn.c_engine import unsupported
-
-    assert unsupported(sim) == "FIFO event channels (domain 2)"
+def test_a_guest_switched_to_fifo_after_boot_runs_the_same():
+    """A guest that calls EVTCHNOP_init_control with its ports already bound (Xen raises
+    them as it links them once event-array pages exist) and then grows its array in the
+    middle of the run: both engines follow it."""
+    runs = []
+    for engine in ("python", "c"):
+        sim = Simulation(default_scenario(guests=2, events=6_000, seed=13), engine=engine)
+        sim.run(events=1_000)
+        d = sim.doms[2]
+        for v in d.vcpus:
+            d.init_control(0x100 + v.id, 0, v.id)  # any free frames of the guest's memory
+        assert d.abi == "fifo"
+        sim.run(events=2_000)                      # no event words yet: raises are deferred
+        d.expand_array(0x200)
+        sim.run()
+        runs.append(comparable(sim))
+    py, c = runs
+    assert [r["abi"] for r in py["summary"]["by_domain"]] == ["2l", "2l", "fifo"]
+    assert py["summary"]["totals"]["sent"] == 6_000
+    assert_same(py, c)
 
 
 def test_interrupted_c_run_reports_what_it_did():
@@ -272,3 +285,84 @@ def test_the_c_engine_keeps_its_memory_flat_in_events():
     assert sim.sent == 400_000
     assert sizes[2][0] <= 2 * sizes[0][0] + 64      # queued actions: the model's, not the run's
     assert sizes[2][1] <= 2 * sizes[0][1] + 256     # histogram buckets hit: the value range's
+
+
+# ---- FIFO domains (spec xen-hypervisor section 9, guest-side 1.10) --------------------------
+
+@pytest.mark.parametrize("seed", [1, 4, 77, 2**63 - 1])
+def test_fifo_default_scenario_dom0_included(seed):
+    py, c = both(default_scenario(guests=3, events=8_000, seed=seed, abi="fifo"))
+    assert {r["abi"] for r in py["summary"]["by_domain"]} == {"fifo"}
+    assert {t["abi"] for t in py["tables"]} == {"fifo"}
+    assert py["summary"]["totals"]["sent"] == 8_000
+    assert_same(py, c)
+
+
+MIXED_ABIS = {
+    "dom0": {"vcpus": 3, "abi": "fifo"},
+    "devices": {
+        "nvme": {"service_us": [20, 80], "think_us": [5, 40], "depth": 3, "priority": 2},
+        "nic": {"service_us": 4, "think_us": [1, 3], "depth": 8, "napi": True, "priority": 12},
+    },
+    "guest": [
+        {"name": "web", "count": 2, "vcpus": 2, "devices": ["net", "blk"]},
+        {"name": "fast", "count": 2, "vcpus": 3, "devices": ["nvme", "blk", "nic"], "abi": "fifo"},
+        {"name": "mini", "count": 1, "vcpus": 2, "devices": ["net"], "kernel": "minios"},
+        {"name": "old", "count": 2, "vcpus": 2, "devices": ["blk", "nic"], "layout": "x86_32",
+         "abi": "fifo"},
+    ],
+}
+
+
+@pytest.mark.parametrize("seed", [3, 8, 21])
+def test_mixed_2l_and_fifo_guests_with_priorities(seed):
+    sc = parse_scenario({**_scenario(seed, lock_probability=0.2), **MIXED_ABIS}, "mixed-abis")
+    py, c = both(sc)
+    abis = [r["abi"] for r in py["summary"]["by_domain"]]
+    assert abis == ["fifo", "2l", "2l", "fifo", "fifo", "2l", "fifo", "fifo"]
+    assert_same(py, c)
+
+
+def test_fifo_priorities_reach_the_channels():
+    """priority = N on a device is each of its channels' EVTCHNOP_set_priority: the next
+    raise links the event on that queue of the control block (READY bit N)."""
+    sc = parse_scenario({
+        "simulation": {"events": 10},
+        "dom0": {"abi": "fifo"},
+        "devices": {"nvme": {"priority": 3}},
+        "guest": [{"name": "g", "vcpus": 1, "devices": ["nvme"], "abi": "fifo"}],
+    }, "prio")
+    sim = Simulation(sc, engine="python")
+    ring = sim.rings[0]
+    guest, dom0 = ring.guest, sim.doms[0]
+    for d in (guest, dom0):
+        for v in d.vcpus:  # drain what boot left and start from empty queues
+            d.guest.do_upcall(v.id)
+    cb = guest.memory.page(0x100)  # the guest's vCPU 0 control block (simulate.FIFO_CONTROL_GFN)
+    ready = int.from_bytes(cb[0:4], "little")
+    assert ready == 0
+    dom0.send(ring.back.port)                      # backend -> frontend, on priority 3
+    ready = int.from_bytes(cb[0:4], "little")
+    assert ready == 1 << 3
+    head3 = int.from_bytes(cb[8 + 4 * 3:12 + 4 * 3], "little")
+    assert head3 == ring.front.port
+
+
+@pytest.mark.parametrize("lock,ipi", [(1.0, 1.0), (0.5, 0.0)])
+def test_fifo_under_lock_contention_and_ipi_storms(lock, ipi):
+    sc = parse_scenario({
+        **_scenario(19, lock_probability=lock, ipi_probability=ipi, timer_hz=20_000),
+        "dom0": {"abi": "fifo", "vcpus": 4},
+        "devices": {"net": {"priority": 0}, "blk": {"priority": 15}},
+        "guest": [{"name": "g", "count": 3, "vcpus": 4, "abi": "fifo"}],
+    }, "fifo-rates")
+    py, c = both(sc)
+    if lock == 1.0:
+        assert py["summary"]["totals"]["polls_woken"] > 0
+    assert_same(py, c)
+
+
+def test_fifo_runs_in_pieces_and_until_ns():
+    sc = default_scenario(events=10_000, seed=6, abi="fifo")
+    py, c = both(sc, runs=((1_500, None), (None, 3_000_000), (5_000, None), (None, None)))
+    assert_same(py, c)

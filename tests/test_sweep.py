@@ -96,8 +96,8 @@ def test_builtin_scenario_as_tables_is_the_builtin_scenario():
     (["guests"], "--param wants NAME=VALUES"),
     (["=4"], "--param wants NAME=VALUES"),
     (["guests=4", "guests=8"], "given twice"),
-    (["guests=0"], "guests: must be in 1..1000, not 0"),
-    (["guests=1001"], "must be in 1..1000"),
+    (["guests=0"], "guests: must be in 1..10000, not 0"),
+    (["guests=10001"], "must be in 1..10000"),
     (["vcpus=33"], "vcpus: must be in 1..32"),
     (["seed=-1"], "seed: must be in 0.."),
     (["events=0"], "events: must be in 1.."),
@@ -121,7 +121,7 @@ def test_builtin_scenario_as_tables_is_the_builtin_scenario():
     (["a..b=1"], "bad parameter name"),
     (["foo.bar=1"], "unknown key 'foo'"),
     (["guests=1000", "simulation.ipi_probability=0.1", "vcpus=32", "dom0.layout=x86_32"],
-     "the x86_32 2-level ABI has 1023"),
+     "the x86_32 2-level ABI has 1,023"),
     (["guest[0].vcpus=" + "[" * 5000], "unclosed bracket"),
     (["simulation.seed=" + "[" * 3000 + "]" * 3000], "must be an integer"),
 ])
@@ -193,7 +193,7 @@ def test_the_c_engine_is_never_silently_python(capsys, tmp_path, monkeypatch):
     ({"seed": [2**63]}, "must be in 0.."),
     ({"simulation.ipi_probability": [float("nan")]}, "must be in 0..1"),
     ({"devices.net.service_us": [object()]}, "must be [low, high]"),
-    ({"guest.count": [10**9]}, "must be in 1..1000"),
+    ({"guest.count": [10**9]}, "must be in 1..10000"),
     ({"seed": range(0)}, "no values"),
 ])
 def test_python_grids_are_checked_too(grid, message):

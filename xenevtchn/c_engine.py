@@ -43,8 +43,6 @@ def unsupported(sim: Simulation) -> str | None:
     if any(hv._listeners.values()):
         return "hypervisor listeners (hv.add_listener)"
     for d in sim.doms:
-        if d.fifo is not None:
-            return f"FIFO event channels (domain {d.domid})"
         if d.guest.mode not in _KERNELS:
             return f"guest kernel {d.guest.mode!r} (domain {d.domid})"
     return None
@@ -87,6 +85,8 @@ class CEngine:
             _check(lib.xe_sim_set_vcpu(s, i, dom_index[vs.domid], vs.id, vs.dom.guest._scans[vs.id],
                                        index[id(vs.timer)], index[id(vs.resched)], index[id(vs.kicker)]),
                    f"vCPU {vs.id} of domain {vs.domid}")
+            _check(lib.xe_sim_set_vcpu_fifo(s, i, vs.dom.guest._fifo_scans[vs.id]),
+                   f"FIFO consumer of vCPU {vs.id} of domain {vs.domid}")
         for i, p in enumerate(ports):
             handler, arg = lib.XE_SIM_ON_NOTHING, 0
             owner = sim._port_owner.get(id(p))
@@ -110,6 +110,7 @@ class CEngine:
                                        vidx[(ring.gv.domid, ring.gv.id)], index[id(ring.front)],
                                        index[id(ring.back)]), f"ring {ring.name}")
         _check(lib.xe_sim_record_timeline(s, int(sim.record_timeline)), "timeline")
+        self._vidx = vidx
         _check(lib.xe_sim_start(s), "start")
         self._totals = ffi.new("uint64_t[]", lib.XE_SIM_T_WORDS)
         self._four = ffi.new("uint64_t[4]")
@@ -137,6 +138,12 @@ class CEngine:
         finally:  # also on Ctrl-C: the counters say what was done
             sim.wall += time.perf_counter() - start
             self.sync()
+
+    def hook(self, domid: int, vcpu: int, wake: bool) -> None:
+        """A kick or wake-up from the control plane between runs: C's model takes it."""
+        vi = self._vidx[(domid, vcpu)]
+        _check(lib.xe_sim_hook(self._s, vi, int(wake)), "hook")
+        self.sync()
 
     def sync(self) -> None:
         """Copy C's counters into the Simulation's objects."""

@@ -145,6 +145,10 @@ def _scenario_options(p: argparse.ArgumentParser) -> None:
                    help="vCPUs per guest in the built-in scenario (default 2)")
     p.add_argument("--seed", type=_count(0, 2**63 - 1, "--seed"), metavar="S",
                    help="random seed (default 1, or the scenario file's)")
+    p.add_argument("--abi", choices=("2l", "fifo"), default=None,
+                   help="the event-channel ABI of every domain, dom0 included: 2-level (default; "
+                        "4,096 ports on x86_64) or FIFO (131,072 ports, 16 priorities); with "
+                        "--scenario it overrides the file's abi keys (Mini-OS guests stay 2-level)")
 
 
 def _scenario(args: argparse.Namespace, events: int | None) -> Scenario:
@@ -153,8 +157,10 @@ def _scenario(args: argparse.Namespace, events: int | None) -> Scenario:
             if getattr(args, opt) is not None:
                 raise UsageError(f"--{opt} applies to the built-in scenario; set it in {args.scenario} instead")
         sc = load_scenario(args.scenario)
+        if args.abi is not None:
+            sc = sc.with_abi(args.abi)
     else:
-        sc = default_scenario(guests=args.guests or 4, vcpus=args.vcpus or 2)
+        sc = default_scenario(guests=args.guests or 4, vcpus=args.vcpus or 2, abi=args.abi or "2l")
     return sc.with_overrides(events=events, seed=args.seed)
 
 
@@ -224,11 +230,11 @@ def format_summary(s: dict[str, Any]) -> str:
     for kind, row in s["by_kind"].items():
         lines.append(f"  {kind:<20}" + "".join(f"{row[c]:>{w},}" for c, w in zip(_COLS, (10, 11, 11, 9))))
     name_w = max([22, *(len(d["name"]) + 1 for d in s["by_domain"])])  # whole names, aligned
-    lines += ["", f"{'domain':<{name_w}}{'sent from':>10}{'received':>10}{'delivered':>11}{'coalesced':>11}"
+    lines += ["", f"{'domain':<{name_w}}{'abi':>5}{'sent from':>10}{'received':>10}{'delivered':>11}{'coalesced':>11}"
                   f"{'masked':>9}{'upcalls':>9}{'kicks':>9}{'polls woken':>13}"]
     for d in s["by_domain"]:
         lines.append(
-            f"{d['name']:<{name_w}}{d['sent_from']:>10,}{d['received']:>10,}{d['delivered']:>11,}"
+            f"{d['name']:<{name_w}}{d.get('abi', '2l'):>5}{d['sent_from']:>10,}{d['received']:>10,}{d['delivered']:>11,}"
             f"{d['coalesced']:>11,}{d['masked']:>9,}{d['upcalls']:>9,}{d['kicks']:>9,}{d['polls_woken']:>13,}"
         )
     lat, req = s["latency_us"], s["requests"]
@@ -248,8 +254,9 @@ def format_port_tables(tables: list[dict[str, Any]], at: int, now_us: float) -> 
     lines = [f"port tables after {at:,} events ({now_us / 1000:,.3f} ms simulated)"]
     for d in tables:
         kind = "privileged" if d["privileged"] else d["kernel"]
+        abi = "FIFO" if d.get("abi") == "fifo" else "2-level"
         lines += ["", f"{d['name']} (domid {d['domid']}, {kind}, {d['vcpus']} vCPUs, {d['layout']}, "
-                      f"2-level): {len(d['ports'])} ports",
+                      f"{abi}): {len(d['ports'])} ports",
                   f"{'port':>6} {'vcpu':>4}  {'type':<12}{'remote':<16}{'pending':>8}{'masked':>7}  what"]
         for p in d["ports"]:
             lines.append(f"{p['port']:>6} {p['vcpu']:>4}  {p['type']:<12}{p['remote']:<16}"

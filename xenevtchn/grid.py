@@ -5,7 +5,7 @@ in order (the last name varies fastest). A name is one of the built-in knobs
 
 * ``guests``, ``vcpus``: the built-in scenario's size (as ``simulate --guests/--vcpus``),
 * ``seed``, ``events``: any scenario's (as ``simulate --seed/--events``),
-* ``abi``: ``2l`` or ``fifo`` for every domain, where this installation has FIFO scenarios,
+* ``abi``: ``2l`` or ``fifo`` for every domain (Mini-OS guests stay 2-level: no FIFO there),
 
 or a dotted key of the scenario's TOML tables (``simulation.ipi_probability``,
 ``devices.net.service_us``, ``dom0.vcpus``, ``guest[0].count``; ``guest.vcpus`` sets every
@@ -305,8 +305,8 @@ class _Base:
             if isinstance(data["dom0"], dict):
                 data["dom0"]["abi"] = abi
             for g in data.get("guest", []) if isinstance(data.get("guest"), list) else []:
-                if isinstance(g, dict):
-                    g["abi"] = abi
+                if isinstance(g, dict) and g.get("kernel", "linux") == "linux":
+                    g["abi"] = abi  # Mini-OS has no FIFO ABI: it stays 2-level
         for name, value in params.items():
             if paths.get(name):
                 self._set(data, name, paths[name], value)

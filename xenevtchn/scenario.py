@@ -17,12 +17,15 @@ A file looks like this (every key optional except at least one ``[[guest]]``)::
 
     [dom0]
     vcpus = 2
+    abi = "2l"               # or "fifo": dom0's event-channel ABI (FIFO: 131,072 ports)
 
     [devices.nvme]           # a device of your own (net and blk are built in)
     service_us = [20, 80]    # the host device's service time, uniform in this range
     think_us = [5, 40]       # the frontend's pause before its next request
     depth = 2                # requests each frontend keeps in flight
     napi = false             # true: the frontend masks its port and polls (netfront)
+    priority = 3             # FIFO priority of its channels, 0 (highest) .. 15; needs
+                             # abi = "fifo" in every domain that has one of them
 
     [[guest]]
     name = "web"
@@ -31,6 +34,13 @@ A file looks like this (every key optional except at least one ``[[guest]]``)::
     devices = ["net", "blk"]
     kernel = "linux"         # or "minios"
     layout = "x86_64"        # or "x86_32"
+    abi = "2l"               # or "fifo" (Linux only: Mini-OS has no FIFO ABI)
+
+A FIFO domain boots as Linux does (``events_fifo.c``): a control block per vCPU
+(``EVTCHNOP_init_control``) and event-array pages (``EVTCHNOP_expand_array``) as its
+ports need them; its VIRQ_TIMER ports get the highest priority (Linux's
+``xen_setup_timer``), a device's ``priority`` goes to its channels with
+``EVTCHNOP_set_priority``.
 """
 
 from __future__ import annotations
@@ -41,13 +51,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .constants import EVTCHN_2L_NR_CHANNELS, EVTCHN_2L_NR_CHANNELS_X86_32, NR_PIRQS, XEN_LEGACY_MAX_VCPUS
+from .constants import (
+    EVTCHN_2L_NR_CHANNELS,
+    EVTCHN_2L_NR_CHANNELS_X86_32,
+    EVTCHN_FIFO_NR_CHANNELS,
+    EVTCHN_FIFO_PRIORITY_MIN,
+    NR_PIRQS,
+    XEN_LEGACY_MAX_VCPUS,
+)
 
-MAX_GUESTS = 1000
+MAX_GUESTS = 10000
 MAX_EVENTS = 10**9
 FIRST_AUTO_PIRQ = 16
 KERNELS = ("linux", "minios")
 LAYOUTS = ("x86_64", "x86_32")
+ABIS = ("2l", "fifo")
+PORTS_PER_VCPU = 3  # VIRQ_TIMER, a reschedule IPI and a spinlock-kicker IPI per vCPU
 MAX_NESTING = 16  # a real scenario nests tables and arrays 3 deep
 
 
@@ -65,6 +84,7 @@ class DeviceSpec:
     depth: int
     pirq: int
     napi: bool
+    priority: int | None = None  # FIFO priority of its channels (None: Xen's default, 7)
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,7 @@ class GuestSpec:
     devices: tuple[str, ...]
     kernel: str = "linux"
     layout: str = "x86_64"
+    abi: str = "2l"
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,7 @@ class Scenario:
     lock_probability: float = 0.02
     dom0_vcpus: int = 2
     dom0_layout: str = "x86_64"
+    dom0_abi: str = "2l"
     source: str = "default"
 
     @property
@@ -102,6 +124,17 @@ class Scenario:
         """A copy with the command line's ``--events`` / ``--seed`` applied."""
         return replace(self, events=self.events if events is None else events,
                        seed=self.seed if seed is None else seed)
+
+    def with_abi(self, abi: str) -> Scenario:
+        """A copy with every domain, dom0 included, on ``abi`` (``--abi``), checked again.
+        Mini-OS guests stay 2-level: Mini-OS has no FIFO ABI."""
+        if abi not in ABIS:
+            raise ScenarioError(f"abi must be one of {', '.join(ABIS)}, not {abi!r}")
+        guests = tuple(replace(g, abi=abi) if g.kernel == "linux" else g for g in self.guests)
+        sc = replace(self, dom0_abi=abi, guests=guests)
+        check_abis(sc, self.source, fix="--abi")
+        check_limits(sc, self.source)
+        return sc
 
 
 BUILTIN_DEVICES = {
@@ -114,11 +147,15 @@ BUILTIN_DEVICES = {
 _GENERIC = DeviceSpec("", service_us=(10.0, 50.0), think_us=(10.0, 50.0), depth=1, pirq=-1, napi=False)
 
 
-def default_scenario(guests: int = 4, vcpus: int = 2, events: int = 100_000, seed: int = 1) -> Scenario:
-    """dom0 (2 vCPUs) and ``guests`` Linux guests of ``vcpus`` vCPUs, each with net and blk."""
-    g = GuestSpec("guest", count=guests, vcpus=vcpus, devices=("net", "blk"))
-    sc = Scenario(guests=(g,), devices=dict(BUILTIN_DEVICES), events=events, seed=seed)
-    check_limits(sc, "default scenario")
+def default_scenario(guests: int = 4, vcpus: int = 2, events: int = 100_000, seed: int = 1,
+                     abi: str = "2l") -> Scenario:
+    """dom0 (2 vCPUs) and ``guests`` Linux guests of ``vcpus`` vCPUs, each with net and blk,
+    every domain on the event-channel ABI ``abi`` (``"2l"`` or ``"fifo"``)."""
+    if abi not in ABIS:
+        raise ScenarioError(f"abi must be one of {', '.join(ABIS)}, not {abi!r}")
+    g = GuestSpec("guest", count=guests, vcpus=vcpus, devices=("net", "blk"), abi=abi)
+    sc = Scenario(guests=(g,), devices=dict(BUILTIN_DEVICES), events=events, seed=seed, dom0_abi=abi)
+    check_limits(sc, "default scenario", fix="--abi")
     return sc
 
 
@@ -126,9 +163,9 @@ def default_scenario(guests: int = 4, vcpus: int = 2, events: int = 100_000, see
 
 _TOP_KEYS = ("simulation", "dom0", "devices", "guest")
 _SIM_KEYS = ("events", "seed", "timer_hz", "ipi_probability", "lock_probability")
-_DOM0_KEYS = ("vcpus", "layout")
-_DEVICE_KEYS = ("service_us", "think_us", "depth", "pirq", "napi")
-_GUEST_KEYS = ("name", "count", "vcpus", "devices", "kernel", "layout")
+_DOM0_KEYS = ("vcpus", "layout", "abi")
+_DEVICE_KEYS = ("service_us", "think_us", "depth", "pirq", "napi", "priority")
+_GUEST_KEYS = ("name", "count", "vcpus", "devices", "kernel", "layout", "abi")
 
 
 class _Checker:
@@ -251,6 +288,8 @@ def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
         kw["dom0_vcpus"] = c.int(dom0["vcpus"], "dom0.vcpus", 1, XEN_LEGACY_MAX_VCPUS)
     if "layout" in dom0:
         kw["dom0_layout"] = c.choice(dom0["layout"], "dom0.layout", LAYOUTS)
+    if "abi" in dom0:
+        kw["dom0_abi"] = c.choice(dom0["abi"], "dom0.abi", ABIS)
 
     devices = dict(BUILTIN_DEVICES)
     devtab = data.get("devices", {})
@@ -272,6 +311,8 @@ def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
             upd["pirq"] = c.int(spec["pirq"], f"{key}.pirq", 1, NR_PIRQS - 1)  # PIRQ 0 is never bindable
         if "napi" in spec:
             upd["napi"] = c.bool(spec["napi"], f"{key}.napi")
+        if "priority" in spec:
+            upd["priority"] = c.int(spec["priority"], f"{key}.priority", 0, EVTCHN_FIFO_PRIORITY_MIN)
         devices[name] = replace(base, **upd)
 
     guests_raw = data.get("guest")
@@ -299,6 +340,7 @@ def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
             devices=tuple(devs),
             kernel=c.choice(g.get("kernel", "linux"), f"{key}.kernel", KERNELS),
             layout=c.choice(g.get("layout", "x86_64"), f"{key}.layout", LAYOUTS),
+            abi=c.choice(g.get("abi", "2l"), f"{key}.abi", ABIS),
         ))
     if not guests:
         raise ScenarioError(f"{where}: no guests: add at least one [[guest]] table")
@@ -319,28 +361,70 @@ def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
             raise c.fail(f"devices.{name}.pirq", f"PIRQ {d.pirq} is also used by device '{seen[d.pirq]}'")
         seen[d.pirq] = name
     sc = Scenario(guests=tuple(guests), devices=in_use, source=where, **kw)
+    check_abis(sc, where)
     check_limits(sc, where)
     return sc
 
 
-def _nr_ports(layout: str) -> int:
+def _nr_ports(layout: str, abi: str = "2l") -> int:
+    """Event channels of the ABI, port 0 included (never bound)."""
+    if abi == "fifo":
+        return EVTCHN_FIFO_NR_CHANNELS
     return EVTCHN_2L_NR_CHANNELS if layout == "x86_64" else EVTCHN_2L_NR_CHANNELS_X86_32
 
 
-def check_limits(sc: Scenario, where: str) -> None:
-    """Refuse scenarios that would run out of domids or event-channel ports."""
+def _abi_name(layout: str, abi: str) -> str:
+    return "FIFO ABI" if abi == "fifo" else f"{layout} 2-level ABI"
+
+
+def check_abis(sc: Scenario, where: str, fix: str = "abi") -> None:
+    """Refuse FIFO where the guest has none (Mini-OS) and priorities on 2-level channels."""
+    for i, g in enumerate(sc.guests):
+        if g.abi == "fifo" and g.kernel != "linux":
+            raise ScenarioError(f"{where}: guest[{i}]: a {g.kernel} guest has no FIFO ABI "
+                                f"(only Linux guests can use abi = \"fifo\")")
+    for name, dev in sorted(sc.devices.items()):
+        if dev.priority is None:
+            continue
+        two_level = ["dom0"] if sc.dom0_abi != "fifo" else []
+        two_level += [f"guest[{i}]" for i, g in enumerate(sc.guests) if name in g.devices and g.abi != "fifo"]
+        if two_level:
+            how = "--abi fifo" if fix == "--abi" else "abi = \"fifo\" in each"
+            raise ScenarioError(
+                f"{where}: devices.{name}.priority: FIFO priorities need every domain with a channel "
+                f"of the device on the FIFO ABI; {', '.join(two_level)} "
+                f"{'is' if len(two_level) == 1 else 'are'} 2-level (use {how}, or drop the priority)")
+
+
+def dom0_ports_needed(sc: Scenario) -> int:
+    """The event channels dom0 binds: a backend per guest device, a PIRQ per host device,
+    and its own per-vCPU ports."""
+    return sum(len(g.devices) * g.count for g in sc.guests) + PORTS_PER_VCPU * sc.dom0_vcpus + len(sc.devices)
+
+
+def check_limits(sc: Scenario, where: str, fix: str = "abi") -> None:
+    """Refuse scenarios that would run out of domids or event-channel ports, before any
+    domain is built. ``fix``: how the user switches ABI (``--abi`` on the command line,
+    ``abi`` keys in a file)."""
     if not 1 <= sc.nr_guests <= MAX_GUESTS:
         raise ScenarioError(f"{where}: {sc.nr_guests} guests in all; the simulator takes 1..{MAX_GUESTS}")
-    per_vcpu = 3  # VIRQ_TIMER, a reschedule IPI and a spinlock-kicker IPI per vCPU
     for i, g in enumerate(sc.guests):
-        need = len(g.devices) + per_vcpu * g.vcpus
-        have = _nr_ports(g.layout) - 1
+        need = len(g.devices) + PORTS_PER_VCPU * g.vcpus
+        have = _nr_ports(g.layout, g.abi) - 1
         if need > have:
-            raise ScenarioError(f"{where}: guest[{i}] needs {need} ports; the {g.layout} 2-level ABI has {have}")
-    need = sum(len(g.devices) * g.count for g in sc.guests) + per_vcpu * sc.dom0_vcpus + len(sc.devices)
-    have = _nr_ports(sc.dom0_layout) - 1
+            raise ScenarioError(f"{where}: guest[{i}] needs {need} ports; the {_abi_name(g.layout, g.abi)} "
+                                f"has {have}")
+    need = dom0_ports_needed(sc)
+    have = _nr_ports(sc.dom0_layout, sc.dom0_abi) - 1
     if need > have:
+        if sc.dom0_abi == "fifo":
+            hint = "fewer guests or devices"
+        elif fix == "--abi":
+            hint = "run it with --abi fifo (FIFO: 131,071 ports) or fewer guests"
+        else:
+            hint = 'set abi = "fifo" in [dom0] (or run it with --abi fifo; FIFO: 131,071 ports) or fewer guests'
         raise ScenarioError(
-            f"{where}: dom0 would need {need} ports for its backends; the {sc.dom0_layout} 2-level ABI "
-            f"has {have} (fewer guests or devices)"
+            f"{where}: dom0 would need {need:,} event-channel ports (a backend per guest device, a "
+            f"PIRQ per host device, {PORTS_PER_VCPU} per vCPU); the {_abi_name(sc.dom0_layout, sc.dom0_abi)} "
+            f"has {have:,} (ports 1..{have:,}): {hint}"
         )

@@ -43,8 +43,9 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from ._native import lib
 from .hypervisor import Hypervisor
-from .constants import VIRQ_TIMER
+from .constants import EVTCHN_FIFO_PRIORITY_MAX, VIRQ_TIMER
 from .domain import Domain, Vcpu
 from .latency import LatencyHistogram
 from .scenario import DeviceSpec, GuestSpec, Scenario, ScenarioError
@@ -67,6 +68,11 @@ LOCK_HOLD_MEAN_NS = 10_000     # a contended lock is held this long on average
 POLL_TIMEOUT_NS = 50_000       # a spinlock waiter polls with this timeout
 SPIN_RETRY_NS = 1000           # poll returned at once: spin, then try again
 
+# Where a FIFO guest keeps its control blocks and event-array pages (any free frames do).
+FIFO_CONTROL_GFN = 0x100       # vCPU v's control block: frame FIFO_CONTROL_GFN + v, offset 0
+FIFO_ARRAY_GFN = 0x200         # event-array page i: frame FIFO_ARRAY_GFN + i
+FIFO_WORDS_PER_PAGE = 1024
+
 
 class _Tally:
     __slots__ = METRICS
@@ -82,7 +88,7 @@ class _Port:
     """A port the model handles: where events land, and what its handler does."""
 
     __slots__ = ("dom", "domid", "port", "kind", "label", "on_event", "raised_at", "flows", "si",
-                 "tally")
+                 "words", "tally")
 
     def __init__(self, dom: Domain, port: int, kind: str, label: str,
                  on_event: Callable[[_Vcpu, _Port], None]) -> None:
@@ -95,7 +101,32 @@ class _Port:
         self.raised_at = 0
         self.flows: list[tuple[int, int, int]] = []
         self.si = dom.shared_info
+        self.words = _FifoWords(dom)  # read instead of ``si`` while the domain is on FIFO
         self.tally = _Tally()  # this port's own counts (``port_counters()``)
+
+    def bits(self) -> Any:
+        """Where the port's pending and mask bits are now: shared_info's 2-level bitmaps,
+        or the event word of a domain on the FIFO ABI (it may switch at any time)."""
+        return self.si if self.dom.fifo is None else self.words
+
+
+class _FifoWords:
+    """A FIFO domain's pending and mask bits (its event words), read as ``shared_info``'s
+    2-level bits are: what the model reads before a send and what a poll waiter clears."""
+
+    __slots__ = ("c",)
+
+    def __init__(self, dom: Domain) -> None:
+        self.c = dom._c
+
+    def is_pending(self, port: int) -> bool:
+        return bool(lib.xe_evtchn_is_pending(self.c, port))
+
+    def is_masked(self, port: int) -> bool:
+        return bool(lib.xe_evtchn_is_masked(self.c, port))
+
+    def clear_pending(self, port: int) -> None:
+        lib.xe_evtchn_clear_pending(self.c, port)
 
 
 class _Vcpu:
@@ -173,7 +204,7 @@ class Simulation:
     ``engine``: ``"c"`` runs the event loop in C (``csrc/engine/sim_engine.c``), ``"python"``
     runs it here; both give the same counts for the same scenario and seed (their random
     numbers come from one generator, ``simrng.SimRandom``). What the C engine cannot run
-    (traces, FIFO guests, hooks of your own) is refused with ``ScenarioError``.
+    (traces, hooks of your own) is refused with ``ScenarioError``.
     """
 
     def __init__(self, scenario: Scenario, trace: TraceRecorder | None = None,
@@ -229,15 +260,19 @@ class Simulation:
         sc, hv = self.sc, self.hv
         dom0 = hv.create_domain(vcpus=sc.dom0_vcpus, privileged=True, layout=sc.dom0_layout)
         self._add_domain(dom0, "dom0", timeline)
+        if sc.dom0_abi == "fifo":
+            _fifo_boot(dom0)
         for spec in sc.guests:
             for i in range(spec.count):
                 d = hv.create_domain(vcpus=spec.vcpus, layout=spec.layout, guest=spec.kernel)
                 suffix = f"-{i}" if spec.count > 1 else ""
                 self._add_domain(d, f"d{d.domid} {spec.name}{suffix}", timeline)
+                if spec.abi == "fifo":
+                    _fifo_boot(d)
         # Host devices behind dom0's PIRQs.
         for name, dspec in sc.devices.items():
             dev = _Device(dspec, 1 + len(self.devices))
-            port = dom0.bind_pirq(dspec.pirq)
+            port = _fifo_setup(dom0, dom0.bind_pirq(dspec.pirq), dspec.priority)
             dev.port = self._register(dom0, port, "pirq", f"pirq {dspec.pirq} ({name} host device)",
                                       lambda v, p, dev=dev: self._on_device_irq(v, dev))  # type: ignore[misc]
             self._port_owner[id(dev.port)] = ("device", dev)
@@ -249,8 +284,9 @@ class Simulation:
             for j, dname in enumerate(spec.devices):
                 gv = self.vcpus[(d.domid, j % len(d.vcpus))]
                 ring = _Ring(f"{dname}{j}", d, gv, self.devices[dname])
-                front = d.alloc_unbound(remote_dom=dom0.domid)
-                back = dom0.bind_interdomain(d.domid, front)
+                prio = self.devices[dname].spec.priority
+                front = _fifo_setup(d, d.alloc_unbound(remote_dom=dom0.domid), prio)
+                back = _fifo_setup(dom0, dom0.bind_interdomain(d.domid, front), prio)
                 dom0.bind_vcpu(back, nback % len(dom0.vcpus))
                 d.bind_vcpu(front, gv.id)
                 # The fresh backend port is pending on vCPU 0; as Linux starts the IRQ,
@@ -269,12 +305,14 @@ class Simulation:
         for d in self.doms:
             for v in d.vcpus:
                 vs = self.vcpus[(d.domid, v.id)]
-                vs.timer = self._register(d, d.bind_virq(VIRQ_TIMER, v.id), "virq",
-                                          f"VIRQ_TIMER vCPU{v.id}", _nothing)
-                vs.resched = self._register(d, d.bind_ipi(v.id), "ipi", f"reschedule IPI vCPU{v.id}",
-                                            _nothing)
-                vs.kicker = self._register(d, d.bind_ipi(v.id), "ipi", f"spinlock kicker vCPU{v.id}",
-                                           _nothing)
+                # Linux gives its timer the highest FIFO priority (xen_setup_timer), which
+                # keeps the 2-level upcall's "VIRQ_TIMER first".
+                timer = _fifo_setup(d, d.bind_virq(VIRQ_TIMER, v.id), EVTCHN_FIFO_PRIORITY_MAX)
+                vs.timer = self._register(d, timer, "virq", f"VIRQ_TIMER vCPU{v.id}", _nothing)
+                vs.resched = self._register(d, _fifo_setup(d, d.bind_ipi(v.id)), "ipi",
+                                            f"reschedule IPI vCPU{v.id}", _nothing)
+                vs.kicker = self._register(d, _fifo_setup(d, d.bind_ipi(v.id)), "ipi",
+                                           f"spinlock kicker vCPU{v.id}", _nothing)
                 d.guest.mask(vs.kicker.port)  # Linux keeps the kicker IRQ disabled: it is only polled
         # Boot: each guest enables event delivery and takes the events set-up left pending
         # (a fresh interdomain port starts pending); none of them counts.
@@ -409,7 +447,8 @@ class Simulation:
         """Raise one event, counting what the library reports before and after."""
         if self.sent >= self.limit:
             return  # the run is over: the model stops generating events
-        si, port = target.si, target.port
+        si = target.si if target.dom.fifo is None else target.words
+        port = target.port
         was_pending = si.is_pending(port)
         was_masked = si.is_masked(port)
         t = self.vt
@@ -446,6 +485,9 @@ class Simulation:
     # ---- hooks -------------------------------------------------------------------------
 
     def _on_kick(self, vcpu: Vcpu) -> None:
+        if self._engine is not None:  # between two C runs (a control-plane call): C's model
+            self._engine.hook(vcpu.domain.domid, vcpu.id, False)
+            return
         vs = self.vcpus[(vcpu.domain.domid, vcpu.id)]
         vs.kicks += 1
         if self.trace is not None:
@@ -454,6 +496,9 @@ class Simulation:
             self._schedule_upcall(vs, self.vt + self.rng.randint(*UPCALL_LATENCY_NS))
 
     def _on_wake(self, vcpu: Vcpu) -> None:
+        if self._engine is not None:
+            self._engine.hook(vcpu.domain.domid, vcpu.id, True)
+            return
         vs = self.vcpus[(vcpu.domain.domid, vcpu.id)]
         vs.woken += 1
         if vs.blocked_since is not None:
@@ -659,8 +704,9 @@ class Simulation:
     def _consume_kick(self, vs: _Vcpu) -> None:
         kicker = vs.kicker
         assert kicker is not None
-        if kicker.si.is_pending(kicker.port):
-            kicker.si.clear_pending(kicker.port)
+        bits = kicker.bits()
+        if bits.is_pending(kicker.port):
+            bits.clear_pending(kicker.port)
             self.consumed_by_poll += 1
             tr = self.trace
             if tr is not None:
@@ -692,7 +738,7 @@ class Simulation:
 
     def pending_at_end(self) -> int:
         """Ports of the model still pending now (events raised, not yet taken)."""
-        return sum(p.si.is_pending(p.port) for ports in self.ports.values() for p in ports.values())
+        return sum(p.bits().is_pending(p.port) for ports in self.ports.values() for p in ports.values())
 
     def summary(self) -> dict[str, Any]:
         """Every count of the run, as plain data (what ``--json`` prints)."""
@@ -709,7 +755,7 @@ class Simulation:
         by_domain = []
         for d in self.doms:
             mine = [v for v in vs_all if v.domid == d.domid]
-            row = {"domid": d.domid, "name": self.names[d.domid], "vcpus": len(d.vcpus),
+            row = {"domid": d.domid, "name": self.names[d.domid], "abi": d.abi, "vcpus": len(d.vcpus),
                    "sent_from": self.dom_sent[d.domid]}
             row.update({("received" if m == "sent" else m): v
                         for m, v in self.dom_tally[d.domid].as_dict().items()})
@@ -759,6 +805,27 @@ class Simulation:
                                      for d, ports in self.ports.items()}, self.names)
 
 
+def _fifo_boot(d: Domain) -> None:
+    """Linux's FIFO start-up (``evtchn_fifo_init``): a control block for every vCPU; the
+    event array grows as ports are bound (``_fifo_setup``)."""
+    for v in d.vcpus:
+        d.init_control(FIFO_CONTROL_GFN + v.id, 0, v.id)
+
+
+def _fifo_setup(d: Domain, port: int, priority: int | None = None) -> int:
+    """What Linux does right after a bind on a FIFO domain (``evtchn_fifo_setup``, then
+    ``xen_set_irq_priority``): event-array pages up to the port's, and its priority.
+    Returns ``port``; a 2-level domain's port is left as it is."""
+    fifo = d.fifo
+    if fifo is None:
+        return port
+    while port >= FIFO_WORDS_PER_PAGE * len(fifo.array_gfns):
+        d.expand_array(FIFO_ARRAY_GFN + len(fifo.array_gfns))
+    if priority is not None:
+        d.set_priority(port, priority)
+    return port
+
+
 def _nothing(vs: _Vcpu, p: _Port) -> None:
     """Handlers of timer ticks and IPIs: taking the event is all they do."""
 
@@ -797,13 +864,14 @@ def port_tables(hv: Hypervisor, labels: dict[int, dict[int, str]] | None = None,
                     remote = f"pirq {st.pirq}"
                 else:
                     remote = ""
+                bits: Any = d.shared_info if d.fifo is None else _FifoWords(d)
                 rows.append({
                     "port": port, "vcpu": int(st.vcpu), "type": kind, "remote": remote,
-                    "pending": d.shared_info.is_pending(port), "masked": d.shared_info.is_masked(port),
+                    "pending": bits.is_pending(port), "masked": bits.is_masked(port),
                     "label": (labels or {}).get(d.domid, {}).get(port, ""),
                 })
             port += 1
         out.append({"domid": d.domid, "name": (names or {}).get(d.domid, f"d{d.domid}"),
-                    "privileged": d.privileged, "vcpus": len(d.vcpus), "layout": d.layout,
+                    "privileged": d.privileged, "vcpus": len(d.vcpus), "layout": d.layout, "abi": d.abi,
                     "kernel": d.guest.mode, "ports": rows})
     return out

@@ -127,6 +127,7 @@ struct port {
 
 struct vcpu {
     struct xe_scan *scan;
+    struct xe_fifo_scan *fscan; /* its FIFO consumer (Linux's private heads), or NULL */
     int64_t upcall_at, busy_until;
     uint64_t upcalls, kicks, polls, woken;
     uint64_t lock_id;           /* the lock it waits for (0: none) */
@@ -422,6 +423,28 @@ static inline struct xe_domain *vdom(struct xe_sim *s, const struct vcpu *vs)
     return s->doms[vs->dom].d;
 }
 
+/* Whether the domain uses the FIFO ABI now (EVTCHNOP_init_control switched it). */
+static inline int is_fifo(struct xe_domain *d)
+{
+    return __atomic_load_n(&d->abi, __ATOMIC_ACQUIRE) == XE_ABI_FIFO;
+}
+
+/* The port's pending and mask bits, as the model reads them before a send: the 2-level
+ * bitmaps of shared_info, or a FIFO domain's event word. */
+static int port_pending(struct xe_domain *d, uint32_t port)
+{
+    if (is_fifo(d))
+        return xe_evtchn_is_pending(d, port);
+    return port < d->si.nr_ports && xe_2l_is_pending(&d->si, port);
+}
+
+static int port_masked(struct xe_domain *d, uint32_t port)
+{
+    if (is_fifo(d))
+        return xe_evtchn_is_masked(d, port);
+    return port >= d->si.nr_ports || xe_2l_is_masked(&d->si, port);
+}
+
 static inline int64_t us(struct xe_sim *s, double lo, double hi)
 {
     return (int64_t)(rng_uniform(&s->rng, lo, hi) * 1000.0);
@@ -571,7 +594,18 @@ static void do_upcall(struct xe_sim *s, uint32_t vi)
         xe_upcall_pass_begin(count);
         xe_vcpu_set_upcall_pending(&d->si, vs->id, 0);
         int32_t port;
-        if (dm->kernel == XE_SIM_LINUX) {
+        if (is_fifo(d)) {   /* Linux's FIFO handle_events: by priority, one event at a time */
+            if (!vs->fscan) {
+                fail(s, ENOSYS, "a FIFO domain's vCPU has no FIFO consumer");
+                xe_upcall_abort(count);
+                return;
+            }
+            xe_fifo_scan_begin(d, vs->fscan);
+            while (!s->err && (port = xe_fifo_scan_next(d, vs->fscan)) >= 0)
+                deliver(s, vi, port);
+            if (s->err)
+                xe_fifo_scan_abort(d, vs->fscan);
+        } else if (dm->kernel == XE_SIM_LINUX) {
             uint32_t timer = s->ports[vs->timer].port;
             if (timer) {
                 port = xe_2l_take_timer(d, vs->id, timer);
@@ -757,6 +791,13 @@ static void guest_unmask(struct xe_sim *s, uint32_t di, uint32_t port)
         if (dm->kernel == XE_SIM_LINUX)
             v = __atomic_load_n(&c->notify_vcpu, __ATOMIC_RELAXED);
     }
+    if (is_fifo(d)) {   /* clear MASKED locally, or EVTCHNOP_unmask for a pending event */
+        if (xe_fifo_guest_unmask(d, port)) {
+            int rc = xe_evtchn_unmask(d, port);
+            after(s, rc < 0 ? 0 : rc);   /* Linux ignores the hypercall's answer */
+        }
+        return;
+    }
     xe_2l_guest_unmask(&d->si, v, port);
 }
 
@@ -832,7 +873,9 @@ static void on_front(struct xe_sim *s, uint32_t vi, uint32_t ri)
             r->napi_busy = 1;
             struct xe_domain *d = s->doms[r->guest].d;
             uint32_t port = s->ports[r->front].port;
-            if (port < d->si.nr_ports)
+            if (is_fifo(d))
+                xe_fifo_mask(d, port);
+            else if (port < d->si.nr_ports)
                 xe_2l_mask(&d->si, port);
             at(s, s->vt + rng_randint(&s->rng, NAPI_DELAY_LO, NAPI_DELAY_HI), EV_RUN_ON, vi, ri, 0,
                T_NAPI, 0);
@@ -898,10 +941,8 @@ static void send_now(struct xe_sim *s, uint32_t target, uint8_t mode, uint32_t s
         return;   /* the run is over: the model stops generating events */
     struct port *p = &s->ports[target];
     struct xe_domain *d = p->d;
-    const struct xe_shinfo *si = &d->si;
-    int in_range = p->port < si->nr_ports;
-    int was_pending = in_range && xe_2l_is_pending(si, p->port);
-    int was_masked = !in_range || xe_2l_is_masked(si, p->port);
+    int was_pending = port_pending(d, p->port);
+    int was_masked = port_masked(d, p->port);
     int64_t t = s->vt;
     s->vt = t + SEND_NS;
     int rc;
@@ -946,11 +987,14 @@ static void send(struct xe_sim *s, uint32_t target, uint8_t mode, uint32_t sende
 static void consume_kick(struct xe_sim *s, uint32_t vi)
 {
     const struct port *k = &s->ports[s->vcpus[vi].kicker];
-    const struct xe_shinfo *si = &k->d->si;
-    if (k->port < si->nr_ports && xe_2l_is_pending(si, k->port)) {
-        xe_2l_clear_pending(si, k->port);
-        s->consumed++;
-    }
+    struct xe_domain *d = k->d;
+    if (!port_pending(d, k->port))
+        return;
+    if (is_fifo(d))
+        xe_evtchn_clear_pending(d, k->port);
+    else
+        xe_2l_clear_pending(&d->si, k->port);
+    s->consumed++;
 }
 
 /* Domain.sched_poll([port], timeout, vcpu): 1 if it returns at once, 0 once it blocks. */
@@ -1193,8 +1237,6 @@ int xe_sim_set_domain(struct xe_sim *s, uint32_t i, struct xe_domain *d, int ker
         return -EINVAL;
     if (i && d->hv != s->doms[0].d->hv)
         return -EINVAL;
-    if (d->abi != XE_ABI_2L)
-        return -ENOSYS;
     s->doms[i].d = d;
     s->doms[i].kernel = kernel;
     s->doms[i].first_vcpu = first_vcpu;
@@ -1221,11 +1263,21 @@ int xe_sim_set_vcpu(struct xe_sim *s, uint32_t i, uint32_t dom, uint32_t vcpu_id
     return 0;
 }
 
+int xe_sim_set_vcpu_fifo(struct xe_sim *s, uint32_t i, struct xe_fifo_scan *scan)
+{
+    if (s->started || i >= s->nvcpus || s->vcpus[i].dom == NONE32 || !scan ||
+        scan->vcpu != s->vcpus[i].id)
+        return -EINVAL;
+    s->vcpus[i].fscan = scan;
+    return 0;
+}
+
 int xe_sim_set_port(struct xe_sim *s, uint32_t i, uint32_t dom, uint32_t port, int kind,
                     int handler, uint32_t arg)
 {
     if (s->started || i >= s->nports || dom >= s->ndoms || !s->doms[dom].d ||
-        port == 0 || port >= s->doms[dom].d->si.nr_ports || kind < XE_SIM_INTERDOMAIN ||
+        port == 0 || port >= (is_fifo(s->doms[dom].d) ? (uint32_t)XE_FIFO_NR_CHANNELS :
+                              s->doms[dom].d->si.nr_ports) || kind < XE_SIM_INTERDOMAIN ||
         kind > XE_SIM_PIRQ || handler < XE_SIM_ON_NOTHING || handler > XE_SIM_ON_BACK)
         return -EINVAL;
     if ((handler == XE_SIM_ON_DEVICE && arg >= s->ndevs) ||
@@ -1325,6 +1377,19 @@ int xe_sim_start(struct xe_sim *s)
         for (uint32_t j = 0; j < dev->depth; j++)
             at(s, us(s, dev->think_lo, dev->think_hi), EV_RUN_ON, s->rings[k].gv, k, 0, T_ISSUE, 0);
     }
+    return s->err;
+}
+
+int xe_sim_hook(struct xe_sim *s, uint32_t vi, int wake)
+{
+    if (!s->started || vi >= s->nvcpus)
+        return -EINVAL;
+    if (s->err)
+        return s->err;
+    if (wake)
+        on_wake(s, vi);
+    else
+        on_kick(s, vi);
     return s->err;
 }
 

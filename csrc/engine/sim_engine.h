@@ -80,6 +80,9 @@ int xe_sim_set_domain(struct xe_sim *s, uint32_t i, struct xe_domain *d, int ker
  * the model ports of its VIRQ_TIMER, reschedule IPI and spinlock kicker. */
 int xe_sim_set_vcpu(struct xe_sim *s, uint32_t i, uint32_t dom, uint32_t vcpu_id,
                     struct xe_scan *scan, uint32_t timer, uint32_t resched, uint32_t kicker);
+/* vCPU i's FIFO consumer (the guest's xe_fifo_scan of that vCPU, whose private heads the
+ * Python guest shares), used by its upcalls while its domain is on the FIFO ABI. */
+int xe_sim_set_vcpu_fifo(struct xe_sim *s, uint32_t i, struct xe_fifo_scan *scan);
 /* Model port i: domain index, port number, kind (XE_SIM_INTERDOMAIN...), handler
  * (XE_SIM_ON_...) and its argument. */
 int xe_sim_set_port(struct xe_sim *s, uint32_t i, uint32_t dom, uint32_t port, int kind,
@@ -100,6 +103,11 @@ int xe_sim_start(struct xe_sim *s);
  * XE_SIM_DONE / XE_SIM_MORE / XE_SIM_UNTIL, or -errno of a data-path call that failed
  * (the run cannot go on). */
 int xe_sim_run(struct xe_sim *s, uint64_t limit, int64_t until_ns, uint64_t max_actions);
+
+/* A kick (wake = 0) or a poll wake-up (wake = 1) of vCPU i that the control plane caused
+ * between two runs (e.g. EVTCHNOP_expand_array raising deferred events): the model takes
+ * it as it takes those of its own sends. 0, or -errno. */
+int xe_sim_hook(struct xe_sim *s, uint32_t vi, int wake);
 
 /* Read-back. */
 void xe_sim_totals(const struct xe_sim *s, uint64_t *out);      /* XE_SIM_T_WORDS words */
