@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .simulate import Simulation
 
 SLICE = 1 << 16  # actions per C call: a bounded time between two looks at signals
+TRACE_FLUSH = 1 << 18  # bytes of trace text C gathers before the run returns to write them
 _KINDS = {"interdomain": lib.XE_SIM_INTERDOMAIN, "virq": lib.XE_SIM_VIRQ, "ipi": lib.XE_SIM_IPI,
           "pirq": lib.XE_SIM_PIRQ}
 _KERNELS = {"linux": lib.XE_SIM_LINUX, "minios": lib.XE_SIM_MINIOS}
@@ -33,8 +34,6 @@ _KERNELS = {"linux": lib.XE_SIM_LINUX, "minios": lib.XE_SIM_MINIOS}
 
 def unsupported(sim: Simulation) -> str | None:
     """What of this simulation the C engine cannot run, in a few words, or None."""
-    if sim.trace is not None:
-        return "traces (--trace)"
     hv = getattr(sim, "hv", None)
     if hv is None:  # not built yet: the rest is checked once it is
         return None
@@ -110,6 +109,20 @@ class CEngine:
                                        vidx[(ring.gv.domid, ring.gv.id)], index[id(ring.front)],
                                        index[id(ring.back)]), f"ring {ring.name}")
         _check(lib.xe_sim_record_timeline(s, int(sim.record_timeline)), "timeline")
+        self.trace = sim.trace
+        if self.trace is not None:
+            # C writes the trace's events itself (see trace.py), with these port labels;
+            # the tracks of host devices and timers are numbered as simulate.py does.
+            assert all(dev.tid == i + 1 for i, dev in enumerate(devices))
+            assert all(vs.timer_tid == 100 + i for i, vs in enumerate(vcpus))
+            _check(lib.xe_sim_trace_start(s, TRACE_FLUSH), "trace")
+            for i, p in enumerate(ports):
+                label = self.trace.json_name(p.label).encode("ascii")
+                if len(label) > lib.XE_SIM_LABEL_MAX:
+                    raise ValueError(f"port label too long for a trace: {p.label[:60]!r}...")
+                _check(lib.xe_sim_trace_label(s, i, label, len(label)), f"trace label of port {p.port}")
+            self._len = ffi.new("size_t *")
+            self._nev = ffi.new("uint64_t *")
         _check(lib.xe_sim_start(s), "start")
         self._totals = ffi.new("uint64_t[]", lib.XE_SIM_T_WORDS)
         self._four = ffi.new("uint64_t[4]")
@@ -125,6 +138,8 @@ class CEngine:
         try:
             while True:
                 rc = lib.xe_sim_run(s, limit, until, SLICE)
+                if self.trace is not None:
+                    self._drain()
                 if rc < 0:
                     what = ffi.string(lib.xe_sim_error(s)).decode()
                     raise EvtchnError(-rc, f"the C engine stopped: {what}")
@@ -137,6 +152,17 @@ class CEngine:
         finally:  # also on Ctrl-C: the counters say what was done
             sim.wall += time.perf_counter() - start
             self.sync()
+
+    def _drain(self) -> None:
+        """Hand the trace text C formatted to the recorder (which writes it out)."""
+        assert self.trace is not None
+        data = lib.xe_sim_trace_data(self._s, self._len, self._nev)
+        n, events = int(self._len[0]), int(self._nev[0])
+        if events:
+            try:
+                self.trace.raw(ffi.buffer(data, n), events)
+            finally:
+                lib.xe_sim_trace_clear(self._s)
 
     def sync(self) -> None:
         """Copy C's counters into the Simulation's objects."""
