@@ -31,6 +31,8 @@ import gzip
 import io
 import json
 import os
+import queue
+import threading
 from typing import IO, Any, Protocol
 
 from .atomic_file import AtomicOutput
@@ -209,6 +211,57 @@ class TraceRecorder:
         out.write(self.text().decode("ascii"))
 
 
+class _WriterThread:
+    """Writes chunks to ``out`` on a thread of its own, so the disk (and gzip, which
+    releases the GIL) work while the engine runs: at most ``depth`` chunks wait, so memory
+    stays bounded. A write that failed is raised by the next ``write()`` or by ``close()``."""
+
+    def __init__(self, out: BinarySink, depth: int = 4) -> None:
+        self._out = out
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._work, name="xenevtchn-trace-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is None and not self._stop:
+                try:
+                    self._out.write(item)
+                except BaseException as exc:  # handed to the writer's thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._raise()
+        self._q.put(bytes(data))   # a copy: the engine reuses its buffer
+        return len(data)
+
+    def close(self) -> None:
+        """Wait for every chunk to be written; raise the first failure."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+        self._raise()
+
+    def abort(self) -> None:
+        """Drop the chunks not yet written and stop the thread."""
+        self._stop = True
+        if self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._q.get_nowait()
+            self._q.put(None)
+            self._thread.join()
+
+
 class TraceFile:
     """The file behind ``--trace PATH``: a temporary file beside ``PATH`` (see
     ``atomic_file``), gzip-compressed when the name ends in ``.gz``, renamed into place by
@@ -219,23 +272,31 @@ class TraceFile:
         self._out = AtomicOutput(path, "wb")
         self.path = self._out.path
         self._gz: gzip.GzipFile | None = None
-        self.stream: IO[bytes] = self._out.file
+        target: BinarySink = self._out.file
         if self.path.name.endswith(".gz"):
             # No name and a zero time in the header: the same run gives the same bytes.
-            self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._out.file,
-                                     compresslevel=GZIP_LEVEL, mtime=0)
-            self.stream = self._gz  # type: ignore[assignment]
-
-    def commit(self) -> None:
-        if self._gz is not None:
             try:
-                self._gz.close()  # the gzip trailer
+                self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._out.file,
+                                         compresslevel=GZIP_LEVEL, mtime=0)
             except BaseException:
                 self._out.discard()
                 raise
+            target = self._gz
+        self._writer = _WriterThread(target)
+        self.stream: BinarySink = self._writer
+
+    def commit(self) -> None:
+        try:
+            self._writer.close()
+            if self._gz is not None:
+                self._gz.close()  # the gzip trailer
+        except BaseException:
+            self.discard()
+            raise
         self._out.commit()
 
     def discard(self) -> None:
+        self._writer.abort()
         if self._gz is not None:
             gz, self._gz = self._gz, None
             with contextlib.suppress(Exception):

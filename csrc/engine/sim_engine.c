@@ -428,17 +428,31 @@ static struct timer timer_pop(struct xe_sim *s)
 #define TIMER_TID_BASE 100u              /* simulate.py: a vCPU's timer track, 100 + index */
 #define PUT(p, lit) (memcpy((p), (lit), sizeof(lit) - 1), (p) + sizeof(lit) - 1)
 
+static const char DIGIT_PAIRS[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 static char *put_u64(char *p, uint64_t v)
 {
-    char tmp[20];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
+    uint32_t n = 1;
+    for (uint64_t p10 = 10; n < 20 && v >= p10; p10 *= 10)
+        n++;
+    char *q = p + n;
+    while (v >= 100) {
+        uint32_t r = (uint32_t)(v % 100);
+        v /= 100;
+        q -= 2;
+        q[0] = DIGIT_PAIRS[2 * r];
+        q[1] = DIGIT_PAIRS[2 * r + 1];
+    }
+    if (v >= 10) {
+        q[-2] = DIGIT_PAIRS[2 * v];
+        q[-1] = DIGIT_PAIRS[2 * v + 1];
+    } else {
+        q[-1] = (char)('0' + v);
+    }
+    return p + n;
 }
 
 /* ns as microseconds with at most three decimals and at least one (1500 -> 1.5). */
