@@ -92,8 +92,10 @@ class TraceRecorder:
     """
 
     def __init__(self, out: BinarySink | None = None) -> None:
-        self._mem = io.BytesIO() if out is None else None
-        self.out: BinarySink = self._mem if out is None else out
+        self._mem: io.BytesIO | None = None
+        if out is None:
+            out = self._mem = io.BytesIO()
+        self.out: BinarySink = out
         self.count = 0  # events recorded so far
         self._lines: list[str] = []
         self._next_flow = 0
