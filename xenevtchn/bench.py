@@ -689,7 +689,10 @@ def _trace_memory_row(xe: Any, floors: Any) -> Built:
         def run() -> Any:
             out = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(TRACE_MEMORY_EVENTS),
                                   path if traced else ""], capture_output=True, text=True,
-                                 cwd=folder, timeout=600, check=True)
+                                 cwd=folder, timeout=600)
+            if out.returncode != 0:
+                last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise RuntimeError(f"the measuring child process failed: {last}")
             rss, size = (int(x) for x in out.stdout.split())
             return rss, size
         return run

@@ -119,7 +119,10 @@ class CEngine:
             for i, p in enumerate(ports):
                 label = self.trace.json_name(p.label).encode("ascii")
                 if len(label) > lib.XE_SIM_LABEL_MAX:
-                    raise ValueError(f"port label too long for a trace: {p.label[:60]!r}...")
+                    from .scenario import ScenarioError
+
+                    raise ScenarioError(f"a name too long for a trace ({len(label):,} bytes): "
+                                        f"{p.label[:40]!r}...")
                 _check(lib.xe_sim_trace_label(s, i, label, len(label)), f"trace label of port {p.port}")
             self._len = ffi.new("size_t *")
             self._nev = ffi.new("uint64_t *")

@@ -12,11 +12,13 @@ import os
 import platform
 import sys
 import time
-from typing import IO, Any, Callable, NoReturn, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from .atomic_file import AtomicOutput
-from .trace import TraceFile
 from .scenario import MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario
+
+if TYPE_CHECKING:
+    from .trace import TraceFile
 
 EXIT_USAGE = 2
 

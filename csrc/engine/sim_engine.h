@@ -62,7 +62,7 @@ enum {
     XE_SIM_T_HV_SEQ = 11,      /* the hypervisor's poll-timer sequence number */
     XE_SIM_T_WORDS = 12,
 
-    XE_SIM_LABEL_MAX = 4096    /* a port's trace label, as JSON text */
+    XE_SIM_LABEL_MAX = 1 << 20 /* a port's trace label, as JSON text */
 };
 
 /* A world of ndoms domains, nvcpus vCPUs, nports model ports, ndevs host devices and
