@@ -47,6 +47,7 @@ BATCH = 2048  # events formatted before one write to the output
 GZIP_LEVEL = 1  # fastest: a trace compresses ~10x at level 1 already
 SYNC_EVERY = 8 << 20  # bytes a trace file's writer thread writes between two fdatasync
 QUEUE_DEPTH = 8  # chunks (of up to ~256 KiB) waiting for the writer thread, at most
+_POLL_S = 0.05  # the writer thread's and its feeder's waits look again this often
 
 
 class BinarySink(Protocol):
@@ -218,7 +219,10 @@ class TraceRecorder:
 class _WriterThread:
     """Writes chunks to ``out`` on a thread of its own, so the disk (and gzip, which
     releases the GIL) work while the engine runs: at most ``depth`` chunks wait, so memory
-    stays bounded. A write that failed is raised by the next ``write()`` or by ``close()``."""
+    stays bounded. A write that failed is raised by the next ``write()`` or by ``close()``.
+
+    Both sides wait with a timeout and look again: a Ctrl-C that lands inside the queue's
+    condition variable on the main thread can lose a wake-up, and must not hang the exit."""
 
     def __init__(self, out: BinarySink, depth: int = QUEUE_DEPTH, sync_fd: int | None = None) -> None:
         self._out = out
@@ -231,11 +235,14 @@ class _WriterThread:
         self._thread.start()
 
     def _work(self) -> None:
-        while True:
-            item = self._q.get()
+        while not self._stop:
+            try:
+                item = self._q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
             if item is None:
                 return
-            if self._error is None and not self._stop:
+            if self._error is None:
                 try:
                     self._out.write(item)
                     self._unsynced += len(item)
@@ -244,34 +251,39 @@ class _WriterThread:
                         # the engine runs, rather than all of it in commit()'s fsync.
                         self._unsynced = 0
                         os.fdatasync(self._sync_fd)
-                except BaseException as exc:  # handed to the writer's thread
+                except BaseException as exc:  # handed to the main thread by _raise()
                     self._error = exc
 
     def _raise(self) -> None:
         if self._error is not None:
             raise self._error
 
+    def _put(self, item: bytes | None) -> None:
+        while True:
+            self._raise()
+            if not self._thread.is_alive():
+                raise ValueError("the trace writer was stopped")
+            try:
+                self._q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
     def write(self, data: bytes | memoryview) -> int:
-        self._raise()
-        self._q.put(bytes(data))   # a copy: the engine reuses its buffer
+        self._put(bytes(data))   # a copy: the engine reuses its buffer
         return len(data)
 
     def close(self) -> None:
         """Wait for every chunk to be written; raise the first failure."""
         if self._thread.is_alive():
-            self._q.put(None)
+            self._put(None)
             self._thread.join()
         self._raise()
 
     def abort(self) -> None:
-        """Drop the chunks not yet written and stop the thread."""
+        """Drop the chunks not yet written and stop the thread (after the write it is in)."""
         self._stop = True
-        if self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self._q.get_nowait()
-            self._q.put(None)
-            self._thread.join()
+        self._thread.join()
 
 
 class TraceFile:
