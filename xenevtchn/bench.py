@@ -1046,7 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
             row = build_row(name, floors)
             res = measure(row, max(3, int(row.spec.rounds * scale)))
             table.append((row.spec, res.ours_ns, res.floor_ns))
-            print(f"  {name}: {res.ours_ns:.1f} vs {res.floor_ns:.1f} ns -> {res.ratio:.2f}x",
+            print(f"  {name}: {_fmt_ns(res.ours_ns, row.spec.unit)} vs "
+                  f"{_fmt_ns(res.floor_ns, row.spec.unit)} -> {res.ratio:.2f}x",
                   file=sys.stderr, flush=True)
             del row, res
             gc.collect()

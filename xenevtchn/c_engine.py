@@ -8,6 +8,12 @@ their turn between slices. After each slice the counters are copied back into th
 ``Simulation``'s own objects, so ``summary()``, ``port_counters()`` and the rest read the
 same fields whichever engine ran.
 
+With a trace (``sim.trace``, a ``TraceRecorder``), C formats the trace's events itself,
+byte for byte as ``trace.py`` does, into one buffer; a slice also ends once
+``TRACE_FLUSH`` bytes wait there, and ``_drain`` hands them to the recorder, which writes
+them out (formatting in C measured ~140x faster than formatting the same events in
+Python). Memory stays flat in events.
+
 ``unsupported(sim)`` names what the C engine cannot run; ``Simulation`` refuses such a run
 before it starts rather than fall back to the Python engine behind the user's back.
 """
