@@ -201,3 +201,63 @@ def test_ctrl_c_mid_trace_reports_and_keeps_the_older_file(tmp_path, engine, nam
     assert b"interrupted after" in err and b"Traceback" not in err
     assert trace.read_bytes() == b"previous trace\n"
     assert _leftovers(tmp_path) == []
+
+
+# ---- the C engine's trace buffer ----------------------------------------------------------
+
+def test_the_c_trace_buffer_is_drained_in_bounded_chunks():
+    """C hands its text over whenever TRACE_FLUSH bytes wait (between two actions): no
+    chunk is much larger, however long the run, and the chunks add up to the file."""
+    from xenevtchn import c_engine
+
+    chunks: list[int] = []
+
+    class Counting:
+        def write(self, data):
+            chunks.append(len(data))
+            return len(data)
+
+    rec = TraceRecorder(Counting())
+    sim = Simulation(default_scenario(guests=8, vcpus=3, events=60_000, seed=6), engine="c", trace=rec)
+    sim.run()
+    rec.close()
+    big = [n for n in chunks if n > 1000]
+    assert len(big) > 20                                  # many drains, not one at the end
+    assert max(chunks) <= c_engine.TRACE_FLUSH + 64 * 1024, max(chunks)
+
+
+def test_the_c_trace_api_refuses_bad_calls_without_crashing():
+    from xenevtchn._native import ffi, lib
+
+    sim = Simulation(default_scenario(guests=1, vcpus=1, events=10), engine="python")
+    s = ffi.gc(lib.xe_sim_new(1, 2, 3, 8, 1, 1), lib.xe_sim_free)
+    n, ev = ffi.new("size_t *"), ffi.new("uint64_t *")
+    lib.xe_sim_trace_data(s, n, ev)
+    assert n[0] == 0 and ev[0] == 0                                 # not tracing: nothing
+    assert lib.xe_sim_trace_label(s, 0, b'"x"', 3) == -22           # not tracing yet
+    assert lib.xe_sim_trace_start(s, 0) == -22                      # no flush size
+    assert lib.xe_sim_trace_start(s, 1 << 16) == 0
+    assert lib.xe_sim_trace_start(s, 1 << 16) == -22                # twice
+    assert lib.xe_sim_trace_label(s, 8, b'"x"', 3) == -22           # no such port entry
+    assert lib.xe_sim_trace_label(s, 0, b'x', 1) == -22             # not a JSON string
+    assert lib.xe_sim_trace_label(s, 0, b'"a\nb"', 5) == -22        # a raw control byte
+    assert lib.xe_sim_trace_label(s, 0, '"\u00e9"'.encode(), 4) == -22   # raw non-ASCII
+    assert lib.xe_sim_trace_label(s, 0, b'"ok"', lib.XE_SIM_LABEL_MAX + 1) == -22
+    assert lib.xe_sim_trace_label(s, 0, ffi.NULL, 3) == -22
+    assert lib.xe_sim_trace_label(s, 0, b'"ok \\u00e9"', 11) == 0
+    assert lib.xe_sim_trace_label(s, 0, b'"again"', 7) == 0          # replaced, not leaked
+    lib.xe_sim_trace_clear(s)
+    del sim
+
+
+def test_a_name_too_long_for_a_trace_is_a_scenario_error():
+    from xenevtchn._native import lib
+    from xenevtchn.scenario import ScenarioError, parse_scenario
+
+    name = "n" * (lib.XE_SIM_LABEL_MAX + 10)
+    sc = parse_scenario({"simulation": {"events": 100},
+                         "devices": {name: {"service_us": 5, "think_us": 5}},
+                         "guest": [{"name": "g", "count": 1, "devices": [name]}]}, "long")
+    with pytest.raises(ScenarioError, match="too long for a trace"):
+        Simulation(sc, engine="c", trace=TraceRecorder())
+    Simulation(sc, engine="c").run()                     # untraced, the name is fine
