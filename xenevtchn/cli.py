@@ -299,22 +299,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         recorder = TraceRecorder(_TextOut(sys.stdout))
     try:
+        sim = Simulation(sc, trace=recorder, record_timeline=plot_out is not None, engine=engine)
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        bar = Progress(sys.stderr) if show and not args.quiet else None
+        interrupted = False
         try:
-            sim = Simulation(sc, trace=recorder, record_timeline=plot_out is not None, engine=engine)
-            show = args.progress if args.progress is not None else sys.stderr.isatty()
-            bar = Progress(sys.stderr) if show and not args.quiet else None
-            interrupted = False
-            try:
-                sim.run(progress=bar)
-            except KeyboardInterrupt:  # Ctrl-C: report what was done
-                interrupted = True
-            finally:
-                if bar is not None:
-                    bar.close()
-            if recorder is not None and not interrupted:
-                recorder.close()
-        except TraceWriteError as exc:
-            raise UsageError(f"cannot write trace file '{args.trace}': {exc.strerror or exc}") from None
+            sim.run(progress=bar)
+        except KeyboardInterrupt:  # Ctrl-C: report what was done
+            interrupted = True
+        finally:
+            if bar is not None:
+                bar.close()
+        if recorder is not None and not interrupted:
+            recorder.close()
         summary = sim.summary()
         if interrupted:
             summary["interrupted"] = True
@@ -342,6 +339,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             _commit(plot_out, "plot file")
             if not args.quiet:
                 print(f"plot: {args.plot}", file=sys.stderr)
+    except TraceWriteError as exc:  # the trace is streamed: a full disk shows during the run
+        raise UsageError(f"cannot write trace file '{args.trace}': {exc.strerror or exc}") from None
     finally:
         for out in (trace_out, plot_out):
             if out is not None:
