@@ -54,16 +54,32 @@ def test_interrupted_simulation_keeps_the_previous_trace(capsys, tmp_path, monke
     assert _leftovers(tmp_path) == []               # the temporary file is gone too
 
 
-def test_failure_while_writing_keeps_the_previous_files(capsys, tmp_path, monkeypatch):
-    trace = tmp_path / "t.json"
+@pytest.mark.parametrize("engine", ["c", "python"])
+@pytest.mark.parametrize("name", ["t.json", "t.json.gz"])
+def test_failure_while_writing_keeps_the_previous_files(capsys, tmp_path, monkeypatch, engine, name):
+    """The trace is streamed during the run: a disk that fills up part-way through is one
+    line and exit status 2, and the older file at the path is still there."""
+    trace = tmp_path / name
     trace.write_text("previous trace\n")
 
-    def broken_write(self, out):
-        out.write('{"traceEvents": [')                # half a file, then a failure
-        raise OSError(28, "No space left on device")
+    class FillsUp:
+        def __init__(self, real):
+            self.real, self.room = real, 20_000
 
-    monkeypatch.setattr(trace_mod.TraceRecorder, "write", broken_write)
-    rc, _, err = _run(capsys, *ARGS, "--trace", str(trace))
+        def write(self, data):
+            if len(data) > self.room:
+                raise OSError(28, "No space left on device")
+            self.room -= len(data)
+            return self.real.write(data)
+
+    real_init = trace_mod.TraceFile.__init__
+
+    def init(self, path):
+        real_init(self, path)
+        self.stream = FillsUp(self.stream)
+
+    monkeypatch.setattr(trace_mod.TraceFile, "__init__", init)
+    rc, _, err = _run(capsys, "simulate", "--events", "5000", "-q", "--engine", engine, "--trace", str(trace))
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "cannot write trace file" in err and "No space left" in err
     assert trace.read_text() == "previous trace\n"

@@ -38,6 +38,11 @@ What a row measures
 * ``simulate: C engine vs Python engine``: the default scenario (``ENGINE_EVENTS`` events)
   run from a fresh ``Simulation`` by each engine; the target is the C engine at 40x the
   Python engine's events per second or more.
+* ``simulate --trace``: the default scenario (``TRACE_EVENTS`` events) by the C engine,
+  streamed to a ``.json`` (or, for information, ``.json.gz``) file in a temporary folder,
+  committed (fsync, rename) as the CLI does, against the same run untraced; the target is
+  the traced run within 3x. The memory row runs both in a child process each and compares
+  their peak resident set (``ru_maxrss``; the value is in bytes, not ns): within 1.5x.
 * Times are the minimum over rounds of (round time / events in the round); the garbage
   collector is off while timing.
 """
@@ -45,6 +50,7 @@ What a row measures
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib.util
 import json
@@ -74,6 +80,8 @@ class Case:
     ops: int
     setup: Callable[[], None] | None = None
     check: Callable[[Any], None] | None = None
+    # a row that is not timed: the round's value (e.g. bytes of peak memory) from its result
+    value: Callable[[Any], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class Spec:
     kind: str = "max"         # "max": ours/floor <= target; "speedup": floor/ours >= target
     rounds: int = 600
     ci: bool = False          # its target holds with margin on a loaded 2-core machine (--ci)
+    unit: str = "ns"          # what ours and floor are: ns per event, or "B" (bytes)
 
     def ratio(self, ours_ns: float, floor_ns: float) -> float:
         return floor_ns / ours_ns if self.kind == "speedup" else ours_ns / floor_ns
@@ -586,6 +595,135 @@ def _engine_row(xe: Any, floors: Any) -> Built:
     return ("simulate, default scenario, engine='c', per event", side("c"), side("python"))
 
 
+TRACE_EVENTS = 100_000
+
+
+def _trace_row(xe: Any, floors: Any, suffix: str | None) -> Built:
+    """The C engine's default scenario streamed to a trace file (``suffix``: ``.json`` or
+    ``.json.gz``) as ``simulate --trace`` does, against the same run untraced; ``suffix``
+    None: the events formatted and handed to a sink that drops them (the engine's own cost,
+    no file system)."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    from .scenario import default_scenario
+    from .simulate import Simulation
+    from .trace import TraceFile, TraceRecorder
+
+    sc = default_scenario(events=TRACE_EVENTS)
+    folder = tempfile.mkdtemp(prefix="xenevtchn-bench-trace-")
+    atexit.register(shutil.rmtree, folder, True)   # the last round's trace file too
+    path = os.path.join(folder, "run" + (suffix or ""))
+    box: dict[str, Any] = {}
+
+    class _Drop:
+        written = 0
+
+        def write(self, data: Any) -> int:
+            _Drop.written += len(data)
+            return len(data)
+
+    def setup_traced() -> None:
+        old = box.pop("file", None)
+        if old is not None:
+            old.discard()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        _Drop.written = 0
+        box["file"] = TraceFile(path) if suffix else None
+        box["rec"] = TraceRecorder(box["file"].stream if suffix else _Drop())
+        box["sim"] = Simulation(sc, engine="c", trace=box["rec"])
+
+    def traced() -> Any:
+        box["sim"].run()
+        box["rec"].close()
+        if suffix:
+            box["file"].commit()
+        return box["sim"]
+
+    def check_traced(_r: Any) -> None:
+        assert box["sim"].sent == TRACE_EVENTS and box["rec"].closed, box["sim"].sent
+        written = os.path.getsize(path) if suffix else _Drop.written
+        assert written > TRACE_EVENTS, "no trace was written"
+
+    plain: dict[str, Any] = {}
+
+    def setup_plain() -> None:
+        plain["sim"] = Simulation(sc, engine="c")
+
+    def untraced() -> Any:
+        plain["sim"].run()
+        return plain["sim"]
+
+    def check_plain(_r: Any) -> None:
+        assert plain["sim"].sent == TRACE_EVENTS, plain["sim"].sent
+
+    return (f"simulate --trace {'F' + suffix if suffix else '(a sink that drops it)'}, default scenario, "
+            "engine='c', per event",
+            Case(traced, TRACE_EVENTS, setup_traced, check_traced),
+            Case(untraced, TRACE_EVENTS, setup_plain, check_plain))
+
+
+TRACE_MEMORY_EVENTS = 200_000
+_PEAK_RSS = """
+import os, resource, sys
+from xenevtchn.scenario import default_scenario
+from xenevtchn.simulate import Simulation
+from xenevtchn.trace import TraceFile, TraceRecorder
+events, path = int(sys.argv[1]), sys.argv[2]
+f = TraceFile(path) if path else None
+rec = TraceRecorder(f.stream) if f else None
+sim = Simulation(default_scenario(events=events), engine="c", trace=rec)
+sim.run()
+if f:
+    rec.close()
+    f.commit()
+assert sim.sent == events
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, os.path.getsize(path) if path else 0)
+"""
+
+
+def _trace_memory_row(xe: Any, floors: Any) -> Built:
+    """Peak resident memory (bytes) of a child process running the default scenario with a
+    streamed trace, against a child running it untraced."""
+    import atexit
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="xenevtchn-bench-trace-")
+    atexit.register(shutil.rmtree, folder, True)   # the last round's trace file too
+    path = os.path.join(folder, "run.json")
+
+    def child(traced: bool) -> Callable[[], Any]:
+        def run() -> Any:
+            out = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(TRACE_MEMORY_EVENTS),
+                                  path if traced else ""], capture_output=True, text=True,
+                                 cwd=folder, timeout=600)
+            if out.returncode != 0:
+                last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise RuntimeError(f"the measuring child process failed: {last}")
+            rss, size = (int(x) for x in out.stdout.split())
+            return rss, size
+        return run
+
+    def check(traced: bool) -> Callable[[Any], None]:
+        def check_it(r: Any) -> None:
+            rss, size = r
+            assert rss > 0 and (size > TRACE_MEMORY_EVENTS if traced else size == 0), r
+        return check_it
+
+    def value(r: Any) -> float:
+        return float(r[0])
+
+    return ("simulate --trace F.json, peak RSS of a child process, engine='c'",
+            Case(child(True), 1, None, check(True), value),
+            Case(child(False), 1, None, check(False), value))
+
+
 _CFFI = "bare cffi call"
 _FETCH_OR = "C atomic_fetch_or loop"
 # ci=True: the worst of three full runs on the 2-core development machine at load average 6
@@ -631,6 +769,14 @@ _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
     (Spec("(info) pure-Python call", _CFFI, None, rounds=300), _python_call_row),
     (Spec("simulate: C engine vs Python engine", "engine='python'", 40.0, "speedup", rounds=5),
      _engine_row),
+    (Spec("simulate --trace F.json vs untraced", "untraced run", 3.0, rounds=5),
+     lambda xe, f: _trace_row(xe, f, ".json")),
+    (Spec("(info) simulate --trace F.json.gz vs untraced", "untraced run", None, rounds=3),
+     lambda xe, f: _trace_row(xe, f, ".json.gz")),
+    (Spec("(info) simulate, trace formatted, not written", "untraced run", None, rounds=5),
+     lambda xe, f: _trace_row(xe, f, None)),
+    (Spec("simulate --trace: peak memory vs untraced", "untraced run", 1.5, rounds=3, unit="B"),
+     _trace_memory_row),
 ]
 ROWS: dict[str, Spec] = {spec.name: spec for spec, _ in _SPECS}
 _FACTORIES = {spec.name: factory for spec, factory in _SPECS}
@@ -652,8 +798,10 @@ def _time_round(case: Case) -> float:
     if case.setup is not None:
         case.setup()
     t0 = time.perf_counter_ns()
-    case.run()
+    out = case.run()
     t1 = time.perf_counter_ns()
+    if case.value is not None:
+        return case.value(out)
     return (t1 - t0) / case.ops
 
 
@@ -703,7 +851,9 @@ def measure(row: Row, rounds: int | None = None, warmup: int = 3) -> Result:
 
 # ---- the table -----------------------------------------------------------------------------
 
-def _fmt_ns(ns: float) -> str:
+def _fmt_ns(ns: float, unit: str = "ns") -> str:
+    if unit == "B":
+        return f"{ns / 2**20:.1f} MiB"
     return f"{ns:.1f} ns" if ns < 10_000 else f"{ns / 1000:.1f} us"
 
 
@@ -715,7 +865,7 @@ def format_table(results: Sequence[tuple[Spec, float, float]]) -> str:
         ratio = row.ratio(ours, floor)
         ok = row.meets(ratio)
         verdict = "info" if ok is None else ("PASS" if ok else "MISS")
-        lines.append(f"| {row.name} | {_fmt_ns(ours)} | {_fmt_ns(floor)} ({row.floor_name}) | "
+        lines.append(f"| {row.name} | {_fmt_ns(ours, row.unit)} | {_fmt_ns(floor, row.unit)} ({row.floor_name}) | "
                      f"{ratio:.2f}x | {row.target_text()} | {verdict} |")
     return "\n".join(lines)
 
@@ -793,7 +943,9 @@ def readme_block(text: str) -> str:
 
 def write_readme(path: str, block: str) -> None:
     """Replace the generated block of ``path`` (written to a temp name, renamed into place)."""
+    import atexit
     import os
+    import shutil
     import tempfile
 
     with open(path, encoding="utf-8") as f:
@@ -820,7 +972,9 @@ def _rows_from_json(path: str) -> list[tuple[Spec, float, float]]:
         side = b.get("extra_info", {}).get("side")
         if side is None:
             continue
-        sides.setdefault(b["group"], {})[side] = b["stats"]["min"] * 1e9 / ops
+        value = b.get("extra_info", {}).get("value")   # rows that are not timed
+        sides.setdefault(b["group"], {})[side] = float(value) if value is not None else \
+            b["stats"]["min"] * 1e9 / ops
     out = []
     for name, spec in ROWS.items():
         got = sides.get(name, {})
@@ -892,7 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
             row = build_row(name, floors)
             res = measure(row, max(3, int(row.spec.rounds * scale)))
             table.append((row.spec, res.ours_ns, res.floor_ns))
-            print(f"  {name}: {res.ours_ns:.1f} vs {res.floor_ns:.1f} ns -> {res.ratio:.2f}x",
+            print(f"  {name}: {_fmt_ns(res.ours_ns, row.spec.unit)} vs "
+                  f"{_fmt_ns(res.floor_ns, row.spec.unit)} -> {res.ratio:.2f}x",
                   file=sys.stderr, flush=True)
             del row, res
             gc.collect()

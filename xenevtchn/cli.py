@@ -12,10 +12,13 @@ import os
 import platform
 import sys
 import time
-from typing import IO, Any, Callable, NoReturn, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from .atomic_file import AtomicOutput
 from .scenario import MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario
+
+if TYPE_CHECKING:
+    from .trace import TraceFile
 
 EXIT_USAGE = 2
 
@@ -75,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="events to send in all (default 100000, or the scenario file's)")
     sim.add_argument("--json", action="store_true", help="print the summary as JSON")
     sim.add_argument("--trace", metavar="FILE",
-                     help="write a Chrome/Perfetto trace-event JSON file (open it in ui.perfetto.dev); "
+                     help="write a Chrome/Perfetto trace-event JSON file, gzip-compressed if FILE ends "
+                          "in .gz (open either in ui.perfetto.dev), streamed as the run goes; "
                           "'-' writes it to standard output (the summary then goes to stderr)")
     sim.add_argument("--plot", metavar="FILE.png|.pdf|.svg",
                      help="draw events per vCPU over time and upcall latency (needs matplotlib: "
@@ -85,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes on stderr")
     sim.add_argument("--engine", choices=("c", "python"), default=None,
                      help="run the event loop in C (default; tens of times faster) or in Python "
-                          "(the readable reference; the default with --trace, which only it records). "
+                          "(the readable reference). "
                           "Both give the same summary for the same scenario and seed")
 
     lst = sub.add_parser(
@@ -172,7 +176,7 @@ def _open_out(path: str, what: str, mode: str = "w") -> AtomicOutput:
         raise UsageError(f"cannot write {what} '{path}': {exc.strerror or exc}") from None
 
 
-def _commit(out: AtomicOutput, what: str) -> None:
+def _commit(out: AtomicOutput | TraceFile, what: str) -> None:
     try:
         out.commit()
     except OSError as exc:
@@ -268,7 +272,7 @@ def format_port_tables(tables: list[dict[str, Any]], at: int, now_us: float) -> 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import Simulation
-    from .trace import TraceRecorder
+    from .trace import TraceFile, TraceRecorder, TraceWriteError
 
     sc = _scenario(args, args.events)
     plot_mod: Any = None
@@ -282,22 +286,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     to_stdout = args.trace == "-"
     tracing = args.trace is not None
-    trace_out = _open_out(args.trace, "trace file") if tracing and not to_stdout else None
+    trace_out: TraceFile | None = None
+    if tracing and not to_stdout:
+        try:
+            trace_out = TraceFile(args.trace)
+        except OSError as exc:
+            raise UsageError(f"cannot write trace file '{args.trace}': {exc.strerror or exc}") from None
     try:
         plot_out = _open_out(args.plot, "plot file", "wb") if args.plot is not None else None
     except UsageError:
         if trace_out is not None:
             trace_out.discard()  # no stray temporary file beside the trace's path
         raise
-    engine = args.engine
-    if engine is None:
-        engine = "python" if tracing else "c"
-        if tracing and not args.quiet:
-            print("note: --trace runs the Python engine (the C engine does not record traces)",
-                  file=sys.stderr)
+    engine = "c" if args.engine is None else args.engine
+    recorder: TraceRecorder | None = None
+    if trace_out is not None:
+        recorder = TraceRecorder(trace_out.stream)
+    elif to_stdout:
+        sys.stdout.flush()
+        recorder = TraceRecorder(_TextOut(sys.stdout))
     try:
-        sim = Simulation(sc, trace=TraceRecorder() if tracing else None,
-                         record_timeline=plot_out is not None, engine=engine)
+        sim = Simulation(sc, trace=recorder, record_timeline=plot_out is not None, engine=engine)
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         bar = Progress(sys.stderr) if show and not args.quiet else None
         interrupted = False
@@ -308,7 +317,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
+        if recorder is not None and not interrupted:
+            recorder.close()
         summary = sim.summary()
+        if interrupted:
+            summary["interrupted"] = True
         report = sys.stderr if to_stdout else sys.stdout   # stdout holds the trace alone
         if args.json:
             json.dump(summary, report, indent=2)
@@ -317,21 +330,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(format_summary(summary), file=report)
         if interrupted:
             print(f"xenevtchn simulate: interrupted after {sim.sent:,} of {sim.limit:,} events "
-                  "(the summary above is of those)", file=sys.stderr)
+                  "(the summary above is of those; no trace or plot file was written)", file=sys.stderr)
             return 130
-        if tracing:
-            assert sim.trace is not None
+        if recorder is not None:
             if trace_out is None:
-                sim.trace.write(sys.stdout)
                 sys.stdout.flush()
             else:
-                try:
-                    sim.trace.write(trace_out.file)
-                except OSError as exc:
-                    raise UsageError(f"cannot write trace file '{args.trace}': {exc.strerror or exc}") from None
                 _commit(trace_out, "trace file")
                 if not args.quiet:
-                    print(f"trace: {len(sim.trace.events):,} trace events in {args.trace} "
+                    print(f"trace: {recorder.count:,} trace events in {args.trace} "
                           "(open it in https://ui.perfetto.dev)", file=sys.stderr)
         if plot_out is not None:
             assert plot_mod is not None
@@ -339,11 +346,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             _commit(plot_out, "plot file")
             if not args.quiet:
                 print(f"plot: {args.plot}", file=sys.stderr)
+    except TraceWriteError as exc:  # the trace is streamed: a full disk shows during the run
+        raise UsageError(f"cannot write trace file '{args.trace}': {exc.strerror or exc}") from None
     finally:
         for out in (trace_out, plot_out):
             if out is not None:
                 out.discard()          # a no-op once committed
     return 0
+
+
+class _TextOut:
+    """A text stream (standard output) as the binary stream a ``TraceRecorder`` writes."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self.out.write(bytes(data).decode("ascii"))
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -203,8 +203,8 @@ class Simulation:
     ``record_timeline``: keep each vCPU's handler times (for ``--plot``).
     ``engine``: ``"c"`` runs the event loop in C (``csrc/engine/sim_engine.c``), ``"python"``
     runs it here; both give the same counts for the same scenario and seed (their random
-    numbers come from one generator, ``simrng.SimRandom``). What the C engine cannot run
-    (traces, hooks of your own) is refused with ``ScenarioError``.
+    numbers come from one generator, ``simrng.SimRandom``), and the same trace events.
+    What the C engine cannot run (hooks of your own) is refused with ``ScenarioError``.
     """
 
     def __init__(self, scenario: Scenario, trace: TraceRecorder | None = None,

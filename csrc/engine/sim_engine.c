@@ -173,6 +173,10 @@ struct ring {
 
 struct timer { int64_t deadline; uint32_t domid, vcpu; uint64_t seq; uint32_t vidx; };
 
+/* Tracing only: a port's label (JSON text) and the sends not yet taken (flow sources). */
+struct tflow { int64_t t; uint32_t pid, tid; };
+struct tport { char *label; uint32_t label_len; struct tflow *flows; size_t nflows, cap; };
+
 struct xe_sim {
     struct rng rng;
     int64_t now, vt, period;
@@ -194,6 +198,13 @@ struct xe_sim {
     uint32_t *hook_recs; size_t hook_cap;
     int started, err, timeline;
     const char *errwhat;
+    /* the trace (when tracing): JSON text waiting for the caller, flows, poll intervals */
+    int tracing;
+    char *tb; size_t tb_len, tb_cap, tb_flush;
+    uint64_t tr_events, tr_flow;
+    uint32_t tr_handled;        /* handler calls of the running do_upcall */
+    struct tport *tports;       /* per model port */
+    int64_t *blocked_since;     /* per vCPU: blocked in poll since (-1: not) */
 };
 
 /* ---- errors and growable buffers ---------------------------------------------------- */
@@ -412,6 +423,240 @@ static struct timer timer_pop(struct xe_sim *s)
     return top;
 }
 
+/* ---- the trace: Chrome trace-event JSON, as xenevtchn/trace.py writes it ------------- */
+
+#define XEN_TRACE_PID (0x7FF2u + 1u)   /* trace.py: pid_of(XEN_PID) */
+#define TIMER_TID_BASE 100u              /* simulate.py: a vCPU's timer track, 100 + index */
+#define PUT(p, lit) (memcpy((p), (lit), sizeof(lit) - 1), (p) + sizeof(lit) - 1)
+
+static const char DIGIT_PAIRS[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+static char *put_u64(char *p, uint64_t v)
+{
+    uint32_t n = 1;
+    for (uint64_t p10 = 10; n < 20 && v >= p10; p10 *= 10)
+        n++;
+    char *q = p + n;
+    while (v >= 100) {
+        uint32_t r = (uint32_t)(v % 100);
+        v /= 100;
+        q -= 2;
+        q[0] = DIGIT_PAIRS[2 * r];
+        q[1] = DIGIT_PAIRS[2 * r + 1];
+    }
+    if (v >= 10) {
+        q[-2] = DIGIT_PAIRS[2 * v];
+        q[-1] = DIGIT_PAIRS[2 * v + 1];
+    } else {
+        q[-1] = (char)('0' + v);
+    }
+    return p + n;
+}
+
+/* ns as microseconds with at most three decimals and at least one (1500 -> 1.5). */
+static char *put_us(char *p, int64_t ns)
+{
+    uint64_t v = (uint64_t)ns;
+    if (ns < 0) {
+        *p++ = '-';
+        v = 0 - v;
+    }
+    uint32_t r = (uint32_t)(v % 1000);
+    p = put_u64(p, v / 1000);
+    *p++ = '.';
+    *p++ = (char)('0' + r / 100);
+    if (r % 100) {
+        *p++ = (char)('0' + r / 10 % 10);
+        if (r % 10)
+            *p++ = (char)('0' + r % 10);
+    }
+    return p;
+}
+
+/* Room for need more bytes at the end of the trace buffer, or NULL (out of memory). */
+static char *tr_room(struct xe_sim *s, size_t need)
+{
+    if (s->tb_cap - s->tb_len < need) {
+        void *p = grow_to(s->tb, &s->tb_cap, s->tb_len + need, 1);
+        if (!p) {
+            fail(s, ENOMEM, "out of memory (trace buffer)");
+            return NULL;
+        }
+        s->tb = p;
+    }
+    return s->tb + s->tb_len;
+}
+
+static void tr_done(struct xe_sim *s, char *end)
+{
+    s->tb_len = (size_t)(end - s->tb);
+    s->tr_events++;
+}
+
+static uint32_t dom_pid(const struct xe_sim *s, uint32_t di)
+{
+    return s->doms[di].d->domid + 1;
+}
+
+/* The head of an X event up to its dur: name is JSON text, cat a plain word. */
+static char *tr_x(char *p, const char *name, size_t nlen, const char *cat, uint32_t pid,
+                  uint32_t tid, int64_t t0, int64_t t1)
+{
+    p = PUT(p, ",\n{\"ph\":\"X\",\"name\":");
+    memcpy(p, name, nlen);
+    p += nlen;
+    p = PUT(p, ",\"cat\":\"");
+    size_t clen = strlen(cat);
+    memcpy(p, cat, clen);
+    p += clen;
+    p = PUT(p, "\",\"pid\":");
+    p = put_u64(p, pid);
+    p = PUT(p, ",\"tid\":");
+    p = put_u64(p, tid);
+    p = PUT(p, ",\"ts\":");
+    p = put_us(p, t0);
+    p = PUT(p, ",\"dur\":");
+    return put_us(p, t1 - t0);
+}
+
+/* An X event whose name is `prefix N suffix` and that has no args. */
+static void tr_x_num(struct xe_sim *s, const char *prefix, uint64_t n, const char *suffix,
+                     const char *cat, uint32_t pid, uint32_t tid, int64_t t0, int64_t t1)
+{
+    char name[96], *q = name;
+    *q++ = '"';
+    size_t k = strlen(prefix);
+    memcpy(q, prefix, k);
+    q = put_u64(q + k, n);
+    k = strlen(suffix);
+    memcpy(q, suffix, k);
+    q += k;
+    *q++ = '"';
+    char *p = tr_room(s, 256);
+    if (!p)
+        return;
+    p = tr_x(p, name, (size_t)(q - name), cat, pid, tid, t0, t1);
+    *p++ = '}';
+    tr_done(s, p);
+}
+
+/* An i (instant, thread-scoped) event; name is `prefix N` or `prefix` when n < 0. */
+static void tr_instant(struct xe_sim *s, const char *prefix, int64_t n, const char *cat,
+                       uint32_t pid, uint32_t tid, int64_t t)
+{
+    char *p = tr_room(s, 256);
+    if (!p)
+        return;
+    p = PUT(p, ",\n{\"ph\":\"i\",\"s\":\"t\",\"name\":\"");
+    size_t k = strlen(prefix);
+    memcpy(p, prefix, k);
+    p += k;
+    if (n >= 0) {
+        *p++ = ' ';
+        p = put_u64(p, (uint64_t)n);
+    }
+    p = PUT(p, "\",\"cat\":\"");
+    k = strlen(cat);
+    memcpy(p, cat, k);
+    p += k;
+    p = PUT(p, "\",\"pid\":");
+    p = put_u64(p, pid);
+    p = PUT(p, ",\"tid\":");
+    p = put_u64(p, tid);
+    p = PUT(p, ",\"ts\":");
+    p = put_us(p, t);
+    *p++ = '}';
+    tr_done(s, p);
+}
+
+/* One flow arrow (s then f) from each send not yet taken at port pi to (pid, tid, t). */
+static void tr_flows(struct xe_sim *s, uint32_t pi, uint32_t pid, uint32_t tid, int64_t t)
+{
+    struct tport *tp = &s->tports[pi];
+    for (size_t k = 0; k < tp->nflows && !s->err; k++) {
+        const struct tflow *f = &tp->flows[k];
+        char *p = tr_room(s, 320);
+        if (!p)
+            break;
+        uint64_t id = ++s->tr_flow;
+        p = PUT(p, ",\n{\"ph\":\"s\",\"name\":\"event\",\"cat\":\"flow\",\"id\":");
+        p = put_u64(p, id);
+        p = PUT(p, ",\"pid\":");
+        p = put_u64(p, f->pid);
+        p = PUT(p, ",\"tid\":");
+        p = put_u64(p, f->tid);
+        p = PUT(p, ",\"ts\":");
+        p = put_us(p, f->t);
+        *p++ = '}';
+        tr_done(s, p);
+        p = PUT(p, ",\n{\"ph\":\"f\",\"bp\":\"e\",\"name\":\"event\",\"cat\":\"flow\",\"id\":");
+        p = put_u64(p, id);
+        p = PUT(p, ",\"pid\":");
+        p = put_u64(p, pid);
+        p = PUT(p, ",\"tid\":");
+        p = put_u64(p, tid);
+        p = PUT(p, ",\"ts\":");
+        p = put_us(p, t);
+        *p++ = '}';
+        tr_done(s, p);
+    }
+    tp->nflows = 0;
+}
+
+static const char *const SEND_NAME[4] = {
+    "\"send interdomain\"", "\"send virq\"", "\"send ipi\"", "\"send pirq\""
+};
+
+/* Simulation._send_now's slice: the send on the sender's track, and a flow source. */
+static void tr_send(struct xe_sim *s, uint32_t target, uint8_t mode, uint32_t sender, int64_t t,
+                    int was_pending, int was_masked)
+{
+    const struct port *p = &s->ports[target];
+    struct tport *tp = &s->tports[target];
+    uint32_t pid, tid;
+    if (mode == DO_SEND) {
+        pid = dom_pid(s, s->vcpus[sender].dom);
+        tid = s->vcpus[sender].id;
+    } else if (mode == DO_PIRQ) {
+        pid = XEN_TRACE_PID;
+        tid = p->arg + 1;   /* simulate.py: a host device's track is 1 + its index */
+    } else {
+        pid = XEN_TRACE_PID;
+        tid = TIMER_TID_BASE + sender;
+    }
+    char *o = tr_room(s, 320 + tp->label_len);
+    if (!o)
+        return;
+    const char *name = SEND_NAME[p->kind & 3];
+    o = tr_x(o, name, strlen(name), "send", pid, tid, t, t + SEND_NS);
+    o = PUT(o, ",\"args\":{\"to\":\"d");
+    o = put_u64(o, p->d->domid);
+    *o++ = ':';
+    o = put_u64(o, p->port);
+    o = PUT(o, "\",\"port\":");
+    memcpy(o, tp->label, tp->label_len);
+    o += tp->label_len;
+    if (was_pending)
+        o = PUT(o, ",\"result\":\"coalesced\"}}");
+    else if (was_masked)
+        o = PUT(o, ",\"result\":\"masked\"}}");
+    else
+        o = PUT(o, ",\"result\":\"raised\"}}");
+    tr_done(s, o);
+    if (tp->nflows == tp->cap) {
+        void *f = grow_to(tp->flows, &tp->cap, tp->nflows + 1, sizeof *tp->flows);
+        if (!f) {
+            fail(s, ENOMEM, "out of memory (trace flows)");
+            return;
+        }
+        tp->flows = f;
+    }
+    tp->flows[tp->nflows++] = (struct tflow){ .t = t, .pid = pid, .tid = tid };
+}
+
 /* ---- the model ------------------------------------------------------------------------ */
 
 static void send(struct xe_sim *s, uint32_t target, uint8_t mode, uint32_t sender, uint32_t lport);
@@ -465,6 +710,8 @@ static void on_kick(struct xe_sim *s, uint32_t vi)
 {
     struct vcpu *vs = &s->vcpus[vi];
     vs->kicks++;
+    if (s->tracing)
+        tr_instant(s, "kick", -1, "kick", dom_pid(s, vs->dom), vs->id, s->vt);
     if (!vs->in_upcall)
         schedule_upcall(s, vi, s->vt + rng_randint(&s->rng, UPCALL_LATENCY_LO, UPCALL_LATENCY_HI));
 }
@@ -472,7 +719,13 @@ static void on_kick(struct xe_sim *s, uint32_t vi)
 /* Simulation._on_wake */
 static void on_wake(struct xe_sim *s, uint32_t vi)
 {
-    s->vcpus[vi].woken++;
+    struct vcpu *vs = &s->vcpus[vi];
+    vs->woken++;
+    if (s->tracing && s->blocked_since[vi] >= 0) {
+        tr_x_num(s, "poll kicker port ", s->ports[vs->kicker].port, "", "poll",
+                 dom_pid(s, vs->dom), vs->id, s->blocked_since[vi], s->vt);
+        s->blocked_since[vi] = -1;
+    }
     at(s, s->vt + WAKE_LATENCY_NS, EV_RESUME, vi, 0, 0, 0, 0);
 }
 
@@ -639,12 +892,25 @@ static void upcall(struct xe_sim *s, uint32_t vi)
         at(s, vs->busy_until, EV_UPCALL, vi, 0, 0, 0, 0);
         return;
     }
+    int64_t t = s->vt;
     vs->has_upcall_at = 0;
     vs->in_upcall = 1;
+    s->tr_handled = 0;
     do_upcall(s, vi);
     vs->in_upcall = 0;
     vs->upcalls++;
     vs->busy_until = s->vt;
+    if (s->tracing) {
+        char *p = tr_room(s, 256);
+        if (!p)
+            return;
+        p = tr_x(p, "\"upcall\"", 8, "upcall", dom_pid(s, vs->dom), vs->id, t,
+                 s->vt > t + SEND_NS ? s->vt : t + SEND_NS);
+        p = PUT(p, ",\"args\":{\"ports\":");
+        p = put_u64(p, s->tr_handled);
+        p = PUT(p, "}}");
+        tr_done(s, p);
+    }
 }
 
 /* Simulation._guest_set_flag */
@@ -809,6 +1075,9 @@ static void napi(struct xe_sim *s, uint32_t ri)
     complete(s, vi, ri);
     r->napi_busy = 0;
     guest_unmask(s, r->guest, s->ports[r->front].port);
+    if (s->tracing)
+        tr_instant(s, "unmask port", s->ports[r->front].port, "mask", dom_pid(s, r->guest),
+                   s->vcpus[vi].id, s->vt);
     const struct dom *dm = &s->doms[r->guest];
     for (uint32_t k = 0; k < dm->nr_vcpus; k++)
         guest_set_flag(s, dm->first_vcpu + k);
@@ -877,6 +1146,9 @@ static void on_front(struct xe_sim *s, uint32_t vi, uint32_t ri)
                 xe_fifo_mask(d, port);
             else if (port < d->si.nr_ports)
                 xe_2l_mask(&d->si, port);
+            if (s->tracing)
+                tr_instant(s, "mask port", port, "mask", dom_pid(s, r->guest), s->vcpus[vi].id,
+                           s->vt);
             at(s, s->vt + rng_randint(&s->rng, NAPI_DELAY_LO, NAPI_DELAY_HI), EV_RUN_ON, vi, ri, 0,
                T_NAPI, 0);
         }
@@ -892,8 +1164,10 @@ static void deliver(struct xe_sim *s, uint32_t vi, int32_t port)
         fail(s, ENOENT, "an upcall handled a port the model does not know");
         return;
     }
-    struct port *p = &s->ports[dm->port_index[port]];
+    uint32_t pi = (uint32_t)dm->port_index[port];
+    struct port *p = &s->ports[pi];
     int64_t start = s->vt;
+    s->tr_handled++;
     s->vt = start + HANDLER_NS;
     p->tally[1]++;
     if (start < p->raised_at) {
@@ -930,6 +1204,19 @@ static void deliver(struct xe_sim *s, uint32_t vi, int32_t port)
         break;
     default:
         break;
+    }
+    if (s->tracing && !s->err) {
+        const struct tport *tp = &s->tports[pi];
+        uint32_t pid = dom_pid(s, s->vcpus[vi].dom), tid = s->vcpus[vi].id;
+        char *o = tr_room(s, 256 + tp->label_len);
+        if (!o)
+            return;
+        o = tr_x(o, tp->label, tp->label_len, "handler", pid, tid, start, s->vt);
+        o = PUT(o, ",\"args\":{\"port\":");
+        o = put_u64(o, (uint32_t)port);
+        o = PUT(o, "}}");
+        tr_done(s, o);
+        tr_flows(s, pi, pid, tid, start);
     }
 }
 
@@ -969,6 +1256,8 @@ static void send_now(struct xe_sim *s, uint32_t target, uint8_t mode, uint32_t s
         if (was_masked)
             p->tally[3]++;
     }
+    if (s->tracing)
+        tr_send(s, target, mode, sender, t, was_pending, was_masked);
 }
 
 /* Simulation._send: a handler runs ahead of the clock; its sends wait for it. */
@@ -986,7 +1275,8 @@ static void send(struct xe_sim *s, uint32_t target, uint8_t mode, uint32_t sende
 /* Simulation._consume_kick */
 static void consume_kick(struct xe_sim *s, uint32_t vi)
 {
-    const struct port *k = &s->ports[s->vcpus[vi].kicker];
+    const struct vcpu *vs = &s->vcpus[vi];
+    const struct port *k = &s->ports[vs->kicker];
     struct xe_domain *d = k->d;
     if (!port_pending(d, k->port))
         return;
@@ -995,6 +1285,11 @@ static void consume_kick(struct xe_sim *s, uint32_t vi)
     else
         xe_2l_clear_pending(&d->si, k->port);
     s->consumed++;
+    if (s->tracing) {
+        uint32_t pid = dom_pid(s, vs->dom);
+        tr_x_num(s, "kicked (port ", k->port, ")", "poll", pid, vs->id, s->vt, s->vt + SEND_NS);
+        tr_flows(s, vs->kicker, pid, vs->id, s->vt);
+    }
 }
 
 /* Domain.sched_poll([port], timeout, vcpu): 1 if it returns at once, 0 once it blocks. */
@@ -1042,6 +1337,8 @@ static void wait_lock(struct xe_sim *s, uint32_t vi)
     if (s->err)
         return;
     if (blocked && xe_vcpu_polling(vdom(s, vs), vs->id)) {
+        if (s->tracing)
+            s->blocked_since[vi] = s->vt;
         at(s, s->vt + POLL_TIMEOUT_NS, EV_NOTHING, 0, 0, 0, 0, 0);
     } else if (!blocked) {   /* an event is due on this vCPU: take it, then spin again */
         guest_set_flag(s, vi);
@@ -1212,6 +1509,14 @@ void xe_sim_free(struct xe_sim *s)
     free(s->q);
     free(s->tq);
     free(s->hook_recs);
+    if (s->tports)
+        for (uint32_t k = 0; k < s->nports; k++) {
+            free(s->tports[k].label);
+            free(s->tports[k].flows);
+        }
+    free(s->tports);
+    free(s->blocked_since);
+    free(s->tb);
     free(s);
 }
 
@@ -1368,6 +1673,10 @@ int xe_sim_start(struct xe_sim *s)
             s->ports[r->front].dom != r->guest || s->ports[r->back].dom != 0)
             return -EINVAL;
     }
+    if (s->tracing)
+        for (uint32_t k = 0; k < s->nports; k++)
+            if (!s->tports[k].label)
+                return -EINVAL;
     s->started = 1;
     /* First actions: timer ticks staggered over a period, then each frontend's requests. */
     for (uint32_t k = 0; k < s->nvcpus; k++)
@@ -1424,6 +1733,8 @@ int xe_sim_run(struct xe_sim *s, uint64_t limit, int64_t until_ns, uint64_t max_
         s->actions++;
         if (s->err)
             return s->err;
+        if (s->tb_len >= s->tb_flush && s->tracing && s->sent < s->limit)
+            return XE_SIM_MORE;   /* the caller writes the trace out, then calls again */
     }
     return XE_SIM_DONE;
 }
@@ -1523,4 +1834,60 @@ size_t xe_sim_timeline(const struct xe_sim *s, uint32_t i, size_t from, int64_t 
 const char *xe_sim_error(const struct xe_sim *s)
 {
     return s->errwhat ? s->errwhat : "";
+}
+
+int xe_sim_trace_start(struct xe_sim *s, size_t flush_bytes)
+{
+    if (s->started || s->tracing || flush_bytes < 1 || flush_bytes > (SIZE_MAX >> 2))
+        return -EINVAL;
+    s->tports = calloc(s->nports ? s->nports : 1, sizeof *s->tports);
+    s->blocked_since = malloc(s->nvcpus * sizeof *s->blocked_since);
+    size_t cap = 0;
+    s->tb = grow_to(NULL, &cap, flush_bytes + 4096, 1);
+    if (!s->tports || !s->blocked_since || !s->tb) {
+        free(s->tports);
+        free(s->blocked_since);
+        free(s->tb);
+        s->tports = NULL;
+        s->blocked_since = NULL;
+        s->tb = NULL;
+        return -ENOMEM;
+    }
+    s->tb_cap = cap;
+    s->tb_flush = flush_bytes;
+    for (uint32_t k = 0; k < s->nvcpus; k++)
+        s->blocked_since[k] = -1;
+    s->tracing = 1;
+    return 0;
+}
+
+int xe_sim_trace_label(struct xe_sim *s, uint32_t i, const char *json, size_t len)
+{
+    if (!s->tracing || s->started || i >= s->nports || !json || len < 2 ||
+        len > XE_SIM_LABEL_MAX || json[0] != '"' || json[len - 1] != '"')
+        return -EINVAL;
+    for (size_t k = 0; k < len; k++)
+        if ((unsigned char)json[k] < 0x20 || (unsigned char)json[k] > 0x7e)
+            return -EINVAL;   /* JSON text with every control and non-ASCII byte escaped */
+    char *copy = malloc(len);
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, json, len);
+    free(s->tports[i].label);
+    s->tports[i].label = copy;
+    s->tports[i].label_len = (uint32_t)len;
+    return 0;
+}
+
+const char *xe_sim_trace_data(const struct xe_sim *s, size_t *len, uint64_t *events)
+{
+    *len = s->tb_len;
+    *events = s->tr_events;
+    return s->tb ? s->tb : "";
+}
+
+void xe_sim_trace_clear(struct xe_sim *s)
+{
+    s->tb_len = 0;
+    s->tr_events = 0;
 }

@@ -60,7 +60,9 @@ enum {
     XE_SIM_T_ACTIONS = 9,
     XE_SIM_T_QUEUED = 10,
     XE_SIM_T_HV_SEQ = 11,      /* the hypervisor's poll-timer sequence number */
-    XE_SIM_T_WORDS = 12
+    XE_SIM_T_WORDS = 12,
+
+    XE_SIM_LABEL_MAX = 1 << 20 /* a port's trace label, as JSON text */
 };
 
 /* A world of ndoms domains, nvcpus vCPUs, nports model ports, ndevs host devices and
@@ -128,6 +130,17 @@ size_t xe_sim_poll_timers(const struct xe_sim *s, uint64_t *out, size_t cap);
  * returns how many. */
 int xe_sim_record_timeline(struct xe_sim *s, int on);
 size_t xe_sim_timeline(const struct xe_sim *s, uint32_t i, size_t from, int64_t *out, size_t n);
+/* Traces (call xe_sim_trace_start before xe_sim_start). The engine writes Chrome
+ * trace-event JSON itself (the events of simulate.py's TraceRecorder, byte for byte), each
+ * event preceded by ",\n", into one buffer; xe_sim_run returns XE_SIM_MORE between two
+ * actions once the buffer holds flush_bytes or more, so the caller writes it out
+ * (xe_sim_trace_data) and empties it (xe_sim_trace_clear): memory stays flat in events.
+ * xe_sim_trace_label gives model port i its label as a JSON string (quotes included, at
+ * most XE_SIM_LABEL_MAX bytes). */
+int xe_sim_trace_start(struct xe_sim *s, size_t flush_bytes);
+int xe_sim_trace_label(struct xe_sim *s, uint32_t i, const char *json, size_t len);
+const char *xe_sim_trace_data(const struct xe_sim *s, size_t *len, uint64_t *events);
+void xe_sim_trace_clear(struct xe_sim *s);
 /* The data-path call that failed, as text, after a negative xe_sim_run. */
 const char *xe_sim_error(const struct xe_sim *s);
 
