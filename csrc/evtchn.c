@@ -500,6 +500,20 @@ int xe_linux_unmask_key(uint32_t key)
     return xe_2l_guest_unmask(&d->si, v, port);
 }
 
+/* The guest's own mask write on a 2-level port (d.guest.mask); -ENOSYS for a key that
+ * names no 2-level domain, -EINVAL for a port past the shared_info. */
+int xe_2l_mask_key(uint32_t key)
+{
+    struct xe_domain *d = key_domain(key);
+    uint32_t port = key & XE_KEY_PORT_MASK;
+    if (!d || d->abi != XE_ABI_2L)
+        return -ENOSYS;
+    if (port >= d->si.nr_ports)
+        return -EINVAL;
+    xe_2l_mask(&d->si, port);
+    return 0;
+}
+
 /* ---- publishing the port table (see chans_of in evtchn_abi.h) ----------------------- */
 
 void xe_domain_set_chans(struct xe_domain *d, struct xe_chan *chans, uint32_t max_ports)

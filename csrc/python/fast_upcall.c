@@ -1,5 +1,5 @@
 /*
- * d.guest.do_upcall(vcpu) with no handler, as a builtin function.
+ * d.guest.do_upcall(vcpu, handler=None), as a builtin function.
  *
  * This is the one file of the module written against CPython's C API rather than called
  * through cffi. An upcall returns a list, and a Python function that calls one cffi
@@ -8,10 +8,11 @@
  * port could never come near the cost of a bare call. A builtin takes its arguments as
  * a cffi function does and builds the list itself.
  *
- * It decides nothing: xe_2l_upcall_key() does the upcall (guest_2l.c). Whatever it does
- * not take (a handler, keywords, an argument that is not a plain int in range, a domain
- * with no 2-level scans, a destroyed one) goes to the checked Python method, which the
- * builtin holds. Not part of csrc/libxenevtchn.a: the static library needs no Python.
+ * It decides nothing: xe_2l_upcall_key() does the upcall (guest_2l.c); with a handler,
+ * the scan calls of guest_2l.c one port at a time and the handler between them, in the
+ * order of the checked method. Whatever it does not take (a handler that is not callable,
+ * other keywords, an argument that is not a plain int in range, a domain with no 2-level
+ * scans, a destroyed one) goes to the checked Python method, which the builtin holds. Not part of csrc/libxenevtchn.a: the static library needs no Python.
  *
  * The builtin holds (slow, state): `slow` is the checked method (so the guest and its
  * scans and out buffers live as long as the builtin does), `state` a capsule with the
@@ -97,6 +98,66 @@ out:
     return r;
 }
 
+/* One port taken: into the list, then the handler; -1 if either raised. */
+static int handle_port(PyObject *handled, PyObject *handler, int32_t port)
+{
+    PyObject *p = PyLong_FromLong(port);
+    if (!p || PyList_Append(handled, p) < 0) {
+        Py_XDECREF(p);
+        return -1;
+    }
+    PyObject *r = PyObject_CallFunctionObjArgs(handler, p, NULL);
+    Py_DECREF(p);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* LinuxGuest.do_upcall(vcpu, handler) of a 2-level domain, whole, as the checked method
+ * does it: each pass clears the upcall flag, takes the VIRQ_TIMER port first, then scans
+ * one port at a time (clear before handle); passes repeat while the flag was set again or
+ * another upcall of the vCPU came in (the handler's own do_upcall returns [] at once).
+ * A handler's exception ends the upcall (the nesting count is given back) and
+ * propagates; the ports not yet taken stay pending. The domain is the one the scan named
+ * when the upcall began, as for the checked method, even if a handler destroys it. */
+static PyObject *handler_upcall(struct xe_scan *s, PyObject *handler)
+{
+    struct xe_domain *d = s->d;
+    const struct xe_shinfo *si = &d->si;
+    uint32_t v = s->vcpu, owner = 0;
+    PyObject *handled = PyList_New(0);
+    if (!handled)
+        return NULL;
+    if (xe_upcall_enter_owned(s, &owner))
+        return handled;                 /* the upcall running on this vCPU takes them */
+    Py_INCREF(handler);                 /* a handler may drop the caller's reference */
+    for (;;) {
+        xe_upcall_pass_begin(s);
+        xe_vcpu_set_upcall_pending(si, v, 0);
+        if (s->timer) {
+            int32_t port = xe_2l_take_timer(d, v, s->timer);
+            if (port >= 0 && handle_port(handled, handler, port) < 0)
+                goto fail;
+        }
+        xe_2l_scan_begin(d, s);
+        int32_t port;
+        while ((port = xe_2l_scan_next(d, s)) >= 0)
+            if (handle_port(handled, handler, port) < 0)
+                goto fail;
+        xe_2l_scan_end(s);
+        if (xe_upcall_leave_owned(s, si, &owner))
+            break;
+    }
+    Py_DECREF(handler);
+    return handled;
+fail:
+    xe_upcall_abort_owned(s, &owner);
+    Py_DECREF(handler);
+    Py_DECREF(handled);
+    return NULL;
+}
+
 static PyObject *do_upcall(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames)
 {
@@ -105,17 +166,38 @@ static PyObject *do_upcall(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (!slow || !st)
         return NULL;
     long v = 0;
-    if (kwnames || nargs > 2 || (nargs == 2 && args[1] != Py_None))
+    PyObject *vcpu = nargs >= 1 ? args[0] : NULL, *handler = nargs >= 2 ? args[1] : NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_Size(kwnames) : 0;
+    if (nargs > 2)
         goto slow_path;
-    if (nargs >= 1) {
-        int overflow = 0;
-        if (!PyLong_CheckExact(args[0]))
+    for (Py_ssize_t i = 0; i < nkw; i++) {            /* vcpu= and handler=, once each */
+        PyObject *name = PyTuple_GetItem(kwnames, i);
+        if (!vcpu && PyUnicode_CompareWithASCIIString(name, "vcpu") == 0)
+            vcpu = args[nargs + i];
+        else if (!handler && PyUnicode_CompareWithASCIIString(name, "handler") == 0)
+            handler = args[nargs + i];
+        else
             goto slow_path;
-        v = PyLong_AsLongAndOverflow(args[0], &overflow);
+    }
+    if (handler == Py_None)
+        handler = NULL;
+    if (handler && !PyCallable_Check(handler))
+        goto slow_path;
+    if (vcpu) {
+        int overflow = 0;
+        if (!PyLong_CheckExact(vcpu))
+            goto slow_path;
+        v = PyLong_AsLongAndOverflow(vcpu, &overflow);
         if (overflow || v < 0 || (unsigned long)v >= st->nr_vcpus)
             goto slow_path;
     }
     uint32_t key = st->base + (uint32_t)v;
+    if (handler) {
+        struct xe_scan *s = xe_2l_key_scan(key);
+        if (!s || !s->d || s->d->abi != XE_ABI_2L)
+            goto slow_path;
+        return handler_upcall(s, handler);
+    }
     int32_t r = xe_2l_upcall_key(key);
     if (r == 0)
         return PyList_New(0);
