@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 Handler = Callable[[int], object]
 _CHUNK = 4096  # ports taken from C per call when no handler runs in between
 _UPCALL_CAP = 1024  # ports per xe_2l_upcall call (the fast do_upcall), per vCPU
-_KEY_PORT_SPAN = 1 << lib.XE_KEY_PORT_BITS
 
 
 class _Guest:
