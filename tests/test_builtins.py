@@ -582,3 +582,34 @@ def test_no_leak_over_a_million_refusals_and_hook_dispatches():
 
     _leak_check(step, 4, [hook, handler, d.vcpus[0], err, unbound_bad, ipi])
     assert d.guest._scans[0].nesting == 0
+
+
+def _non_pv_domain(hv, monkeypatch, **kw):
+    """A domain of a kind the builtins were not written for (HVM): create_domain(type=...)
+    where the hypervisor has domain types, else a PV domain that says it is not one."""
+    if "type" in inspect.signature(hv.create_domain).parameters:
+        return hv.create_domain(type="hvm", **kw)
+    monkeypatch.setattr(Domain, "type", "hvm", raising=False)
+    try:
+        return hv.create_domain(**kw)
+    finally:
+        monkeypatch.undo()
+
+
+def test_domains_that_are_not_pv_keep_the_python_paths_and_planner(monkeypatch):
+    hv = _CountingHv()
+    d = _non_pv_domain(hv, monkeypatch, vcpus=2)
+    assert not d._builtins
+    for fn in (d.send, d.event_channel_op, d.guest.mask, d.guest.unmask):
+        assert not inspect.isbuiltin(fn), fn
+    assert d.domid not in hv._hook_vcpus
+    a = d.bind_ipi(1)
+    seen = []
+    hv.add_listener("kick", seen.append)
+    for v in range(2):
+        d.guest.do_upcall(v)
+    d.send(a)
+    assert seen == [d.vcpus[1]] and hv.planned == 1   # planned in Python
+    with pytest.raises(xe.EvtchnError) as e:
+        d.send(4000)
+    assert e.value.errno == errno.EINVAL

@@ -191,10 +191,11 @@ class Domain:
     def _bind_fast_paths(self) -> None:
         """Per-instance fast paths: ``send``, ``event_channel_op`` and the guest's.
 
-        With a slot, ``send`` and ``event_channel_op`` are builtins (csrc/python/fast_paths.c):
-        one C call per event with no lock (the C path reads the port table), the refusal
-        raised and the owed hooks run from C. Without one, ``send`` is a closure making a
-        two-argument C call. Anything a key cannot carry goes to the checked class method.
+        With a slot, a PV domain's ``send`` and ``event_channel_op`` are builtins
+        (csrc/python/fast_paths.c): one C call per event with no lock (the C path reads the
+        port table), the refusal raised and the owed hooks run from C. Otherwise ``send`` is
+        a closure making a two-argument C call and ``event_channel_op`` the class method.
+        Anything a key cannot carry goes to the checked class method.
         """
         c = self._c
         hv = self.hv
@@ -202,11 +203,13 @@ class Domain:
         self._slot = slot
         slow = Domain.send.__get__(self)
         xen_sent, XEN = cmds.xen_sent, cmds.XEN_SENT
-        if getattr(self, "type", "pv") == "pv":
-            # The hooks of this domain's vCPUs are called from C (run_hooks.c); any other
-            # kind of domain is planned in Python (Hypervisor._plan).
+        # Builtins, and hooks called from C (run_hooks.c), for the domains whose delivery
+        # they were written for: PV. Any other kind (HVM/PVH interrupts) keeps the Python
+        # paths, its hooks planned by Hypervisor._plan.
+        self._builtins = getattr(self, "type", "pv") == "pv"
+        if self._builtins:
             hv._hook_vcpus[self.domid] = self.vcpus
-        if slot is not None:
+        if slot is not None and self._builtins:
             runner = hv._run_owed
             self.send = make_fast_path("send", slot.base, slow, slot, EvtchnError, runner,  # type: ignore[method-assign]
                                        self, xen_sent)

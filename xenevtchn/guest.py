@@ -73,7 +73,7 @@ class _Guest:
         """Install per-instance fast paths (the domain's slot keys them): ``mask(port)`` as
         a builtin (csrc/python/fast_paths.c) that writes a 2-level mask bit, and leaves any
         other case (a FIFO domain, an argument to refuse, a destroyed domain) to the method."""
-        if slot is not None:
+        if slot is not None and self._d._builtins:
             self.mask = make_fast_path(  # type: ignore[method-assign]
                 "mask", slot.base, _Guest.mask.__get__(self), slot, EvtchnError, self._d.hv._run_owed)
 
@@ -225,12 +225,13 @@ class LinuxGuest(_Guest):
         """``unmask(port)``, ``mask(port)`` and ``do_upcall(vcpu, handler)``: builtins.
 
         Anything else (a ``vcpu`` for unmask, an argument to refuse, a domain that is not
-        2-level) goes to the class method, which checks it and does the work.
+        2-level) goes to the class method, which checks it and does the work. A domain that
+        is not PV (``d._builtins`` false) keeps the class methods for mask and unmask.
         """
         super()._bind_fast_paths(slot)
         slow_unmask = LinuxGuest.unmask.__get__(self)
         slow_upcall = LinuxGuest.do_upcall.__get__(self)
-        if slot is not None:
+        if slot is not None and self._d._builtins:
             # A builtin (csrc/python/fast_paths.c): a plain int port and no vCPU -> one C
             # call (Linux's local unmask on the port's notify vCPU); anything else ->
             # slow_unmask.
