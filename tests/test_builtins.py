@@ -613,3 +613,76 @@ def test_domains_that_are_not_pv_keep_the_python_paths_and_planner(monkeypatch):
     with pytest.raises(xe.EvtchnError) as e:
         d.send(4000)
     assert e.value.errno == errno.EINVAL
+
+
+def test_builtins_in_threads_while_their_domains_are_destroyed():
+    """Two threads call builtins taken from domains a third thread creates and destroys
+    (and go on once every one is destroyed): every answer is success, ESRCH or the closed
+    port's EINVAL, nothing crashes, and the hooks the sends owe run from C in whichever
+    thread sends."""
+    import threading
+
+    hv = xe.Hypervisor()
+    dom0 = hv.create_domain(privileged=True)
+    worlds: list = []
+    kicks = [0]
+    hv.on_kick = lambda v: kicks.__setitem__(0, kicks[0] + 1)
+    done = threading.Event()
+    bad: list = []
+
+    def churn():
+        try:
+            for _ in range(200):
+                g = hv.create_domain(vcpus=2)
+                r = g.alloc_unbound(dom0.domid)
+                l = dom0.bind_interdomain(g.domid, r)
+                ipi = g.bind_ipi(1)
+                worlds.append((l, ipi, g.send, g.guest.mask, g.guest.unmask, g.guest.do_upcall,
+                               g.event_channel_op))
+                for _ in range(20):
+                    dom0.send(l)
+                hv.destroy_domain(g.domid)
+        finally:
+            done.set()
+
+    esrch = [0, 0]
+
+    def user(seed):
+        rng = random.Random(seed)
+        handled = []
+        after = 50                                 # calls once every domain is destroyed
+        while not done.is_set() or after:
+            if done.is_set():
+                after -= 1
+            if not worlds:
+                continue
+            l, ipi, send, mask, unmask, up, op = worlds[rng.randrange(max(1, len(worlds) - 3),
+                                                                    len(worlds) + 1) - 1]
+            calls = (lambda: send(ipi), lambda: mask(ipi), lambda: unmask(ipi),
+                     lambda: up(1, handled.append), lambda: up(0),
+                     lambda: op(SEND, bytearray(struct.pack("=I", ipi))),
+                     lambda: dom0.send(l))
+            try:
+                rc = rng.choice(calls)()
+                if isinstance(rc, int) and rc not in (0, -errno.ESRCH, -errno.EINVAL):
+                    bad.append(rc)
+                esrch[seed] += rc == -errno.ESRCH
+            except xe.EvtchnError as exc:
+                if exc.errno not in (errno.ESRCH, errno.EINVAL):
+                    bad.append(exc)
+                esrch[seed] += exc.errno == errno.ESRCH
+            except Exception as exc:              # noqa: BLE001 - reported below
+                bad.append(exc)
+            handled.clear()
+
+    threads = [threading.Thread(target=churn)] + [threading.Thread(target=user, args=(s,))
+                                                   for s in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert bad == []
+    assert all(esrch), esrch                      # stale builtins were called
+    assert kicks[0] >= 1
+    assert [d.domid for d in hv.domains] == [dom0.domid]
