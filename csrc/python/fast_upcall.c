@@ -1,8 +1,8 @@
 /*
  * d.guest.do_upcall(vcpu, handler=None), as a builtin function.
  *
- * This is the one file of the module written against CPython's C API rather than called
- * through cffi. An upcall returns a list, and a Python function that calls one cffi
+ * Written against CPython's C API rather than called through cffi (as fast_paths.c and
+ * run_hooks.c are). An upcall returns a list, and a Python function that calls one cffi
  * function and wraps its answer in a list already costs 1.8x a bare cffi call (2.4x with
  * the argument checks) before the upcall does any work, so an upcall with one pending
  * port could never come near the cost of a bare call. A builtin takes its arguments as
