@@ -34,7 +34,7 @@
 
 #include "xenevtchn.h"
 #include "fast_upcall.h"
-#include "hook_dispatch.h"
+#include "builtins.h"
 
 enum {
     REF_SLOW,          /* the checked method */
@@ -131,8 +131,8 @@ static PyObject *raise_errno(struct fast_path *fp, int err, const char *what)
 }
 
 /* The checked method with the call's own arguments (keywords included). */
-static PyObject *call_slow(PyObject *slow, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
+PyObject *xe_py_call_slow(PyObject *slow, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
 {
     Py_ssize_t nkw = kwnames ? PyTuple_Size(kwnames) : 0;
     PyObject *tuple = PyTuple_New(nargs), *kw = NULL, *r = NULL;
@@ -262,7 +262,7 @@ static PyObject *fast_event_channel_op(PyObject *self, PyObject *const *args, Py
     }
     return PyLong_FromLong(0);
 general:
-    return call_slow(fp->ref[REF_SLOW], args, nargs, kwnames);
+    return xe_py_call_slow(fp->ref[REF_SLOW], args, nargs, kwnames);
 }
 
 static PyMethodDef event_channel_op_def = {
@@ -284,7 +284,7 @@ static PyObject *fast_unmask(PyObject *self, PyObject *const *args, Py_ssize_t n
         if (p >= 0 && xe_linux_unmask_key(fp->base + (uint32_t)p) >= 0)
             Py_RETURN_NONE;
     }
-    return call_slow(fp->ref[REF_SLOW], args, nargs, kwnames);
+    return xe_py_call_slow(fp->ref[REF_SLOW], args, nargs, kwnames);
 }
 
 static PyMethodDef unmask_def = {
@@ -374,28 +374,41 @@ static PyObject *make_fast_path(PyObject *module, PyObject *args)
     return fn;
 }
 
-static PyMethodDef make_def = {
-    "make_fast_path", make_fast_path, METH_VARARGS,
-    "make_fast_path(kind, key_base, slow, slot, error, runner, ...)\n--\n\n"
-    "A builtin fast path of a domain: kind is 'send' (+ domain, xen_sent),\n"
-    "'event_channel_op' (+ domain, xen_sent, send_cmd, unmask_cmd), 'unmask' or 'mask'."};
-
-int xe_py_install_fast_paths(void)
+int xe_py_add_functions(PyMethodDef *defs)
 {
     PyGILState_STATE g = PyGILState_Ensure();
     int rc = -1;
-    if (!fast_path_type)
-        fast_path_type = (PyTypeObject *)PyType_FromSpec(&fp_spec);
-    PyObject *mod = fast_path_type ? PyImport_ImportModule("xenevtchn._core") : NULL;
+    PyObject *mod = PyImport_ImportModule("xenevtchn._core");
     if (mod) {
-        PyObject *fn = PyCFunction_NewEx(&make_def, NULL, NULL);
-        if (fn)
-            rc = PyObject_SetAttrString(mod, "make_fast_path", fn);
-        Py_XDECREF(fn);
+        rc = 0;
+        for (PyMethodDef *def = defs; rc == 0 && def->ml_name; def++) {
+            PyObject *fn = PyCFunction_NewEx(def, NULL, NULL);
+            rc = fn ? PyObject_SetAttrString(mod, def->ml_name, fn) : -1;
+            Py_XDECREF(fn);
+        }
         Py_DECREF(mod);
     }
     if (rc < 0)
         PyErr_Clear();
     PyGILState_Release(g);
     return rc;
+}
+
+static PyMethodDef functions[] = {
+    {"make_fast_path", make_fast_path, METH_VARARGS,
+     "make_fast_path(kind, key_base, slow, slot, error, runner, ...)\n--\n\n"
+     "A builtin fast path of a domain: kind is 'send' (+ domain, xen_sent),\n"
+     "'event_channel_op' (+ domain, xen_sent, send_cmd, unmask_cmd), 'unmask' or 'mask'."},
+    {NULL, NULL, 0, NULL},
+};
+
+int xe_py_install_fast_paths(void)
+{
+    PyGILState_STATE g = PyGILState_Ensure();
+    if (!fast_path_type)
+        fast_path_type = (PyTypeObject *)PyType_FromSpec(&fp_spec);
+    if (!fast_path_type)
+        PyErr_Clear();
+    PyGILState_Release(g);
+    return fast_path_type ? xe_py_add_functions(functions) : -1;
 }

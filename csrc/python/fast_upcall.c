@@ -25,6 +25,7 @@
 
 #include "xenevtchn.h"
 #include "fast_upcall.h"
+#include "builtins.h"
 
 struct fast_upcall {
     uint32_t base;             /* slot << XE_KEY_PORT_BITS */
@@ -72,32 +73,6 @@ static PyObject *long_upcall(struct xe_scan *s)
         return PyErr_Format(PyExc_RuntimeError, "upcall failed mid-way (%d)", (int)n);
     }
     return all;
-}
-
-static PyObject *call_slow(PyObject *slow, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
-{
-    Py_ssize_t nkw = kwnames ? PyTuple_Size(kwnames) : 0;
-    PyObject *tuple = PyTuple_New(nargs), *kw = NULL, *r = NULL;
-    if (!tuple)
-        return NULL;
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        Py_INCREF(args[i]);
-        PyTuple_SetItem(tuple, i, args[i]);
-    }
-    if (nkw) {
-        kw = PyDict_New();
-        for (Py_ssize_t i = 0; kw && i < nkw; i++)
-            if (PyDict_SetItem(kw, PyTuple_GetItem(kwnames, i), args[nargs + i]) < 0)
-                Py_CLEAR(kw);
-        if (!kw)
-            goto out;
-    }
-    r = PyObject_Call(slow, tuple, kw);
-out:
-    Py_DECREF(tuple);
-    Py_XDECREF(kw);
-    return r;
 }
 
 /* One port taken: into the list, then the handler; -1 if either raised. */
@@ -221,7 +196,7 @@ static PyObject *do_upcall(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return n < s->cap ? ports_list(s->out, n) : long_upcall(s);
     }
 slow_path:
-    return call_slow(slow, args, nargs, kwnames);
+    return xe_py_call_slow(slow, args, nargs, kwnames);
 }
 
 static PyMethodDef do_upcall_def = {
@@ -266,25 +241,14 @@ static PyObject *make_fast_upcall(PyObject *module, PyObject *args)
     return fn;
 }
 
-static PyMethodDef make_def = {
-    "make_fast_upcall", make_fast_upcall, METH_VARARGS,
-    "make_fast_upcall(slow, key_base, nr_vcpus)\n--\n\n"
-    "The builtin do_upcall of a Linux 2-level guest whose domain has that key base."};
+static PyMethodDef functions[] = {
+    {"make_fast_upcall", make_fast_upcall, METH_VARARGS,
+     "make_fast_upcall(slow, key_base, nr_vcpus)\n--\n\n"
+     "The builtin do_upcall of a Linux 2-level guest whose domain has that key base."},
+    {NULL, NULL, 0, NULL},
+};
 
 int xe_py_install_fast_upcall(void)
 {
-    PyGILState_STATE g = PyGILState_Ensure();
-    int rc = -1;
-    PyObject *mod = PyImport_ImportModule("xenevtchn._core");
-    if (mod) {
-        PyObject *fn = PyCFunction_NewEx(&make_def, NULL, NULL);
-        if (fn)
-            rc = PyObject_SetAttrString(mod, "make_fast_upcall", fn);
-        Py_XDECREF(fn);
-        Py_DECREF(mod);
-    }
-    if (rc < 0)
-        PyErr_Clear();
-    PyGILState_Release(g);
-    return rc;
+    return xe_py_add_functions(functions);
 }

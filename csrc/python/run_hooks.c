@@ -23,7 +23,7 @@
 
 #include "xenevtchn.h"
 #include "fast_upcall.h"
-#include "hook_dispatch.h"
+#include "builtins.h"
 
 #define BATCH 64                  /* records per xe_hv_take_hooks call */
 #define RECORD_WORDS 3            /* (domid, kicked bits, woken bits) */
@@ -136,12 +136,6 @@ static PyObject *run_hooks(PyObject *module, PyObject *args)
         return NULL;
     Py_RETURN_NONE;
 }
-
-static PyMethodDef run_hooks_def = {
-    "run_hooks", run_hooks, METH_VARARGS,
-    "run_hooks(hv_address, plan)\n--\n\n"
-    "Take the hypervisor's recorded kicks and wake-ups and call every hook owed for them\n"
-    "(plan(records) -> [fn, arg, ...]); the first exception is raised after all ran."};
 
 /* ---- the hook runner of a hypervisor ---------------------------------------------------
  *
@@ -337,29 +331,19 @@ static PyObject *make_hook_runner(PyObject *module, PyObject *args)
     return fn;
 }
 
-static PyMethodDef make_runner_def = {
-    "make_hook_runner", make_hook_runner, METH_VARARGS,
-    "make_hook_runner(hv_address, plan, table, vcpus)\n--\n\n"
-    "The hook runner of a hypervisor: C dispatches the kinds of `table` for the domains\n"
-    "of `vcpus` (domid -> tuple of Vcpu); everything else goes through plan."};
+static PyMethodDef functions[] = {
+    {"run_hooks", run_hooks, METH_VARARGS,
+     "run_hooks(hv_address, plan)\n--\n\n"
+     "Take the hypervisor's recorded kicks and wake-ups and call every hook owed for them\n"
+     "(plan(records) -> [fn, arg, ...]); the first exception is raised after all ran."},
+    {"make_hook_runner", make_hook_runner, METH_VARARGS,
+     "make_hook_runner(hv_address, plan, table, vcpus)\n--\n\n"
+     "The hook runner of a hypervisor: C dispatches the kinds of `table` for the domains\n"
+     "of `vcpus` (domid -> tuple of Vcpu); everything else goes through plan."},
+    {NULL, NULL, 0, NULL},
+};
 
 int xe_py_install_run_hooks(void)
 {
-    PyGILState_STATE g = PyGILState_Ensure();
-    int rc = -1;
-    PyObject *mod = PyImport_ImportModule("xenevtchn._core");
-    if (mod) {
-        PyObject *fn = PyCFunction_NewEx(&run_hooks_def, NULL, NULL);
-        if (fn)
-            rc = PyObject_SetAttrString(mod, "run_hooks", fn);
-        Py_XDECREF(fn);
-        fn = rc < 0 ? NULL : PyCFunction_NewEx(&make_runner_def, NULL, NULL);
-        rc = fn ? PyObject_SetAttrString(mod, "make_hook_runner", fn) : -1;
-        Py_XDECREF(fn);
-        Py_DECREF(mod);
-    }
-    if (rc < 0)
-        PyErr_Clear();
-    PyGILState_Release(g);
-    return rc;
+    return xe_py_add_functions(functions);
 }
