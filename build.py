@@ -27,9 +27,10 @@ CSRC = HERE / "csrc"
 # nothing it calls is undeclared (an error under GCC 14 and clang 16+).
 CDEF_HEADERS = ("xen_abi.h", "xenevtchn.h", "python/fast_upcall.h", "engine/sim_engine.h")
 # Every C file except the standalone examples/tests is part of the module: the core
-# (csrc/*.c, also csrc/libxenevtchn.a), the one file written against CPython's API
-# (csrc/python/*.c, the builtin do_upcall) and the scenario engine (csrc/engine/*.c, which
-# needs libm; C programs that link the core alone do not).
+# (csrc/*.c, also csrc/libxenevtchn.a), the files written against CPython's API
+# (csrc/python/*.c: the builtin send, unmask, mask, event_channel_op and do_upcall, and the
+# hook runner) and the scenario engine (csrc/engine/*.c, which needs libm; C programs that
+# link the core alone do not).
 SOURCES = sorted([*CSRC.glob("*.c"), *CSRC.glob("python/*.c"), *CSRC.glob("engine/*.c")])
 HEADERS = sorted([*CSRC.glob("*.h"), *CSRC.glob("python/*.h"), *CSRC.glob("engine/*.h")])
 SANITIZE_ENV = "XENEVTCHN_SANITIZE"

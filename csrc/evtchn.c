@@ -482,14 +482,30 @@ int32_t xe_2l_upcall_key(uint32_t key)
     return n ? XE_UPCALL_MANY + n : 0;
 }
 
-int xe_linux_unmask_key(uint32_t key)
+/* The 2-level domain of a guest-side key call and its port; NULL with *err set (-ENOSYS
+ * for a key that names no 2-level domain, -EINVAL for a port past the shared_info). */
+static inline struct xe_domain *key_2l_domain(uint32_t key, uint32_t *port, int *err)
 {
     struct xe_domain *d = key_domain(key);
-    uint32_t port = key & XE_KEY_PORT_MASK;
-    if (!d || d->abi != XE_ABI_2L)
-        return -ENOSYS;
-    if (port >= d->si.nr_ports)
-        return -EINVAL;
+    *port = key & XE_KEY_PORT_MASK;
+    if (!d || d->abi != XE_ABI_2L) {
+        *err = -ENOSYS;
+        return NULL;
+    }
+    if (*port >= d->si.nr_ports) {
+        *err = -EINVAL;
+        return NULL;
+    }
+    return d;
+}
+
+int xe_linux_unmask_key(uint32_t key)
+{
+    uint32_t port;
+    int err;
+    struct xe_domain *d = key_2l_domain(key, &port, &err);
+    if (!d)
+        return err;
     uint32_t v = 0;                                /* as Linux: vCPU 0 past the valid range */
     if (port_is_valid(d, port)) {
         struct xe_chan *c = &chans_of(d)[port];
@@ -498,6 +514,19 @@ int xe_linux_unmask_key(uint32_t key)
         v = atomic_load_explicit((_Atomic uint16_t *)&c->notify_vcpu, memory_order_relaxed);
     }
     return xe_2l_guest_unmask(&d->si, v, port);
+}
+
+/* The guest's own mask write on a 2-level port (d.guest.mask); -ENOSYS for a key that
+ * names no 2-level domain, -EINVAL for a port past the shared_info. */
+int xe_2l_mask_key(uint32_t key)
+{
+    uint32_t port;
+    int err;
+    struct xe_domain *d = key_2l_domain(key, &port, &err);
+    if (!d)
+        return err;
+    xe_2l_mask(&d->si, port);
+    return 0;
 }
 
 /* ---- publishing the port table (see chans_of in evtchn_abi.h) ----------------------- */

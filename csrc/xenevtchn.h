@@ -280,6 +280,9 @@ int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port);
 /* Linux's local unmask on the port's notify vCPU (a handle's port: re-fired into its
  * queue); -EINVAL for a port past the shared_info, -ENOSYS for a non-2-level domain. */
 int xe_linux_unmask_key(uint32_t key);
+/* The guest's mask write (xe_2l_mask) on the key's port; -ENOSYS for a non-2-level
+ * domain, -EINVAL for a port past the shared_info. */
+int xe_2l_mask_key(uint32_t key);
 /* Linux's per-CPU evtchn mask (d->vcpu_ports). Before a port may become usable on vCPU
  * v (a bind, a move to v), xe_2l_route_add(d, port, v); after any change of its record,
  * xe_2l_route_sync(d, port). _rebuild recomputes every map from the records; _check

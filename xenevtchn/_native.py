@@ -62,6 +62,12 @@ from ._core import make_fast_upcall  # type: ignore[import-not-found,unused-igno
 # The hook runner of Hypervisor._after (csrc/python/run_hooks.c).
 if lib.xe_py_install_run_hooks() != 0:  # pragma: no cover - only if CPython refuses
     raise ImportError("xenevtchn._core could not install run_hooks")
-from ._core import run_hooks  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
+from ._core import make_hook_runner, run_hooks  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 
-__all__ = ["ffi", "lib", "BUILD_ID", "make_fast_upcall", "run_hooks"]
+# The builtin send, unmask, mask and event_channel_op fast paths (csrc/python/fast_paths.c).
+if lib.xe_py_install_fast_paths() != 0:  # pragma: no cover - only if CPython refuses
+    raise ImportError("xenevtchn._core could not install make_fast_path")
+from ._core import make_fast_path  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
+
+__all__ = ["ffi", "lib", "BUILD_ID", "make_fast_upcall", "make_fast_path", "make_hook_runner",
+           "run_hooks"]

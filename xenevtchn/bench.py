@@ -381,6 +381,79 @@ def _send_kick_row(xe: Any, floors: Any) -> Built:
     return "d.send(port) that kicks its vCPU: the on_kick hook runs (list.append)", ours, floor
 
 
+def _send_vs_builtin_row(xe: Any, floors: Any) -> Built:
+    """d.send on an already-pending port against a bare CPython builtin call (``abs``)."""
+    w = _Channels(xe)
+    for p in w.local:
+        w.dom0.send(p)
+    n = len(w.local)
+
+    def check(r: Any) -> None:
+        assert r == n, r   # abs(n): the last call returned its argument
+
+    ours = Case(_loop1(w.dom0.send, w.local), n, w.clear_sentinels, w.all_pending_again)
+    floor = Case(_loop_last(abs, list(range(1, n + 1))), n, None, check)
+    return "d.send(port) per call, already pending", ours, floor
+
+
+def _kick_cycle_row(xe: Any, floors: Any) -> Built:
+    """A kicking cycle per event: ``d.send`` of an edge (the vCPU's upcall flag is clear),
+    the Python ``on_kick`` hook it runs, then ``do_upcall(0)`` taking the port. The floor:
+    two bare cffi calls and one call of the very same Python hook function."""
+    hv = xe.Hypervisor()
+    d = hv.create_domain()
+    port = d.bind_ipi(0)
+    si = d.shared_info
+    n = 1024
+    seen: list[Any] = []
+
+    def on_kick(vcpu: Any) -> None:
+        seen.append(vcpu)
+
+    hv.on_kick = on_kick
+    send, up = d.send, d.guest.do_upcall
+    ports = [port] * n
+    taken: list[Any] = []
+
+    def cycle() -> Any:
+        got = None
+        for p in ports:
+            send(p)
+            got = up(0)
+            taken.append(got)
+        return got
+
+    def setup() -> None:
+        seen.clear()
+        taken.clear()
+        up(0)                 # nothing pending, the upcall flag clear
+
+    def check(_r: Any) -> None:
+        assert len(seen) == n and all(v is d.vcpus[0] for v in seen), len(seen)
+        assert len(taken) == n and all(t == [port] for t in taken), len(taken)
+        assert not si.is_pending(port) and not si.upcall_pending(0)
+
+    ident = floors[1].xe_floor_identity
+    calls = floors[1].xe_floor_calls
+    args = list(range(1, n + 1))
+
+    def floor_run() -> None:
+        for a in args:
+            ident(a)
+            ident(a)
+            on_kick(a)
+
+    def floor_setup() -> None:
+        seen.clear()
+        calls(1)
+
+    def floor_check(_r: Any) -> None:
+        assert calls(0) == 2 * n and len(seen) == n, (len(seen), n)
+
+    return ("kicking cycle: d.send(port) of an edge + Python on_kick + do_upcall(0) taking it, "
+            "per cycle", Case(cycle, n, setup, check), Case(floor_run, n, floor_setup, floor_check))
+
+
 def _send_vs_reference_row(xe: Any, floors: Any) -> Built:
     from . import reference
 
@@ -741,13 +814,17 @@ _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
     (Spec("send_many[numpy] already pending", _FETCH_OR, 2.0, rounds=900, ci=True),
      lambda xe, f: _send_many_row(xe, f, "numpy", True)),
     (Spec("d.send first raise", _CFFI, 2.5, rounds=300), lambda xe, f: _send_row(xe, f, False)),
-    (Spec("d.send already pending", _CFFI, 2.5, rounds=300), lambda xe, f: _send_row(xe, f, True)),
+    (Spec("d.send already pending", _CFFI, 0.7, rounds=300, ci=True),
+     lambda xe, f: _send_row(xe, f, True)),
+    (Spec("(info) d.send already pending vs builtin", "bare CPython builtin call (abs)", None,
+          rounds=300), _send_vs_builtin_row),
     (Spec("(info) d.send that kicks", _CFFI, None, rounds=600), _send_kick_row),
+    (Spec("kicking cycle", "2 bare cffi calls + the Python hook", 1.5, rounds=300), _kick_cycle_row),
     (Spec("d.send vs reference", "reference model's send", 4.0, "speedup", rounds=90, ci=True),
      _send_vs_reference_row),
-    (Spec("guest.unmask masked, not pending", _CFFI, 2.5, rounds=300),
+    (Spec("guest.unmask masked, not pending", _CFFI, 0.7, rounds=300, ci=True),
      lambda xe, f: _unmask_row(xe, f, False)),
-    (Spec("guest.unmask masked, pending: re-fired", _CFFI, 2.5, rounds=300),
+    (Spec("guest.unmask masked, pending: re-fired", _CFFI, 0.7, rounds=300),
      lambda xe, f: _unmask_row(xe, f, True)),
     (Spec("do_upcall k=1", _CFFI + " per port", 2.0, ci=True), lambda xe, f: _upcall_row(xe, f, 1)),
     (Spec("do_upcall k=64", _CFFI + " per port", 2.0, ci=True), lambda xe, f: _upcall_row(xe, f, 64)),
@@ -756,9 +833,9 @@ _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
     (Spec("(info) FIFO send_many first raise", _FETCH_OR, None, rounds=300), _fifo_send_many_row),
     (Spec("(info) FIFO d.send first raise", _CFFI, None, rounds=100), _fifo_send_row),
     (Spec("(info) FIFO do_upcall k=4095", _CFFI + " per port", None, rounds=100), _fifo_upcall_row),
-    (Spec("event_channel_op send", _CFFI, 4.0, rounds=300, ci=True),
+    (Spec("event_channel_op send", _CFFI, 1.2, rounds=300, ci=True),
      lambda xe, f: _hypercall_row(xe, f, "send")),
-    (Spec("event_channel_op unmask", _CFFI, 4.0, rounds=300),
+    (Spec("event_channel_op unmask", _CFFI, 1.2, rounds=300),
      lambda xe, f: _hypercall_row(xe, f, "unmask")),
     (Spec("(info) event_channel_op status", _CFFI, None, rounds=90),
      lambda xe, f: _hypercall_row(xe, f, "status")),

@@ -19,9 +19,10 @@ from . import commands as cmds
 from . import fifo as fifo_cmds
 from . import hypercalls
 from . import sched
-from ._native import ffi, lib
+from ._native import ffi, lib, make_fast_path
 from .constants import (
     DOMID_SELF,
+    EvtchnOp,
     EVTCHN_2L_NR_CHANNELS,
     EVTCHN_2L_NR_CHANNELS_X86_32,
     NR_VIRQS,
@@ -190,32 +191,33 @@ class Domain:
     def _bind_fast_paths(self) -> None:
         """Per-instance fast paths: ``send``, ``event_channel_op`` and the guest's.
 
-        ``send`` is one C call per event, with no lock (the C path reads the port table):
-        a one-argument call with the domain's slot in the key, or, when no slot is free,
-        a two-argument call. Anything a key cannot carry goes to the checked class method.
+        With a slot, a PV domain's ``send`` and ``event_channel_op`` are builtins
+        (csrc/python/fast_paths.c): one C call per event with no lock (the C path reads the
+        port table), the refusal raised and the owed hooks run from C. Otherwise ``send`` is
+        a closure making a two-argument C call and ``event_channel_op`` the class method.
+        Anything a key cannot carry goes to the checked class method.
         """
         c = self._c
-        after = self.hv._after
+        hv = self.hv
         slot = _Slot.take(c)
         self._slot = slot
         slow = Domain.send.__get__(self)
         xen_sent, XEN = cmds.xen_sent, cmds.XEN_SENT
-        if slot is not None:
-            c_send, base = lib.xe_send_key, slot.base
-
-            def send(port: int) -> None:
-                if 0 <= port < KEY_PORT_SPAN:
-                    rc = c_send(base + port)
-                    if rc:
-                        if rc < 0:
-                            raise EvtchnError(-rc, "send")
-                        if rc & XEN:
-                            xen_sent(self, (port,), rc)
-                        else:
-                            after(rc)
-                else:
-                    slow(port)
+        # Builtins, and hooks called from C (run_hooks.c), for the domains whose delivery
+        # they were written for: PV. Any other kind (HVM/PVH interrupts) keeps the Python
+        # paths, its hooks planned by Hypervisor._plan.
+        self._builtins = getattr(self, "type", "pv") == "pv"
+        if self._builtins:
+            hv._hook_vcpus[self.domid] = self.vcpus
+        if slot is not None and self._builtins:
+            runner = hv._run_owed
+            self.send = make_fast_path("send", slot.base, slow, slot, EvtchnError, runner,  # type: ignore[method-assign]
+                                       self, xen_sent)
+            self.event_channel_op = make_fast_path(  # type: ignore[method-assign]
+                "event_channel_op", slot.base, Domain.event_channel_op.__get__(self), slot,
+                EvtchnError, runner, self, xen_sent, EvtchnOp.send, EvtchnOp.unmask)
         else:
+            after = hv._after
             c_send2 = lib.xe_evtchn_send
 
             def send(port: int) -> None:
@@ -231,10 +233,8 @@ class Domain:
                 else:
                     slow(port)
 
-        send.__doc__ = Domain.send.__doc__
-        self.send = send  # type: ignore[method-assign]
-        if slot is not None:
-            self.event_channel_op = hypercalls.fast_event_channel_op(self, slot.base)  # type: ignore[method-assign,assignment]
+            send.__doc__ = Domain.send.__doc__
+            self.send = send  # type: ignore[method-assign]
         self.guest._bind_fast_paths(slot)
 
     def _kill(self) -> None:
@@ -246,6 +246,8 @@ class Domain:
 
         self.send = gone  # type: ignore[method-assign]
         self.__dict__.pop("event_channel_op", None)  # the general path answers -ESRCH
+        if self.hv._hook_vcpus.get(self.domid) is self.vcpus:
+            del self.hv._hook_vcpus[self.domid]
         self.guest._unbind_fast_paths()
         if self._slot is not None:
             # Closures taken earlier now reach no domain in C: ESRCH, or their checked

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._native import ffi, lib, make_fast_upcall
+from ._native import ffi, lib, make_fast_path, make_fast_upcall
 from .constants import EVTCHN_FIFO_NR_CHANNELS, VIRQ_TIMER
 from .errors import EvtchnError
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 Handler = Callable[[int], object]
 _CHUNK = 4096  # ports taken from C per call when no handler runs in between
 _UPCALL_CAP = 1024  # ports per xe_2l_upcall call (the fast do_upcall), per vCPU
-_KEY_PORT_SPAN = 1 << lib.XE_KEY_PORT_BITS
 
 
 class _Guest:
@@ -68,10 +67,15 @@ class _Guest:
 
     # ---- per-instance fast paths ---------------------------------------------------
 
-    _FAST = ("unmask", "do_upcall")
+    _FAST = ("unmask", "mask", "do_upcall")
 
     def _bind_fast_paths(self, slot: _Slot | None) -> None:
-        """Install per-instance fast paths (the domain's slot keys them); none here."""
+        """Install per-instance fast paths (the domain's slot keys them): ``mask(port)`` as
+        a builtin (csrc/python/fast_paths.c) that writes a 2-level mask bit, and leaves any
+        other case (a FIFO domain, an argument to refuse, a destroyed domain) to the method."""
+        if slot is not None and self._d._builtins:
+            self.mask = make_fast_path(  # type: ignore[method-assign]
+                "mask", slot.base, _Guest.mask.__get__(self), slot, EvtchnError, self._d.hv._run_owed)
 
     def _unbind_fast_paths(self) -> None:
         """The domain is gone: back to the class methods, which answer ESRCH (closures
@@ -218,23 +222,21 @@ class LinuxGuest(_Guest):
                 pass  # Linux ignores the hypercall's answer (e.g. EINVAL past the valid range)
 
     def _bind_fast_paths(self, slot: _Slot | None) -> None:
-        """``unmask(port)`` and ``do_upcall(vcpu)`` without a handler: one C call each.
+        """``unmask(port)``, ``mask(port)`` and ``do_upcall(vcpu, handler)``: builtins.
 
-        Anything else (a ``vcpu`` for unmask, a handler, an argument to refuse, a domain
-        that is not 2-level) goes to the class method, which checks it and does the work.
+        Anything else (a ``vcpu`` for unmask, an argument to refuse, a domain that is not
+        2-level) goes to the class method, which checks it and does the work. A domain that
+        is not PV (``d._builtins`` false) keeps the class methods for mask and unmask.
         """
+        super()._bind_fast_paths(slot)
         slow_unmask = LinuxGuest.unmask.__get__(self)
         slow_upcall = LinuxGuest.do_upcall.__get__(self)
-        if slot is not None:
-            c_unmask, base = lib.xe_linux_unmask_key, slot.base
-
-            def unmask(port: int, vcpu: int | None = None) -> None:
-                if vcpu is None and 0 <= port < _KEY_PORT_SPAN and c_unmask(base + port) >= 0:
-                    return
-                slow_unmask(port, vcpu)
-
-            unmask.__doc__ = LinuxGuest.unmask.__doc__
-            self.unmask = unmask  # type: ignore[method-assign]
+        if slot is not None and self._d._builtins:
+            # A builtin (csrc/python/fast_paths.c): a plain int port and no vCPU -> one C
+            # call (Linux's local unmask on the port's notify vCPU); anything else ->
+            # slow_unmask.
+            self.unmask = make_fast_path(  # type: ignore[method-assign]
+                "unmask", slot.base, slow_unmask, slot, EvtchnError, self._d.hv._run_owed)
 
         nv = len(self._d.vcpus)
         block = ffi.new("uint32_t[]", nv * _UPCALL_CAP)
@@ -245,8 +247,8 @@ class LinuxGuest(_Guest):
             scan.cap = _UPCALL_CAP
         self._d._c.scans = self._scan_block
         if slot is not None:
-            # A builtin (csrc/python/fast_upcall.c): no handler, a plain int vCPU -> one C
-            # upcall and the list; anything else -> slow_upcall.
+            # A builtin (csrc/python/fast_upcall.c): a plain int vCPU -> one C upcall and
+            # the list, the handler (if any) called from C; anything else -> slow_upcall.
             self.do_upcall = make_fast_upcall(slow_upcall, slot.base, nv)  # type: ignore[method-assign]
 
     def cursor(self, vcpu: int = 0) -> tuple[int, int]:

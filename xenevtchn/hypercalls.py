@@ -9,12 +9,11 @@ is ``-EFAULT`` with nothing done.
 from __future__ import annotations
 
 import errno
-import struct
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import commands as cmds
 from . import fifo
-from ._native import ffi, lib
+from ._native import ffi
 from .constants import EvtchnOp
 from .errors import EvtchnError
 
@@ -189,56 +188,3 @@ def event_channel_op_compat(d: Domain, op: Any) -> int:
         if nbytes:
             ffi.release(ptr)
 
-
-_PORT = struct.Struct("=I")   # struct evtchn_send / evtchn_unmask: one evtchn_port_t
-_KEY_PORT_SPAN = 1 << lib.XE_KEY_PORT_BITS
-
-
-def fast_event_channel_op(d: Domain, key_base: int) -> Callable[[int, Any], int]:
-    """``d.event_channel_op`` with EVTCHNOP_send and EVTCHNOP_unmask on a ``bytearray``
-    going straight to one C call (the port read with ``struct``: no buffer export).
-
-    Everything else, including other buffer types, takes the general path above, which
-    checks the buffer, exports it to C, and dispatches under the hypervisor's lock. A
-    ``bytearray`` is writable and contiguous by type, so the fast path accepts exactly
-    what the general path would; a short one is left to it (``-EFAULT``).
-    """
-    unpack_from, struct_error = _PORT.unpack_from, struct.error
-    c_send, c_unmask = lib.xe_send_key, lib.xe_unmask_key
-    after = d.hv._after
-    xen_sent, xen_flag = cmds.xen_sent, cmds.XEN_SENT
-    send_int, send_enum = int(EvtchnOp.send), EvtchnOp.send
-    unmask_int, unmask_enum = int(EvtchnOp.unmask), EvtchnOp.unmask
-
-    def general(cmd: int, arg: Any) -> int:
-        return event_channel_op(d, cmd, arg)
-
-    def fast(cmd: int, arg: Any) -> int:
-        # `is`: exactly the int or the IntEnum member (a float 4.0 must still be refused).
-        if arg.__class__ is bytearray:
-            if cmd is send_int or cmd is send_enum:
-                fn = c_send
-            elif cmd is unmask_int or cmd is unmask_enum:
-                fn = c_unmask
-            else:
-                return general(cmd, arg)
-            try:
-                port = unpack_from(arg)[0]
-            except struct_error:
-                return general(cmd, arg)
-            if port < _KEY_PORT_SPAN:
-                rc: int = fn(key_base + port)
-                if rc <= 0:
-                    return rc
-                try:
-                    if rc & xen_flag and fn is c_send:
-                        xen_sent(d, (port,), rc)
-                    else:
-                        after(rc)
-                except EvtchnError as exc:  # as the general path: a hook's errno is the answer
-                    return -exc.errno
-                return 0
-        return general(cmd, arg)
-
-    fast.__doc__ = "HYPERVISOR_event_channel_op(cmd, arg): 0 or -errno; outputs in arg."
-    return fast

@@ -8,7 +8,7 @@ import threading
 from typing import Any, Callable, Iterator
 
 from . import commands as cmds
-from ._native import ffi, lib, run_hooks
+from ._native import ffi, lib, make_hook_runner
 from .constants import (
     DOMID_FIRST_RESERVED,
     IRQ_MAX_GUESTS,
@@ -76,7 +76,14 @@ class Hypervisor:
         self._kick_fns: tuple[Hook, ...] = ()  # on_kick then the listeners: what _after calls
         self._wake_fns: tuple[Hook, ...] = ()
         self._created = 0  # creation order of domains: the order their hooks run in
-        self._c_address = int(ffi.cast("uintptr_t", self._c))  # for run_hooks
+        self._c_address = int(ffi.cast("uintptr_t", self._c))  # for the hook runner
+        # What C calls after a send (csrc/python/run_hooks.c): per hook kind it dispatches
+        # (kick, wake), the callables in call order; and the Vcpu objects of every domain
+        # whose hooks C may call itself (the others: _plan).
+        self._hook_table: list[tuple[Hook, ...]] = [(), ()]
+        self._hook_vcpus: dict[int, tuple[Vcpu, ...]] = {}
+        self._run_owed = make_hook_runner(self._c_address, self._plan, self._hook_table,
+                                          self._hook_vcpus)
         # Hooks a call recorded but could not run (an exception landed before its hook
         # runner) are reported by the next send, which runs them (csrc/evtchn.c).
         self._c.report_owed = 1
@@ -134,6 +141,7 @@ class Hypervisor:
         wake = () if self._on_wake is None else (self._on_wake,)
         self._kick_fns = kick + tuple(self._listeners["kick"])
         self._wake_fns = wake + tuple(self._listeners["wake"])
+        self._hook_table[:] = [self._kick_fns, self._wake_fns]
 
     # ---- domains ---------------------------------------------------------------------
 
@@ -435,15 +443,16 @@ class Hypervisor:
 
         C lists the domains that recorded any (``xe_hv_take_hooks``), so this touches only
         those; they run in the order the domains were created, as if every domain were
-        visited in turn. The records are taken and the hooks called by one builtin
-        (``run_hooks``, csrc/python/run_hooks.c), so no exception, not even one a signal
+        visited in turn. The records are taken and the hooks called by one builtin (the
+        runner of csrc/python/run_hooks.c: records of one domain of ``_hook_vcpus`` are
+        dispatched in C, any others through ``_plan``), so no exception, not even one a signal
         handler raises between two bytecodes, can drop a hook whose record was taken:
         every owed hook runs, then the first exception any of them raised propagates.
         Records C keeps because this call was interrupted before it took them run in the
         next call that runs hooks.
         """
         if flags:
-            run_hooks(self._c_address, self._plan)
+            self._run_owed()
 
     def _plan(self, rec: tuple[int, ...]) -> list[Any]:
         """The hook calls ``[fn, vcpu, ...]`` owed for records (domid, kicked, woken)."""

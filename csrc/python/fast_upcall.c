@@ -1,17 +1,18 @@
 /*
- * d.guest.do_upcall(vcpu) with no handler, as a builtin function.
+ * d.guest.do_upcall(vcpu, handler=None), as a builtin function.
  *
- * This is the one file of the module written against CPython's C API rather than called
- * through cffi. An upcall returns a list, and a Python function that calls one cffi
+ * Written against CPython's C API rather than called through cffi (as fast_paths.c and
+ * run_hooks.c are). An upcall returns a list, and a Python function that calls one cffi
  * function and wraps its answer in a list already costs 1.8x a bare cffi call (2.4x with
  * the argument checks) before the upcall does any work, so an upcall with one pending
  * port could never come near the cost of a bare call. A builtin takes its arguments as
  * a cffi function does and builds the list itself.
  *
- * It decides nothing: xe_2l_upcall_key() does the upcall (guest_2l.c). Whatever it does
- * not take (a handler, keywords, an argument that is not a plain int in range, a domain
- * with no 2-level scans, a destroyed one) goes to the checked Python method, which the
- * builtin holds. Not part of csrc/libxenevtchn.a: the static library needs no Python.
+ * It decides nothing: xe_2l_upcall_key() does the upcall (guest_2l.c); with a handler,
+ * the scan calls of guest_2l.c one port at a time and the handler between them, in the
+ * order of the checked method. Whatever it does not take (a handler that is not callable,
+ * other keywords, an argument that is not a plain int in range, a domain with no 2-level
+ * scans, a destroyed one) goes to the checked Python method, which the builtin holds. Not part of csrc/libxenevtchn.a: the static library needs no Python.
  *
  * The builtin holds (slow, state): `slow` is the checked method (so the guest and its
  * scans and out buffers live as long as the builtin does), `state` a capsule with the
@@ -24,13 +25,16 @@
 
 #include "xenevtchn.h"
 #include "fast_upcall.h"
+#include "builtins.h"
 
 struct fast_upcall {
     uint32_t base;             /* slot << XE_KEY_PORT_BITS */
     uint32_t nr_vcpus;
 };
 
-static const char CAPSULE_NAME[] = "xenevtchn.fast_upcall";
+/* The capsule has no name: it sits in the builtin's own tuple, which nothing else can
+ * reach or change, and a named capsule costs a strcmp on every call. */
+#define CAPSULE_NAME NULL
 
 static PyObject *ports_list(const uint32_t *out, uint32_t n)
 {
@@ -71,30 +75,64 @@ static PyObject *long_upcall(struct xe_scan *s)
     return all;
 }
 
-static PyObject *call_slow(PyObject *slow, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
+/* One port taken: into the list, then the handler; -1 if either raised. */
+static int handle_port(PyObject *handled, PyObject *handler, int32_t port)
 {
-    Py_ssize_t nkw = kwnames ? PyTuple_Size(kwnames) : 0;
-    PyObject *tuple = PyTuple_New(nargs), *kw = NULL, *r = NULL;
-    if (!tuple)
+    PyObject *p = PyLong_FromLong(port);
+    if (!p || PyList_Append(handled, p) < 0) {
+        Py_XDECREF(p);
+        return -1;
+    }
+    PyObject *r = PyObject_CallFunctionObjArgs(handler, p, NULL);
+    Py_DECREF(p);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* LinuxGuest.do_upcall(vcpu, handler) of a 2-level domain, whole, as the checked method
+ * does it: each pass clears the upcall flag, takes the VIRQ_TIMER port first, then scans
+ * one port at a time (clear before handle); passes repeat while the flag was set again or
+ * another upcall of the vCPU came in (the handler's own do_upcall returns [] at once).
+ * A handler's exception ends the upcall (the nesting count is given back) and
+ * propagates; the ports not yet taken stay pending. The domain is the one the scan named
+ * when the upcall began, as for the checked method, even if a handler destroys it. */
+static PyObject *handler_upcall(struct xe_scan *s, PyObject *handler)
+{
+    struct xe_domain *d = s->d;
+    const struct xe_shinfo *si = &d->si;
+    uint32_t v = s->vcpu, owner = 0;
+    PyObject *handled = PyList_New(0);
+    if (!handled)
         return NULL;
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        Py_INCREF(args[i]);
-        PyTuple_SetItem(tuple, i, args[i]);
+    if (xe_upcall_enter_owned(s, &owner))
+        return handled;                 /* the upcall running on this vCPU takes them */
+    Py_INCREF(handler);                 /* a handler may drop the caller's reference */
+    for (;;) {
+        xe_upcall_pass_begin(s);
+        xe_vcpu_set_upcall_pending(si, v, 0);
+        if (s->timer) {
+            int32_t port = xe_2l_take_timer(d, v, s->timer);
+            if (port >= 0 && handle_port(handled, handler, port) < 0)
+                goto fail;
+        }
+        xe_2l_scan_begin(d, s);
+        int32_t port;
+        while ((port = xe_2l_scan_next(d, s)) >= 0)
+            if (handle_port(handled, handler, port) < 0)
+                goto fail;
+        xe_2l_scan_end(s);
+        if (xe_upcall_leave_owned(s, si, &owner))
+            break;
     }
-    if (nkw) {
-        kw = PyDict_New();
-        for (Py_ssize_t i = 0; kw && i < nkw; i++)
-            if (PyDict_SetItem(kw, PyTuple_GetItem(kwnames, i), args[nargs + i]) < 0)
-                Py_CLEAR(kw);
-        if (!kw)
-            goto out;
-    }
-    r = PyObject_Call(slow, tuple, kw);
-out:
-    Py_DECREF(tuple);
-    Py_XDECREF(kw);
-    return r;
+    Py_DECREF(handler);
+    return handled;
+fail:
+    xe_upcall_abort_owned(s, &owner);
+    Py_DECREF(handler);
+    Py_DECREF(handled);
+    return NULL;
 }
 
 static PyObject *do_upcall(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -105,17 +143,38 @@ static PyObject *do_upcall(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (!slow || !st)
         return NULL;
     long v = 0;
-    if (kwnames || nargs > 2 || (nargs == 2 && args[1] != Py_None))
+    PyObject *vcpu = nargs >= 1 ? args[0] : NULL, *handler = nargs >= 2 ? args[1] : NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_Size(kwnames) : 0;
+    if (nargs > 2)
         goto slow_path;
-    if (nargs >= 1) {
-        int overflow = 0;
-        if (!PyLong_CheckExact(args[0]))
+    for (Py_ssize_t i = 0; i < nkw; i++) {            /* vcpu= and handler=, once each */
+        PyObject *name = PyTuple_GetItem(kwnames, i);
+        if (!vcpu && PyUnicode_CompareWithASCIIString(name, "vcpu") == 0)
+            vcpu = args[nargs + i];
+        else if (!handler && PyUnicode_CompareWithASCIIString(name, "handler") == 0)
+            handler = args[nargs + i];
+        else
             goto slow_path;
-        v = PyLong_AsLongAndOverflow(args[0], &overflow);
+    }
+    if (handler == Py_None)
+        handler = NULL;
+    if (handler && !PyCallable_Check(handler))
+        goto slow_path;
+    if (vcpu) {
+        int overflow = 0;
+        if (!PyLong_CheckExact(vcpu))
+            goto slow_path;
+        v = PyLong_AsLongAndOverflow(vcpu, &overflow);
         if (overflow || v < 0 || (unsigned long)v >= st->nr_vcpus)
             goto slow_path;
     }
     uint32_t key = st->base + (uint32_t)v;
+    if (handler) {
+        struct xe_scan *s = xe_2l_key_scan(key);
+        if (!s || !s->d || s->d->abi != XE_ABI_2L)
+            goto slow_path;
+        return handler_upcall(s, handler);
+    }
     int32_t r = xe_2l_upcall_key(key);
     if (r == 0)
         return PyList_New(0);
@@ -137,7 +196,7 @@ static PyObject *do_upcall(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return n < s->cap ? ports_list(s->out, n) : long_upcall(s);
     }
 slow_path:
-    return call_slow(slow, args, nargs, kwnames);
+    return xe_py_call_slow(slow, args, nargs, kwnames);
 }
 
 static PyMethodDef do_upcall_def = {
@@ -182,25 +241,14 @@ static PyObject *make_fast_upcall(PyObject *module, PyObject *args)
     return fn;
 }
 
-static PyMethodDef make_def = {
-    "make_fast_upcall", make_fast_upcall, METH_VARARGS,
-    "make_fast_upcall(slow, key_base, nr_vcpus)\n--\n\n"
-    "The builtin do_upcall of a Linux 2-level guest whose domain has that key base."};
+static PyMethodDef functions[] = {
+    {"make_fast_upcall", make_fast_upcall, METH_VARARGS,
+     "make_fast_upcall(slow, key_base, nr_vcpus)\n--\n\n"
+     "The builtin do_upcall of a Linux 2-level guest whose domain has that key base."},
+    {NULL, NULL, 0, NULL},
+};
 
 int xe_py_install_fast_upcall(void)
 {
-    PyGILState_STATE g = PyGILState_Ensure();
-    int rc = -1;
-    PyObject *mod = PyImport_ImportModule("xenevtchn._core");
-    if (mod) {
-        PyObject *fn = PyCFunction_NewEx(&make_def, NULL, NULL);
-        if (fn)
-            rc = PyObject_SetAttrString(mod, "make_fast_upcall", fn);
-        Py_XDECREF(fn);
-        Py_DECREF(mod);
-    }
-    if (rc < 0)
-        PyErr_Clear();
-    PyGILState_Release(g);
-    return rc;
+    return xe_py_add_functions(functions);
 }

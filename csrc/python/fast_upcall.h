@@ -9,7 +9,11 @@
 
 /* Installs xenevtchn._core.make_fast_upcall; 0 on success, -1 if CPython refused. */
 int xe_py_install_fast_upcall(void);
-/* Installs xenevtchn._core.run_hooks (run_hooks.c); 0 on success, -1 if CPython refused. */
+/* Installs xenevtchn._core.run_hooks and .make_hook_runner (run_hooks.c); 0 on success,
+ * -1 if CPython refused. */
 int xe_py_install_run_hooks(void);
+/* Installs xenevtchn._core.make_fast_path (fast_paths.c); 0 on success, -1 if CPython
+ * refused. */
+int xe_py_install_fast_paths(void);
 
 #endif
