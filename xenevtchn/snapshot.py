@@ -65,6 +65,7 @@ from .constants import (
     NR_PIRQS_MAX,
     NR_VIRQS,
     SHARED_INFO_SIZE,
+    MAX_VIRT_CPUS,
     XEN_LEGACY_MAX_VCPUS,
     ChannelState,
     VirqClass,
@@ -89,10 +90,10 @@ _CHAN_FIELDS = ("state", "xen_consumer", "notify_vcpu", "remote_dom", "priority"
                 "remote_port", "info", "last_vcpu", "last_priority")
 _CHAN = struct.Struct("=BBHHBBIIBBH4xQ")  # ... then padding (zero) and the user pointer (NULL)
 assert _CHAN.size == ffi.sizeof("struct xe_chan")
-assert [ffi.offsetof("struct xe_chan", f) for f in (*_CHAN_FIELDS, "_pad", "user")] == \
+assert [ffi.offsetof("struct xe_chan", f) for f in (*_CHAN_FIELDS, "last_vcpu_hi", "user")] == \
     [0, 1, 2, 4, 6, 7, 8, 12, 16, 17, 18, 24]
 _CHAN_LIMITS = (0xFF, 0xFF, 0xFFFF, 0xFFFF, EVTCHN_FIFO_MAX_QUEUES - 1, 1, 0xFFFFFFFF, 0xFFFFFFFF,
-                XEN_LEGACY_MAX_VCPUS - 1, EVTCHN_FIFO_MAX_QUEUES - 1)
+                MAX_VIRT_CPUS - 1, EVTCHN_FIFO_MAX_QUEUES - 1)  # last_vcpu: the whole number
 _MAX_PORTS = EVTCHN_FIFO_NR_CHANNELS  # a domain that ever used FIFO may have ports up to here
 _SCAN_FIELDS = ("pending_words", "bits", "vcpu", "cursor_word", "cursor_bit", "start_w", "start_b",
                 "w", "b", "i", "in_word", "end_visit", "commit", "next_word", "next_bit")
@@ -115,12 +116,12 @@ def _capture_fifo(d: Domain) -> dict[str, Any] | None:
     if f is None:
         return None
     for v in range(len(d.vcpus)):
-        if any(f.c.vcpu[v].queue[q].lock for q in range(EVTCHN_FIFO_MAX_QUEUES)):  # pragma: no cover
+        if any(f.vcpu(v).queue[q].lock for q in range(EVTCHN_FIFO_MAX_QUEUES)):  # pragma: no cover
             raise ValueError(f"domain {d.domid}: a FIFO queue is locked (a send is running)")
     return {
         "control_blocks": sorted([v, gfn, off] for v, (gfn, off) in f.control_blocks.items()),
         "array_gfns": list(f.array_gfns),
-        "tails": [[int(f.c.vcpu[v].queue[q].tail) for q in range(EVTCHN_FIFO_MAX_QUEUES)]
+        "tails": [[int(f.vcpu(v).queue[q].tail) for q in range(EVTCHN_FIFO_MAX_QUEUES)]
                   for v in range(len(d.vcpus))],
     }
 
@@ -200,14 +201,14 @@ def _capture_domain(d: Domain) -> dict[str, Any]:
     for port, rec in enumerate(_CHAN.iter_unpack(raw[:end])):
         if not any(rec):
             continue
-        if rec[10] or rec[11]:
+        if rec[11]:
             raise ValueError(
                 f"domain {d.domid} port {port} is bound through a XenEvtchn handle: its file "
                 "descriptor and queue cannot be captured; close the handle before taking a snapshot"
             )
         if pt.state[port] != rec[0]:  # pragma: no cover - the mirror is kept by PortTable
             raise AssertionError(f"port table mirror out of step at d{d.domid} port {port}")
-        chans.append([port, *rec[:10]])
+        chans.append([port, *rec[:8], rec[8] | rec[10] << 8, rec[9]])  # last_vcpu whole
     sections = {}
     for name, sec in SECTIONS.items():
         data = sec.capture(d)
@@ -603,7 +604,7 @@ def _apply_domain(d: Domain, p: dict[str, Any]) -> None:
         pt.grow(_MAX_PORTS)
     buf = bytearray(pt.chans_len * _CHAN.size)
     for port, vals in p["_recs"].items():
-        _CHAN.pack_into(buf, port * _CHAN.size, *vals, 0, 0)
+        _CHAN.pack_into(buf, port * _CHAN.size, *vals[:8], vals[8] & 0xFF, vals[9], vals[8] >> 8, 0)
         pt.state[port] = vals[0]
         if vals[1]:
             d._xen_channels[port] = None  # the consumer's callable is code: not captured
