@@ -66,6 +66,7 @@ from .constants import (
     NR_VIRQS,
     SHARED_INFO_SIZE,
     MAX_VIRT_CPUS,
+    VCPU_INFO_SIZE,
     XEN_LEGACY_MAX_VCPUS,
     ChannelState,
     VirqClass,
@@ -157,7 +158,70 @@ def _apply_fifo(d: Domain, plan: dict[str, Any]) -> None:
     restore_state(d, plan["control_blocks"], plan["array_gfns"], plan["tails"])
 
 
-SECTIONS: dict[str, Section] = {"fifo": Section(1, _capture_fifo, _check_fifo, _apply_fifo)}
+def _capture_vcpus(d: Domain) -> dict[str, Any] | None:
+    """vcpu_info registrations, and the poll/kick/wake state of vCPUs 32.. (absent for a
+    domain with neither: older snapshots are such domains)."""
+    t, c, nv = d._vcpu_info, d._c, len(d.vcpus)
+    regs = sorted([v, gfn, off] for v, (gfn, off) in t.registered().items())
+    if not regs and nv <= XEN_LEGACY_MAX_VCPUS:
+        return None
+    data: dict[str, Any] = {"registered": regs}
+    if nv > XEN_LEGACY_MAX_VCPUS:
+        words = int(c.hi_words)
+        data["hi"] = {"bits": [int(x) for x in c.hi_bits[0:3 * words]],
+                      "poll_evtchn": [int(x) for x in c.hi_poll_evtchn[0:nv - XEN_LEGACY_MAX_VCPUS]]}
+    return data
+
+
+def _check_vcpus(data: Any, dom: dict[str, Any]) -> dict[str, Any]:
+    where = f"domain {dom['domid']}.sections.vcpus"
+    nv, nframes = dom["vcpus"], dom["memory"]["nr_frames"]
+    hi = nv - XEN_LEGACY_MAX_VCPUS
+    data = _obj(data, where, ("registered", "hi") if hi > 0 else ("registered",))
+    align = 8 if dom["layout"] == "x86_64" else 4
+    regs: dict[int, tuple[int, int]] = {}
+    listed = _list(data["registered"], f"{where}.registered")
+    if len(listed) > nv:
+        raise _fail(f"{where}.registered", f"{len(listed)} registrations for {nv} vCPUs")
+    for i, r in enumerate(listed):
+        v, gfn, off = _list(r, f"{where}.registered[{i}]", 3)
+        v = _int(v, f"{where}.registered[{i}].vcpu", 0, nv - 1)
+        gfn = _int(gfn, f"{where}.registered[{i}].gfn", 0, nframes - 1)
+        off = _int(off, f"{where}.registered[{i}].offset", 0, PAGE_SIZE - VCPU_INFO_SIZE)
+        if off % align or v in regs:
+            raise _fail(f"{where}.registered[{i}]", "misaligned or a repeated vCPU")
+        regs[v] = (gfn, off)
+    plan: dict[str, Any] = {"registered": regs}
+    if hi > 0:
+        h = _obj(data["hi"], f"{where}.hi", ("bits", "poll_evtchn"))
+        words = (hi + 31) // 32
+        bits = [_int(x, f"{where}.hi.bits", 0, 0xFFFFFFFF) for x in _list(h["bits"], f"{where}.hi.bits", 3 * words)]
+        if any(bits[m * words + w] >> min(32, hi - 32 * w) for m in range(3) for w in range(words)):
+            raise _fail(f"{where}.hi.bits", "a bit names a vCPU that does not exist")
+        pe = [_int(x, f"{where}.hi.poll_evtchn", -(2**31), 2**31 - 1)
+              for x in _list(h["poll_evtchn"], f"{where}.hi.poll_evtchn", hi)]
+        plan["hi"] = (bits, pe)
+    return plan
+
+
+def _apply_vcpus(d: Domain, plan: dict[str, Any]) -> None:
+    """The areas' bytes came back with the domain's memory: only the pointers move."""
+    t = d._vcpu_info
+    for v, (gfn, off) in sorted(plan["registered"].items()):
+        t.c[v] = d.memory.pin_vcpu_info(gfn) + off
+        t.areas[v] = (gfn, off)
+    if "hi" in plan:
+        bits, pe = plan["hi"]
+        c = d._c
+        for i, x in enumerate(bits):
+            c.hi_bits[i] = x
+        for i, x in enumerate(pe):
+            c.hi_poll_evtchn[i] = x
+        c.hi_polling = sum(bin(x).count("1") for x in bits[:int(c.hi_words)])
+
+
+SECTIONS: dict[str, Section] = {"fifo": Section(1, _capture_fifo, _check_fifo, _apply_fifo),
+                                "vcpus": Section(1, _capture_vcpus, _check_vcpus, _apply_vcpus)}
 
 
 # ---- capture ------------------------------------------------------------------------------
@@ -336,7 +400,7 @@ def _check_domain(raw: Any, where: str) -> dict[str, Any]:
                           "sections"))
     domid = _int(d["domid"], f"{where}.domid", 0, DOMID_FIRST_RESERVED - 1)
     where = f"domain {domid}"
-    nv = _int(d["vcpus"], f"{where}.vcpus", 1, XEN_LEGACY_MAX_VCPUS)
+    nv = _int(d["vcpus"], f"{where}.vcpus", 1, MAX_VIRT_CPUS)
     _bool(d["privileged"], f"{where}.privileged")
     _bool(d["dying"], f"{where}.dying")
     if d["layout"] not in LAYOUTS:
@@ -509,7 +573,7 @@ def _check(doc: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         t = _list(t, f"hv.timers[{i}]", 4)
         timers.append((_int(t[0], f"hv.timers[{i}].deadline", 0, 2**64 - 1),
                        _int(t[1], f"hv.timers[{i}].domid", 0, DOMID_FIRST_RESERVED - 1),
-                       _int(t[2], f"hv.timers[{i}].vcpu", 0, XEN_LEGACY_MAX_VCPUS - 1),
+                       _int(t[2], f"hv.timers[{i}].vcpu", 0, MAX_VIRT_CPUS - 1),
                        _int(t[3], f"hv.timers[{i}].seq", 0, h["timer_counter"])))
     if any(timers[(i - 1) // 2] > timers[i] for i in range(1, len(timers))):
         raise _fail("hv.timers", "not a heap")
@@ -518,7 +582,7 @@ def _check(doc: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for i, t in enumerate(_list(h["timer_seq"], "hv.timer_seq")):
         t = _list(t, f"hv.timer_seq[{i}]", 3)
         key = (_int(t[0], f"hv.timer_seq[{i}]", 0, DOMID_FIRST_RESERVED - 1),
-               _int(t[1], f"hv.timer_seq[{i}]", 0, XEN_LEGACY_MAX_VCPUS - 1))
+               _int(t[1], f"hv.timer_seq[{i}]", 0, MAX_VIRT_CPUS - 1))
         if key in tseq:
             raise _fail("hv.timer_seq", "repeated vCPU")
         tseq[key] = _int(t[2], f"hv.timer_seq[{i}]", 0, h["timer_counter"])
