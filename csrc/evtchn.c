@@ -68,7 +68,7 @@ static inline uint32_t vcpu_bit(uint32_t v)
 /* End vCPU v's poll if it is in one; report whether it was. */
 static int end_poll(struct xe_domain *d, uint32_t v)
 {
-    _Atomic uint32_t *pw = vcpu_word(d, MAP_POLL, v);
+    _Atomic uint32_t *pw = v < XE_MAX_VCPUS ? A32(d->poll_mask) : vcpu_word(d, MAP_POLL, v);
     uint32_t bit = vcpu_bit(v);
     if (!pw || !(atomic_fetch_and(pw, ~bit) & bit))
         return 0;
@@ -83,7 +83,7 @@ static int end_poll(struct xe_domain *d, uint32_t v)
 /* vcpu_kick(): note the kick; a kick unblocks a vCPU that is polling. */
 static int kick(struct xe_domain *d, uint32_t v)
 {
-    _Atomic uint32_t *kw = vcpu_word(d, MAP_KICKED, v);
+    _Atomic uint32_t *kw = v < XE_MAX_VCPUS ? A32(d->kicked) : vcpu_word(d, MAP_KICKED, v);
     if (!kw)
         return 0;
     atomic_fetch_or(kw, vcpu_bit(v));

@@ -37,11 +37,9 @@ XE_INLINE char *legacy_vcpu_info(const struct xe_shinfo *s, uint32_t vcpu)
  * release store of xe_vcpu_info_register, so the filled area is seen before it is used. */
 XE_INLINE char *vcpu_info(const struct xe_shinfo *s, uint32_t vcpu)
 {
-    void **table = s->vcpu_info;
-    if (__builtin_expect(table != NULL, 1))
-        return vcpu < s->nr_vcpu_info ? (char *)__atomic_load_n(&table[vcpu], __ATOMIC_ACQUIRE)
-                                      : NULL;
-    return vcpu < XE_MAX_VCPUS ? legacy_vcpu_info(s, vcpu) : NULL;
+    if (__builtin_expect(vcpu < s->nr_vcpu_info, 1))   /* a table covers it: the usual case */
+        return (char *)__atomic_load_n(&s->vcpu_info[vcpu], __ATOMIC_ACQUIRE);
+    return !s->vcpu_info && vcpu < XE_MAX_VCPUS ? legacy_vcpu_info(s, vcpu) : NULL;
 }
 
 XE_INLINE void *sel_of(const struct xe_shinfo *s, char *vi)
