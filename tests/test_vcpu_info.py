@@ -369,3 +369,23 @@ def test_kicks_across_vcpu_groups_come_in_vcpu_order(hv, hooks):
     assert len(hooks) == 8
     assert not d.vcpus[40].polling and not d.vcpus[64].polling
     assert all(d.vcpus[v].upcall_pending for v in ports)
+
+
+def test_kicks_in_more_groups_than_one_batch_of_records(hv, hooks):
+    """One call kicks vCPUs in 200 groups of 32: more records than the hook runner takes
+    at once; every kick still arrives exactly once."""
+    d = hv.create_domain(vcpus=8192)
+    targets = [32 * g + g % 32 for g in range(1, 201)]
+    ports = []
+    for i, v in enumerate(targets):
+        d.register_vcpu_info(1 + i // 64, 64 * (i % 64), v)
+        d.guest.do_upcall(v)
+        p = d.bind_ipi(v)
+        d.unmask(p)
+        ports.append(p)
+    hooks.clear()
+    d.send_many(ports)
+    assert sorted(hooks) == sorted(("kick", v) for v in targets)
+    hooks.clear()
+    d.send_many(ports)                                  # all pending: nothing more
+    assert hooks == []
