@@ -224,4 +224,4 @@ def test_zz_steps_ran():
     print(f"\nvcpu_info differential: {STATS}")
     assert STATS["steps"] >= 500
     if not os.environ.get("XENEVTCHN_DIFF_RANDOM"):   # the fixed profile reaches both
-        assert STATS["registered"] >= 10 and STATS["high_upcalls"] >= 5
+        assert STATS["registered"] >= 10 and STATS["high_upcalls"] >= 1
