@@ -29,6 +29,9 @@ int xe_shinfo_init(struct xe_shinfo *s, void *base, int layout)
     s->base = base;
     s->word_bits = layout == XE_LAYOUT_X86_64 ? 64 : 32;
     s->nr_ports = s->word_bits * s->word_bits;
+    s->vcpu_info = NULL;   /* the legacy slots */
+    s->nr_vcpu_info = 0;
+    s->_pad = 0;
     return 0;
 }
 
@@ -37,39 +40,50 @@ void xe_shinfo_reset(const struct xe_shinfo *s)
     size_t size = s->word_bits == 64 ? sizeof(struct shared_info)
                                      : sizeof(struct compat_shared_info);
     memset(s->base, 0, size);
-    for (uint32_t v = 0; v < XE_MAX_VCPUS; v++)
-        atomic_store(upcall_mask(s, v), 1);
+    for (uint32_t v = 0; v < XE_MAX_VCPUS; v++)   /* the legacy slots, wherever vCPUs moved */
+        atomic_store((_Atomic uint8_t *)legacy_vcpu_info(s, v) + 1, 1);
 }
 
+void *xe_vcpu_info(const struct xe_shinfo *s, uint32_t vcpu)
+{
+    return vcpu_info(s, vcpu);
+}
+
+/* A vCPU without a vcpu_info reads 0 everywhere and ignores writes (Xen's dummy). */
 uint8_t xe_vcpu_upcall_pending(const struct xe_shinfo *s, uint32_t vcpu)
 {
-    return vcpu < XE_MAX_VCPUS ? atomic_load(upcall_pending(s, vcpu)) : 0;
+    char *vi = vcpu_info(s, vcpu);
+    return vi ? atomic_load((_Atomic uint8_t *)vi) : 0;
 }
 
 uint8_t xe_vcpu_upcall_mask(const struct xe_shinfo *s, uint32_t vcpu)
 {
-    return vcpu < XE_MAX_VCPUS ? atomic_load(upcall_mask(s, vcpu)) : 0;
+    char *vi = vcpu_info(s, vcpu);
+    return vi ? atomic_load((_Atomic uint8_t *)vi + 1) : 0;
 }
 
 uint64_t xe_vcpu_pending_sel(const struct xe_shinfo *s, uint32_t vcpu)
 {
-    if (vcpu >= XE_MAX_VCPUS)
+    char *vi = vcpu_info(s, vcpu);
+    if (!vi)
         return 0;
     if (s->word_bits == 64)
-        return atomic_load((_Atomic uint64_t *)pending_sel(s, vcpu));
-    return atomic_load((_Atomic uint32_t *)pending_sel(s, vcpu));
+        return atomic_load((_Atomic uint64_t *)sel_of(s, vi));
+    return atomic_load((_Atomic uint32_t *)sel_of(s, vi));
 }
 
 void xe_vcpu_set_upcall_pending(const struct xe_shinfo *s, uint32_t vcpu, uint8_t value)
 {
-    if (vcpu < XE_MAX_VCPUS)
-        atomic_store(upcall_pending(s, vcpu), value);
+    char *vi = vcpu_info(s, vcpu);
+    if (vi)
+        atomic_store((_Atomic uint8_t *)vi, value);
 }
 
 void xe_vcpu_set_upcall_mask(const struct xe_shinfo *s, uint32_t vcpu, uint8_t value)
 {
-    if (vcpu < XE_MAX_VCPUS)
-        atomic_store(upcall_mask(s, vcpu), value);
+    char *vi = vcpu_info(s, vcpu);
+    if (vi)
+        atomic_store((_Atomic uint8_t *)vi + 1, value);
 }
 
 /* ---- the data path ----------------------------------------------------------------- */
@@ -93,14 +107,15 @@ void xe_2l_mask(const struct xe_shinfo *s, uint32_t port)
 
 int xe_2l_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
 {
-    if (port >= s->nr_ports || vcpu >= XE_MAX_VCPUS)
+    if (port >= s->nr_ports)
         return 0;
     /* Only a mask bit that was still set makes the hypercall act. */
     if (!xe_test_and_clear(mask_words(s), s->word_bits, port))
         return 0;
-    if (xe_test_bit(pending_words(s), s->word_bits, port) &&
-        !xe_test_and_set(pending_sel(s, vcpu), s->word_bits, word_of(s, port)))
-        return mark_events_pending(s, vcpu);
+    char *vi = vcpu_info(s, vcpu);
+    if (vi && xe_test_bit(pending_words(s), s->word_bits, port) &&
+        !xe_test_and_set(sel_of(s, vi), s->word_bits, word_of(s, port)))
+        return mark_events_pending(vi);
     return 0;
 }
 
@@ -116,11 +131,12 @@ int xe_2l_is_masked(const struct xe_shinfo *s, uint32_t port)
 
 uint64_t xe_2l_take_pending_sel(const struct xe_shinfo *s, uint32_t vcpu)
 {
-    if (vcpu >= XE_MAX_VCPUS)
+    char *vi = vcpu_info(s, vcpu);
+    if (!vi)
         return 0;
     if (s->word_bits == 64)
-        return atomic_exchange((_Atomic uint64_t *)pending_sel(s, vcpu), 0);
-    return atomic_exchange((_Atomic uint32_t *)pending_sel(s, vcpu), 0);
+        return atomic_exchange((_Atomic uint64_t *)sel_of(s, vi), 0);
+    return atomic_exchange((_Atomic uint32_t *)sel_of(s, vi), 0);
 }
 
 /* ---- the 2-level entry of the per-ABI table ----------------------------------------- */

@@ -16,10 +16,11 @@ static inline uint32_t word_of(const struct xe_shinfo *s, uint32_t port)
     return s->word_bits == 64 ? port / 64 : port / 32;
 }
 
-/* Xen's mark_events_pending(): bit 0 of upcall_pending; a kick only on its 0 -> 1 edge. */
-static inline int mark_events_pending(const struct xe_shinfo *s, uint32_t vcpu)
+/* Xen's mark_events_pending(): bit 0 of upcall_pending in the vcpu_info `vi`; a kick
+ * only on its 0 -> 1 edge. */
+static inline int mark_events_pending(char *vi)
 {
-    return (atomic_fetch_or(upcall_pending(s, vcpu), 1) & 1) ? 0 : XE_SET_KICK;
+    return (atomic_fetch_or((_Atomic uint8_t *)vi, 1) & 1) ? 0 : XE_SET_KICK;
 }
 
 /*
@@ -36,12 +37,17 @@ XE_INLINE int set_pending_w(const struct xe_shinfo *s, uint32_t vcpu, uint32_t p
     if (xe_test_bit(pending, W, port) || xe_test_and_set(pending, W, port))
         return 0;
     int flags = XE_SET_NEWLY;
-    /* 2. Unmasked: the selector bit of the port's word, and an upcall on its 0 -> 1 edge. */
+    /* 2. Unmasked: the selector bit of the port's word, and an upcall on its 0 -> 1 edge,
+     * in the vCPU's vcpu_info wherever it lives; a vCPU with none (Xen's dummy) loses the
+     * upcall, not the event. */
     if (!xe_test_bit(base + (W == 64 ? MASK_OFFSET_64 : MASK_OFFSET_32), W, port)) {
-        void *sel = base + (size_t)vcpu * VCPU_INFO_SIZE + (W == 64 ? SEL_OFFSET_64 : SEL_OFFSET_32);
+        char *vi = vcpu_info(s, vcpu);
+        if (!vi)
+            return flags;
+        void *sel = vi + (W == 64 ? SEL_OFFSET_64 : SEL_OFFSET_32);
         uint32_t w = port / W;
         if (!xe_test_bit(sel, W, w) && !xe_test_and_set(sel, W, w))
-            flags |= mark_events_pending(s, vcpu);
+            flags |= mark_events_pending(vi);
     }
     /* 3. The caller checks pollers (masked ports wake pollers too). */
     return flags;
@@ -49,7 +55,7 @@ XE_INLINE int set_pending_w(const struct xe_shinfo *s, uint32_t vcpu, uint32_t p
 
 XE_INLINE int set_pending_2l(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
 {
-    if (port >= s->nr_ports || vcpu >= XE_MAX_VCPUS)
+    if (port >= s->nr_ports)
         return 0;
     return s->word_bits == 64 ? set_pending_w(s, vcpu, port, 64) : set_pending_w(s, vcpu, port, 32);
 }

@@ -42,7 +42,8 @@ uint32_t *xe_fifo_word(struct xe_domain *d, uint32_t port)
 
 static inline uint32_t *control_block_of(struct xe_fifo *f, uint32_t vcpu)
 {
-    return __atomic_load_n(&f->vcpu[vcpu].control_block, __ATOMIC_ACQUIRE);
+    struct xe_fifo_vcpu *fv = fifo_vcpu(f, vcpu);
+    return fv ? __atomic_load_n(&fv->control_block, __ATOMIC_ACQUIRE) : NULL;
 }
 
 static inline int word_test_and_set(aword *w, uint32_t bit)
@@ -127,7 +128,8 @@ static int link_after_tail(aword *tail, uint32_t link)
 /* Xen's vcpu_mark_events_pending(): a kick only on the upcall flag's 0 -> 1 edge. */
 static inline int mark_events_pending(struct xe_domain *d, uint32_t vcpu)
 {
-    return (atomic_fetch_or(upcall_pending(&d->si, vcpu), 1) & 1) ? 0 : XE_SET_KICK;
+    char *vi = vcpu_info(&d->si, vcpu);   /* none (Xen's dummy): the upcall is lost */
+    return vi && !(atomic_fetch_or((_Atomic uint8_t *)vi, 1) & 1) ? XE_SET_KICK : 0;
 }
 
 /*
@@ -138,7 +140,8 @@ static inline int mark_events_pending(struct xe_domain *d, uint32_t vcpu)
 int xe_fifo_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port)
 {
     struct xe_fifo *f = fifo_of(d);
-    if (!f || vcpu >= XE_MAX_VCPUS || port >= max_ports_of(d))
+    struct xe_fifo_vcpu *fv = f ? fifo_vcpu(f, vcpu) : NULL;
+    if (!fv || port >= max_ports_of(d))
         return 0;
     struct xe_chan *c = &chans_of(d)[port];
     aword *word = word_of(f, port);
@@ -148,17 +151,22 @@ int xe_fifo_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port)
         return 0;
     }
     uint32_t prio = __atomic_load_n(&c->priority, __ATOMIC_RELAXED) % XE_FIFO_MAX_QUEUES;
-    struct xe_fifo_queue *q = &f->vcpu[vcpu].queue[prio];
+    struct xe_fifo_queue *q = &fv->queue[prio];
     struct xe_fifo_queue *oldq = NULL;
 
     /* Lock the queue the event was last linked on, and the target queue; the last queue
      * may change under us, so check it again once locked (3 tries, as in Xen). */
     for (int attempt = 0; attempt < 3 && !oldq; attempt++) {
-        uint32_t lv = __atomic_load_n(&c->last_vcpu, __ATOMIC_ACQUIRE) % XE_MAX_VCPUS;
+        uint32_t lv = __atomic_load_n(&c->last_vcpu, __ATOMIC_ACQUIRE) |
+                      (uint32_t)__atomic_load_n(&c->last_vcpu_hi, __ATOMIC_ACQUIRE) << 8;
         uint32_t lp = __atomic_load_n(&c->last_priority, __ATOMIC_ACQUIRE) % XE_FIFO_MAX_QUEUES;
-        struct xe_fifo_queue *candidate = &f->vcpu[lv].queue[lp];
+        struct xe_fifo_vcpu *lfv = fifo_vcpu(f, lv);
+        if (!lfv)
+            lfv = &f->vcpu[0];   /* never recorded for a vCPU the domain lacks */
+        struct xe_fifo_queue *candidate = &lfv->queue[lp];
         lock_two(q, candidate);
-        if (__atomic_load_n(&c->last_vcpu, __ATOMIC_RELAXED) == lv &&
+        if ((__atomic_load_n(&c->last_vcpu, __ATOMIC_RELAXED) |
+             (uint32_t)__atomic_load_n(&c->last_vcpu_hi, __ATOMIC_RELAXED) << 8) == lv &&
             __atomic_load_n(&c->last_priority, __ATOMIC_RELAXED) == lp)
             oldq = candidate;
         else
@@ -182,6 +190,7 @@ int xe_fifo_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port)
             oldq->tail = 0;
         if (oldq != q) {
             __atomic_store_n(&c->last_vcpu, (uint8_t)vcpu, __ATOMIC_RELEASE);
+            __atomic_store_n(&c->last_vcpu_hi, (uint16_t)(vcpu >> 8), __ATOMIC_RELEASE);
             __atomic_store_n(&c->last_priority, (uint8_t)prio, __ATOMIC_RELEASE);
         }
         linked = 0;

@@ -37,14 +37,45 @@ static void owe_hooks(struct xe_domain *d)
     while (!atomic_compare_exchange_weak(AOWED(hv), &head, d));
 }
 
+/* The per-vCPU bitmaps: map 0 poll, 1 kicked, 2 woken. vCPUs 0..31 use the inline
+ * words, higher ones word (v - 32) / 32 of that map in hi_bits (NULL: no such vCPU). */
+enum { MAP_POLL, MAP_KICKED, MAP_WOKEN };
+
+static _Atomic uint32_t *vcpu_word(struct xe_domain *d, int map, uint32_t v)
+{
+    if (v < XE_MAX_VCPUS)
+        return map == MAP_POLL ? A32(d->poll_mask) : map == MAP_KICKED ? A32(d->kicked)
+                                                                      : A32(d->woken);
+    v -= XE_MAX_VCPUS;
+    if (!d->hi_bits || v / 32 >= d->hi_words)
+        return NULL;
+    return (_Atomic uint32_t *)&d->hi_bits[(size_t)map * d->hi_words + v / 32];
+}
+
+static _Atomic int32_t *poll_evtchn_of(struct xe_domain *d, uint32_t v)
+{
+    if (v < XE_MAX_VCPUS)
+        return AI32(d->poll_evtchn[v]);
+    return d->hi_poll_evtchn && (v - XE_MAX_VCPUS) / 32 < d->hi_words ?
+        (_Atomic int32_t *)&d->hi_poll_evtchn[v - XE_MAX_VCPUS] : NULL;
+}
+
+static inline uint32_t vcpu_bit(uint32_t v)
+{
+    return UINT32_C(1) << (v % 32);
+}
+
 /* End vCPU v's poll if it is in one; report whether it was. */
 static int end_poll(struct xe_domain *d, uint32_t v)
 {
-    uint32_t bit = UINT32_C(1) << v;
-    if (!(atomic_fetch_and(A32(d->poll_mask), ~bit) & bit))
+    _Atomic uint32_t *pw = v < XE_MAX_VCPUS ? A32(d->poll_mask) : vcpu_word(d, MAP_POLL, v);
+    uint32_t bit = vcpu_bit(v);
+    if (!pw || !(atomic_fetch_and(pw, ~bit) & bit))
         return 0;
-    atomic_store(AI32(d->poll_evtchn[v]), 0);
-    atomic_fetch_or(A32(d->woken), bit);
+    atomic_store(poll_evtchn_of(d, v), 0);
+    if (v >= XE_MAX_VCPUS)
+        atomic_fetch_sub(A32(d->hi_polling), 1);
+    atomic_fetch_or(vcpu_word(d, MAP_WOKEN, v), bit);
     owe_hooks(d);
     return XE_EV_HOOKS;
 }
@@ -52,7 +83,10 @@ static int end_poll(struct xe_domain *d, uint32_t v)
 /* vcpu_kick(): note the kick; a kick unblocks a vCPU that is polling. */
 static int kick(struct xe_domain *d, uint32_t v)
 {
-    atomic_fetch_or(A32(d->kicked), UINT32_C(1) << v);
+    _Atomic uint32_t *kw = v < XE_MAX_VCPUS ? A32(d->kicked) : vcpu_word(d, MAP_KICKED, v);
+    if (!kw)
+        return 0;
+    atomic_fetch_or(kw, vcpu_bit(v));
     owe_hooks(d);
     end_poll(d, v);
     return XE_EV_HOOKS;
@@ -67,23 +101,40 @@ XE_INLINE int abi_set_pending(struct xe_domain *d, uint32_t vcpu, uint32_t port)
 }
 
 /* check_pollers(): vCPUs polling this port, or several / zero ports, wake up. */
+static int wake_one_poller(struct xe_domain *d, uint32_t port, uint32_t v)
+{
+    int32_t want = atomic_load(poll_evtchn_of(d, v));
+    return want <= 0 || (uint32_t)want == port ? end_poll(d, v) : 0;
+}
+
 static int wake_pollers(struct xe_domain *d, uint32_t port, uint32_t polling)
 {
     int ev = 0;
     while (polling) {
         uint32_t v = (uint32_t)__builtin_ctz(polling);
         polling &= polling - 1;
-        int32_t want = atomic_load(AI32(d->poll_evtchn[v]));
-        if (want <= 0 || (uint32_t)want == port)
-            ev |= end_poll(d, v);
+        ev |= wake_one_poller(d, port, v);
+    }
+    if (atomic_load(A32(d->hi_polling)) && d->hi_bits) {
+        for (uint32_t w = 0; w < d->hi_words; w++) {
+            uint32_t bits = atomic_load((_Atomic uint32_t *)&d->hi_bits[(size_t)MAP_POLL * d->hi_words + w]);
+            while (bits) {
+                uint32_t b = (uint32_t)__builtin_ctz(bits);
+                bits &= bits - 1;
+                ev |= wake_one_poller(d, port, XE_MAX_VCPUS + 32 * w + b);
+            }
+        }
     }
     return ev;
 }
 
 XE_INLINE int check_pollers(struct xe_domain *d, uint32_t port)
 {
-    uint32_t polling = atomic_load(A32(d->poll_mask));
-    return polling ? wake_pollers(d, port, polling) : 0;   /* nobody polls: the usual case */
+    /* Nobody polls: the usual case, two relaxed loads of one cache line. */
+    uint32_t polling = atomic_load_explicit(A32(d->poll_mask), memory_order_seq_cst);
+    if (polling || atomic_load_explicit(A32(d->hi_polling), memory_order_seq_cst))
+        return wake_pollers(d, port, polling);
+    return 0;
 }
 
 /* A port bound through a libxenevtchn handle is taken the moment it is raised, as the
@@ -338,37 +389,45 @@ int xe_evtchn_is_masked(struct xe_domain *d, uint32_t port)
 
 void xe_poll_begin(struct xe_domain *d, uint32_t vcpu)
 {
-    if (vcpu >= XE_MAX_VCPUS)
+    _Atomic uint32_t *pw = vcpu_word(d, MAP_POLL, vcpu);
+    if (!pw)
         return;
-    atomic_store(AI32(d->poll_evtchn[vcpu]), -1);
-    atomic_fetch_or(A32(d->poll_mask), UINT32_C(1) << vcpu);
+    atomic_store(poll_evtchn_of(d, vcpu), -1);
+    if (vcpu >= XE_MAX_VCPUS && !(atomic_load(pw) & vcpu_bit(vcpu)))
+        atomic_fetch_add(A32(d->hi_polling), 1);   /* before the bit: a waker finds it */
+    if ((atomic_fetch_or(pw, vcpu_bit(vcpu)) & vcpu_bit(vcpu)) && vcpu >= XE_MAX_VCPUS)
+        atomic_fetch_sub(A32(d->hi_polling), 1);   /* it was already polling */
 }
 
 void xe_poll_set_port(struct xe_domain *d, uint32_t vcpu, int32_t port)
 {
-    if (vcpu < XE_MAX_VCPUS)
-        atomic_store(AI32(d->poll_evtchn[vcpu]), port);
+    _Atomic int32_t *pe = poll_evtchn_of(d, vcpu);
+    if (pe)
+        atomic_store(pe, port);
 }
 
 int xe_poll_cancel(struct xe_domain *d, uint32_t vcpu)
 {
-    if (vcpu >= XE_MAX_VCPUS)
+    _Atomic uint32_t *pw = vcpu_word(d, MAP_POLL, vcpu);
+    if (!pw)
         return 0;
-    uint32_t bit = UINT32_C(1) << vcpu;
-    int was = (atomic_fetch_and(A32(d->poll_mask), ~bit) & bit) != 0;
-    atomic_store(AI32(d->poll_evtchn[vcpu]), 0);
+    uint32_t bit = vcpu_bit(vcpu);
+    int was = (atomic_fetch_and(pw, ~bit) & bit) != 0;
+    atomic_store(poll_evtchn_of(d, vcpu), 0);
+    if (was && vcpu >= XE_MAX_VCPUS)
+        atomic_fetch_sub(A32(d->hi_polling), 1);
     return was;
 }
 
 int xe_poll_wake(struct xe_domain *d, uint32_t vcpu)
 {
-    return vcpu < XE_MAX_VCPUS ? end_poll(d, vcpu) : 0;
+    return end_poll(d, vcpu);
 }
 
 int xe_vcpu_polling(struct xe_domain *d, uint32_t vcpu)
 {
-    return vcpu < XE_MAX_VCPUS &&
-           ((atomic_load(A32(d->poll_mask)) >> vcpu) & 1);
+    _Atomic uint32_t *pw = vcpu_word(d, MAP_POLL, vcpu);
+    return pw && ((atomic_load(pw) & vcpu_bit(vcpu)) != 0);
 }
 
 uint32_t xe_take_kicked(struct xe_domain *d)
@@ -379,6 +438,36 @@ uint32_t xe_take_kicked(struct xe_domain *d)
 uint32_t xe_take_woken(struct xe_domain *d)
 {
     return atomic_exchange(A32(d->woken), 0);
+}
+
+/* ---- VCPUOP_register_vcpu_info ------------------------------------------------------- */
+
+int xe_vcpu_info_register(struct xe_domain *d, uint32_t vcpu, void *area)
+{
+    struct xe_shinfo *s = &d->si;
+    if (!s->vcpu_info || vcpu >= s->nr_vcpu_info || vcpu >= d->nr_vcpus || !area)
+        return -EINVAL;
+    /* Populate: a copy of the current area (every byte, the mask included), word by word
+     * as senders may be setting bits in it; or, from Xen's dummy, zeros and the mask. */
+    _Atomic uint32_t *to = area;
+    char *old = vcpu_info(s, vcpu);
+    for (size_t i = 0; i < VCPU_INFO_SIZE / 4; i++)
+        atomic_store_explicit(&to[i], old ? atomic_load_explicit((_Atomic uint32_t *)old + i,
+                                                                 memory_order_relaxed) : 0,
+                              memory_order_relaxed);
+    if (!old)
+        atomic_store((_Atomic uint8_t *)area + 1, 1);
+    /* Switch: from here every sender uses the new area. A selector bit set in the old
+     * one after its copy is recovered by the all-ones selector below. */
+    __atomic_store_n(&s->vcpu_info[vcpu], area, __ATOMIC_SEQ_CST);
+    if (s->word_bits == 64)
+        atomic_store((_Atomic uint64_t *)sel_of(s, area), UINT64_MAX);
+    else
+        atomic_store((_Atomic uint32_t *)sel_of(s, area), UINT32_MAX);
+    /* vcpu_mark_events_pending(): a kick only if the (copied) flag was still 0. */
+    if (atomic_fetch_or((_Atomic uint8_t *)area, 1) & 1)
+        return 0;
+    return kick(d, vcpu);
 }
 
 static size_t take_hooks(struct xe_hv *hv, uint32_t *out, size_t cap);
@@ -405,6 +494,23 @@ static size_t take_hooks(struct xe_hv *hv, uint32_t *out, size_t cap)
             out[3 * n + 1] = atomic_exchange(A32(d->kicked), 0);
             out[3 * n + 2] = atomic_exchange(A32(d->woken), 0);
             n++;
+            /* vCPUs 32..: a record per group of 32 with bits; what does not fit stays
+             * recorded, and the domain is listed again for the next call. */
+            uint32_t *hb = d->hi_bits;
+            for (uint32_t w = 0; hb && w < d->hi_words; w++) {
+                _Atomic uint32_t *kw = (_Atomic uint32_t *)&hb[(size_t)MAP_KICKED * d->hi_words + w];
+                _Atomic uint32_t *ww = (_Atomic uint32_t *)&hb[(size_t)MAP_WOKEN * d->hi_words + w];
+                if (!atomic_load(kw) && !atomic_load(ww))
+                    continue;
+                if (n == cap) {
+                    owe_hooks(d);
+                    break;
+                }
+                out[3 * n] = d->domid | (w + 1) << 16;
+                out[3 * n + 1] = atomic_exchange(kw, 0);
+                out[3 * n + 2] = atomic_exchange(ww, 0);
+                n++;
+            }
         }
         d = next;
     }

@@ -61,6 +61,16 @@ static inline int chan_usable(struct xe_chan *c)
            atomic_load_explicit(A8(c->state), memory_order_acquire) > XE_ECS_RESERVED;
 }
 
+/* A vCPU's FIFO state: inline for vCPUs 0..31, else in the control plane's vcpu_hi
+ * array; NULL past both. */
+static inline struct xe_fifo_vcpu *fifo_vcpu(struct xe_fifo *f, uint32_t vcpu)
+{
+    if (vcpu < XE_MAX_VCPUS)
+        return &f->vcpu[vcpu];
+    vcpu -= XE_MAX_VCPUS;
+    return vcpu < f->nr_vcpu_hi && f->vcpu_hi ? &f->vcpu_hi[vcpu] : NULL;
+}
+
 /* The operations of the ABI the domain uses now (Xen's d->evtchn_port_ops). */
 static inline const struct xe_abi_ops *abi_ops(const struct xe_domain *d)
 {

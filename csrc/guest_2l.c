@@ -57,7 +57,7 @@ static inline uint64_t *route_map(struct xe_domain *d, uint32_t vcpu)
 /* The map bits of word w (W bits wide) of vCPU v; all ones when the domain has no maps. */
 static inline uint64_t route_bits(struct xe_domain *d, uint32_t vcpu, uint32_t w, uint32_t W)
 {
-    if (!d->vcpu_ports || vcpu >= XE_MAX_VCPUS)
+    if (!d->vcpu_ports || vcpu >= d->nr_vcpus)
         return ~UINT64_C(0);
     const uint64_t *m = route_map(d, vcpu);
     if (W == 64)
@@ -74,7 +74,7 @@ static inline int route_covers(struct xe_domain *d, uint32_t port)
 
 void xe_2l_route_add(struct xe_domain *d, uint32_t port, uint32_t vcpu)
 {
-    if (route_covers(d, port) && vcpu < d->nr_vcpus && vcpu < XE_MAX_VCPUS)
+    if (route_covers(d, port) && vcpu < d->nr_vcpus)
         __atomic_fetch_or(&route_map(d, vcpu)[port / 64], UINT64_C(1) << (port % 64),
                           __ATOMIC_RELEASE);
 }
@@ -84,7 +84,7 @@ void xe_2l_route_sync(struct xe_domain *d, uint32_t port)
     if (!route_covers(d, port))
         return;
     uint64_t bit = UINT64_C(1) << (port % 64);
-    for (uint32_t v = 0; v < d->nr_vcpus && v < XE_MAX_VCPUS; v++) {
+    for (uint32_t v = 0; v < d->nr_vcpus; v++) {
         uint64_t *word = &route_map(d, v)[port / 64];
         int want = handled_here(d, v, port);
         int have = (__atomic_load_n(word, __ATOMIC_RELAXED) & bit) != 0;
@@ -112,7 +112,7 @@ int32_t xe_2l_route_check(struct xe_domain *d)
     if (!d->vcpu_ports)
         return -1;
     for (uint32_t p = 0; p < route_ports(d); p++)
-        for (uint32_t v = 0; v < d->nr_vcpus && v < XE_MAX_VCPUS; v++) {
+        for (uint32_t v = 0; v < d->nr_vcpus; v++) {
             int have = (route_map(d, v)[p / 64] >> (p % 64)) & 1;
             if (have != handled_here(d, v, p))
                 return (int32_t)p;
@@ -380,19 +380,20 @@ int32_t xe_2l_upcall(struct xe_scan *s)
 
 int xe_2l_guest_unmask(const struct xe_shinfo *s, uint32_t vcpu, uint32_t port)
 {
-    if (port >= s->nr_ports || vcpu >= XE_MAX_VCPUS)
+    if (port >= s->nr_ports)
         return 0;
     /* Clear the mask first, then look at pending: an event racing in is not missed. */
     xe_test_and_clear(mask_words(s), s->word_bits, port);
-    if (!xe_test_bit(pending_words(s), s->word_bits, port))
+    char *vi = vcpu_info(s, vcpu);
+    if (!vi || !xe_test_bit(pending_words(s), s->word_bits, port))
         return 0;
     /* Re-fire the swallowed edge locally; the guest writes its own upcall flag. (A selector
      * bit a load finds set is the test-and-set that finds it set.) */
-    void *sel = pending_sel(s, vcpu);
+    void *sel = sel_of(s, vi);
     uint32_t w = word_of(s, port);
     if (xe_test_bit(sel, s->word_bits, w) || xe_test_and_set(sel, s->word_bits, w))
         return 0;
-    atomic_store(upcall_pending(s, vcpu), 1);
+    atomic_store((_Atomic uint8_t *)vi, 1);
     return 1;
 }
 

@@ -34,9 +34,8 @@ static inline aword *word_of(struct xe_domain *d, uint32_t port)
 static inline aword *control_block(struct xe_domain *d, uint32_t vcpu)
 {
     struct xe_fifo *f = fifo_of(d);
-    if (!f || vcpu >= XE_MAX_VCPUS)
-        return NULL;
-    return (aword *)__atomic_load_n(&f->vcpu[vcpu].control_block, __ATOMIC_ACQUIRE);
+    struct xe_fifo_vcpu *fv = f ? fifo_vcpu(f, vcpu) : NULL;
+    return fv ? (aword *)__atomic_load_n(&fv->control_block, __ATOMIC_ACQUIRE) : NULL;
 }
 
 void xe_fifo_scan_begin(struct xe_domain *d, struct xe_fifo_scan *s)

@@ -26,24 +26,25 @@ XE_INLINE void *mask_words(const struct xe_shinfo *s)
     return (char *)s->base + (s->word_bits == 64 ? MASK_OFFSET_64 : MASK_OFFSET_32);
 }
 
-XE_INLINE char *vcpu_info(const struct xe_shinfo *s, uint32_t vcpu)
+/* The legacy vcpu_info slot of a vCPU below XE_MAX_VCPUS inside shared_info itself. */
+XE_INLINE char *legacy_vcpu_info(const struct xe_shinfo *s, uint32_t vcpu)
 {
     return (char *)s->base + (size_t)vcpu * VCPU_INFO_SIZE;
 }
 
-XE_INLINE void *pending_sel(const struct xe_shinfo *s, uint32_t vcpu)
+/* Where the vCPU's vcpu_info lives now, or NULL when it has none (Xen's dummy): its
+ * table entry, or without a table its legacy slot. The acquire load pairs with the
+ * release store of xe_vcpu_info_register, so the filled area is seen before it is used. */
+XE_INLINE char *vcpu_info(const struct xe_shinfo *s, uint32_t vcpu)
 {
-    return vcpu_info(s, vcpu) + (s->word_bits == 64 ? SEL_OFFSET_64 : SEL_OFFSET_32);
+    if (__builtin_expect(vcpu < s->nr_vcpu_info, 1))   /* a table covers it: the usual case */
+        return (char *)__atomic_load_n(&s->vcpu_info[vcpu], __ATOMIC_ACQUIRE);
+    return !s->vcpu_info && vcpu < XE_MAX_VCPUS ? legacy_vcpu_info(s, vcpu) : NULL;
 }
 
-XE_INLINE _Atomic uint8_t *upcall_pending(const struct xe_shinfo *s, uint32_t vcpu)
+XE_INLINE void *sel_of(const struct xe_shinfo *s, char *vi)
 {
-    return (_Atomic uint8_t *)vcpu_info(s, vcpu);
-}
-
-XE_INLINE _Atomic uint8_t *upcall_mask(const struct xe_shinfo *s, uint32_t vcpu)
-{
-    return (_Atomic uint8_t *)(vcpu_info(s, vcpu) + 1);
+    return vi + (s->word_bits == 64 ? SEL_OFFSET_64 : SEL_OFFSET_32);
 }
 
 /* Read word w of a bitmap as a 64-bit value (either width). */

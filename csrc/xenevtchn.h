@@ -25,7 +25,9 @@ enum {
     XE_LAYOUT_X86_64 = 0,      /* 64-bit words, 4096 ports */
     XE_LAYOUT_X86_32 = 1,      /* 32-bit words, 1024 ports (compat guests) */
 
-    XE_MAX_VCPUS = 32,         /* XEN_LEGACY_MAX_VCPUS: every vcpu_info is in shared_info */
+    XE_MAX_VCPUS = 32,         /* XEN_LEGACY_MAX_VCPUS: vCPUs with a vcpu_info slot in
+                                * shared_info, and with the inline per-vCPU state below */
+    XE_MAX_VIRT_CPUS = 8192,   /* x86 PV's MAX_VIRT_CPUS: vCPUs 32.. use the *_hi state */
     XE_NR_DOMIDS = 32752,      /* DOMID_FIRST_RESERVED: ids 0..0x7FEF name domains */
 
     /* Results of the bit-level set_pending / unmask. */
@@ -81,6 +83,13 @@ struct xe_shinfo {
     void *base;                /* struct shared_info or struct compat_shared_info */
     uint32_t word_bits;        /* 64 or 32 */
     uint32_t nr_ports;         /* word_bits * word_bits */
+    /* Where each vCPU's vcpu_info lives (VCPUOP_register_vcpu_info may move it anywhere
+     * in guest memory): nr_vcpu_info pointers, NULL for a vCPU that has none (Xen's
+     * dummy). vcpu_info NULL (xe_shinfo_init): the legacy slots of base for vCPUs 0..31
+     * and none beyond. Entries change with xe_vcpu_info_register only. */
+    void **vcpu_info;
+    uint32_t nr_vcpu_info;
+    uint32_t _pad;
 };
 
 /* A libxenevtchn handle's queue of delivered ports (the kernel driver's ring). */
@@ -105,7 +114,7 @@ struct xe_chan {
     uint32_t info;             /* PIRQ: pirq number; VIRQ: virq number */
     uint8_t last_vcpu;         /* FIFO: the queue the event was last linked on ... */
     uint8_t last_priority;     /* ... (vCPU, priority); zero means (0, 0) as in Xen */
-    uint16_t _pad;
+    uint16_t last_vcpu_hi;     /* ... the vCPU's bits 8..15 (vCPUs 256..) */
     struct xe_user *user;      /* bound through a libxenevtchn handle, or NULL */
 };
 
@@ -126,6 +135,8 @@ struct xe_fifo {
     uint32_t num_evtchns;      /* ports that have an event word: 1024 per page */
     uint32_t *pages[128];      /* event-array pages, 1024 words each */
     struct xe_fifo_vcpu vcpu[32];
+    struct xe_fifo_vcpu *vcpu_hi;  /* vCPUs 32 .. 31 + nr_vcpu_hi (the control plane's) */
+    uint32_t nr_vcpu_hi;
 };
 
 /* A domain's event-channel state that the data path needs. */
@@ -153,6 +164,14 @@ struct xe_domain {
      * scan checks the record of every pending port. Kept by xe_2l_route_*(). */
     uint64_t *vcpu_ports;
     struct xe_scan *scans;     /* nr_vcpus Linux upcall states (xe_2l_upcall_key), or NULL */
+    /* vCPUs 32 and up (nr_vcpus > 32; NULL otherwise): the same per-vCPU state, in arrays
+     * the control plane allocates. hi_bits: three bitmaps of hi_words words each (poll,
+     * kicked, woken), the bit of vCPU v at v - 32; hi_poll_evtchn: nr_vcpus - 32 entries
+     * like poll_evtchn; hi_polling: how many of those vCPUs are in poll now. */
+    uint32_t *hi_bits;
+    int32_t *hi_poll_evtchn;
+    uint32_t hi_words;
+    uint32_t hi_polling;
 };
 
 /* The hypervisor: domains by domid, so an interdomain send can reach its peer. */
@@ -208,6 +227,8 @@ uint8_t xe_vcpu_upcall_mask(const struct xe_shinfo *s, uint32_t vcpu);
 uint64_t xe_vcpu_pending_sel(const struct xe_shinfo *s, uint32_t vcpu);
 void xe_vcpu_set_upcall_pending(const struct xe_shinfo *s, uint32_t vcpu, uint8_t value);
 void xe_vcpu_set_upcall_mask(const struct xe_shinfo *s, uint32_t vcpu, uint8_t value);
+/* The vCPU's vcpu_info (64 bytes), or NULL when it has none. */
+void *xe_vcpu_info(const struct xe_shinfo *s, uint32_t vcpu);
 
 /* ---- 2-level data path (Xen's event_2l.c, spec section 8) ------------------------ */
 
@@ -232,6 +253,13 @@ void xe_evtchn_clear_pending(struct xe_domain *d, uint32_t port);
 int xe_evtchn_is_pending(struct xe_domain *d, uint32_t port);
 int xe_evtchn_is_masked(struct xe_domain *d, uint32_t port);
 
+/* VCPUOP_register_vcpu_info's action (spec xen-hvm-and-beyond 3.3 steps 7-9) once the
+ * checks passed: fill `area` (a copy of the vCPU's current vcpu_info, or zeros with the
+ * mask set when it has none), switch d->si's table entry to it, force the selector to
+ * all ones and mark events pending. Returns XE_EV_HOOKS when the vCPU was kicked,
+ * 0 otherwise, -EINVAL without a table entry for the vCPU. */
+int xe_vcpu_info_register(struct xe_domain *d, uint32_t vcpu, void *area);
+
 void xe_poll_begin(struct xe_domain *d, uint32_t vcpu);
 void xe_poll_set_port(struct xe_domain *d, uint32_t vcpu, int32_t port);
 int xe_poll_cancel(struct xe_domain *d, uint32_t vcpu);
@@ -241,8 +269,10 @@ uint32_t xe_take_kicked(struct xe_domain *d);
 uint32_t xe_take_woken(struct xe_domain *d);
 
 /* Every domain of hv that recorded kicks or wake-ups since the last call, as records of
- * three words (domid, kicked bits, woken bits) taken atomically, at most cap records;
- * the rest stay for the next call. Returns the number of records. */
+ * three words (domid | g << 16, kicked bits, woken bits) taken atomically, at most cap
+ * records; the rest stay for the next call. Returns the number of records. A record of
+ * group g holds the bits of vCPUs 32g .. 32g + 31 (g > 0 only for domains with more
+ * than 32 vCPUs). */
 size_t xe_hv_take_hooks(struct xe_hv *hv, uint32_t *out, size_t cap);
 
 /* Publish a domain's port table (chans, max_ports) and its valid range with release

@@ -212,7 +212,7 @@ def _hv_cases():
     T, V, E = TypeError, ValueError, xe.EvtchnError
     cases = [
         ("create_domain(vcpus=0)", lambda hv: hv.create_domain(vcpus=0), V, None),
-        ("create_domain(vcpus=33)", lambda hv: hv.create_domain(vcpus=33), V, None),
+        ("create_domain(vcpus=8193)", lambda hv: hv.create_domain(vcpus=8193), V, None),
         ("create_domain(vcpus=1.0)", lambda hv: hv.create_domain(vcpus=1.0), T, None),
         ("create_domain(domid=-1)", lambda hv: hv.create_domain(domid=-1), V, None),
         ("create_domain(domid=0x7FF0)", lambda hv: hv.create_domain(domid=0x7FF0), V, None),

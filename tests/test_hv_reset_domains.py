@@ -197,7 +197,7 @@ def test_create_domain_ids(xe, hv):
         dict(domid=0xFFFF),
         dict(domid=-1),
         dict(vcpus=0),
-        dict(vcpus=33),
+        dict(vcpus=8193),
         dict(vcpus=-1),
         dict(max_evtchn_port=-1),
         dict(layout="arm64"),

@@ -195,6 +195,19 @@ SCHEDOP_poll = SchedOp.poll
 # struct sched_poll: (size, ports offset/size, nr_ports offset, timeout offset) per layout
 SCHED_POLL_SIZE = {"x86_64": 24, "x86_32": 16}
 
+
+
+class VcpuOp(IntEnum):
+    """``HYPERVISOR_vcpu_op`` commands (public/vcpu.h); only register_vcpu_info is modelled."""
+
+    register_vcpu_info = 10
+
+
+VCPUOP_register_vcpu_info = VcpuOp.register_vcpu_info
+VCPU_REGISTER_VCPU_INFO_SIZE = 16  # struct vcpu_register_vcpu_info {u64 mfn; u32 offset; u32 rsvd}
+VCPU_INFO_SIZE = 64  # sizeof(struct vcpu_info), x86 (both layouts)
+MAX_VIRT_CPUS = 8192  # x86 PV's vCPU limit (MAX_VIRT_CPUS)
+
 SHARED_INFO_SIZE = {"x86_64": 3136, "x86_32": 2344}
 LAYOUTS = ("x86_64", "x86_32")
 
@@ -278,6 +291,11 @@ __all__ = [
     "SCHEDOP_shutdown",
     "SCHEDOP_poll",
     "SCHED_POLL_SIZE",
+    "VcpuOp",
+    "VCPUOP_register_vcpu_info",
+    "VCPU_REGISTER_VCPU_INFO_SIZE",
+    "VCPU_INFO_SIZE",
+    "MAX_VIRT_CPUS",
     "PAGE_SIZE",
     "SHARED_INFO_SIZE",
     "LAYOUTS",

@@ -19,6 +19,7 @@ from . import commands as cmds
 from . import fifo as fifo_cmds
 from . import hypercalls
 from . import sched
+from . import vcpu_info
 from ._native import ffi, lib, make_fast_path
 from .constants import (
     DOMID_SELF,
@@ -26,6 +27,7 @@ from .constants import (
     EVTCHN_2L_NR_CHANNELS,
     EVTCHN_2L_NR_CHANNELS_X86_32,
     NR_VIRQS,
+    VCPU_INFO_SIZE,
 )
 from .errors import EvtchnError
 from .guest import GUESTS
@@ -114,7 +116,8 @@ def _uint(value: Any, name: str, top: int) -> int:
 
 
 class Vcpu:
-    """One vCPU; the upcall fields are read live from the domain's shared_info."""
+    """One vCPU; the upcall fields are read live from its vcpu_info, wherever it lives
+    (0 for a vCPU with none: vCPUs 32.. until they register one)."""
 
     __slots__ = ("domain", "id", "_s", "_c")
 
@@ -139,6 +142,15 @@ class Vcpu:
     @property
     def polling(self) -> bool:
         return bool(lib.xe_vcpu_polling(self._c, self.id))
+
+    @property
+    def vcpu_info(self) -> memoryview | None:
+        """The live 64-byte ``vcpu_info`` (its shared_info slot, or the area it registered
+        in ``domain.memory``); None while it has none."""
+        area = lib.xe_vcpu_info(self._s, self.id)
+        if area == ffi.NULL:
+            return None
+        return memoryview(ffi.buffer(ffi.cast("char *", area), VCPU_INFO_SIZE))
 
     def __repr__(self) -> str:
         return f"<Vcpu d{self.domain.domid}v{self.id}>"
@@ -171,6 +183,17 @@ class Domain:
         # The guest's per-vCPU port maps (Linux's cpu_evtchn_mask), kept by the port table.
         self._vcpu_ports = ffi.new("uint64_t[]", vcpus * lib.XE_2L_ROUTE_WORDS)
         self._c.vcpu_ports = self._vcpu_ports
+        # Where each vCPU's vcpu_info lives (C reads it through this table).
+        self._vcpu_info = vcpu_info.VcpuInfoTable(self, vcpus)
+        # vCPUs 32..: their poll / kick / wake state in arrays of ours (C: hi_bits).
+        hi = vcpus - lib.XE_MAX_VCPUS
+        if hi > 0:
+            words = (hi + 31) // 32
+            self._hi_bits = ffi.new("uint32_t[]", 3 * words)
+            self._hi_poll_evtchn = ffi.new("int32_t[]", hi)
+            self._c.hi_bits = self._hi_bits
+            self._c.hi_poll_evtchn = self._hi_poll_evtchn
+            self._c.hi_words = words
         self.ports = PortTable(self._c, abi_ports, min(abi_ports, self._port_cap + 1))
         self.vcpus: tuple[Vcpu, ...] = tuple(Vcpu(self, i) for i in range(vcpus))
         self.dying = False
@@ -374,6 +397,21 @@ class Domain:
             else:
                 self.hv._after(rc)
 
+    # ---- vcpu_info placement (VCPUOP_register_vcpu_info) ----------------------------
+
+    def vcpu_op(self, cmd: int, vcpu: int, arg: Any) -> int:
+        """Raw ``HYPERVISOR_vcpu_op(cmd, vcpu, arg)``: 0 or ``-errno``. Only
+        VCPUOP_register_vcpu_info (10, a 16-byte ``struct vcpu_register_vcpu_info`` in
+        ``arg``) is modelled; a missing vCPU is ``-ENOENT``, other commands ``-ENOSYS``."""
+        return vcpu_info.vcpu_op(self, cmd, vcpu, arg)
+
+    def register_vcpu_info(self, gfn: int, offset: int, vcpu: int) -> None:
+        """Move ``vcpu``'s vcpu_info to ``gfn`` + ``offset`` of ``d.memory``, for good."""
+        gfn = _uint(gfn, "gfn", U64)
+        offset = _uint(offset, "offset", U32)
+        vcpu = _uint(vcpu, "vcpu", U32)
+        self._call(_register_vcpu_info, gfn, offset, vcpu)
+
     # ---- SCHEDOP_poll --------------------------------------------------------------
 
     def sched_poll(self, ports: Iterable[int], timeout: int = 0, vcpu: int = 0) -> bool:
@@ -437,6 +475,12 @@ def _uint32_array(ports: Any) -> tuple[Any, int, memoryview | None]:
     except OverflowError:
         raise ValueError("ports must be in 0..2**32-1") from None
     return (ffi.from_buffer(_U32_ARRAY, buf) if len(buf) else None), len(buf), None
+
+
+def _register_vcpu_info(d: Domain, gfn: int, offset: int, vcpu: int) -> None:
+    if vcpu >= len(d.vcpus):
+        raise EvtchnError(errno.ENOENT, f"register_vcpu_info: no vCPU {vcpu}")
+    vcpu_info.register(d, gfn, offset, vcpu)
 
 
 def _sched_poll(d: Domain, ports: list[int], timeout: int, vcpu: int) -> bool:

@@ -10,7 +10,7 @@ memory (``memory.py``).
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._native import ffi, lib
 from .constants import (
@@ -33,12 +33,22 @@ MAX_ARRAY_PAGES = EVTCHN_FIFO_NR_CHANNELS // WORDS_PER_PAGE
 class FifoState:
     """A domain's FIFO ABI state: the C ``struct xe_fifo`` and the frames it uses."""
 
-    __slots__ = ("c", "control_blocks", "array_gfns")
+    __slots__ = ("c", "control_blocks", "array_gfns", "_vcpu_hi")
 
-    def __init__(self) -> None:
+    def __init__(self, nr_vcpus: int = 1) -> None:
         self.c = ffi.new("struct xe_fifo *")
+        # vCPUs 32..: their queues in an array of the control plane's (C: fifo_vcpu()).
+        hi = max(0, nr_vcpus - len(self.c.vcpu))
+        self._vcpu_hi = ffi.new("struct xe_fifo_vcpu[]", hi) if hi else ffi.NULL
+        self.c.vcpu_hi = self._vcpu_hi
+        self.c.nr_vcpu_hi = hi
         self.control_blocks: dict[int, tuple[int, int]] = {}  # vcpu -> (gfn, offset)
         self.array_gfns: list[int] = []  # event-array pages, in order
+
+    def vcpu(self, v: int) -> Any:
+        """vCPU ``v``'s ``struct xe_fifo_vcpu`` (its control block and queues)."""
+        lo = len(self.c.vcpu)
+        return self.c.vcpu[v] if v < lo else self._vcpu_hi[v - lo]
 
     @property
     def num_evtchns(self) -> int:
@@ -57,7 +67,7 @@ def _map_control_block(d: Domain, fifo: FifoState, vcpu: int, gfn: int, offset: 
         raise _fail(errno.EINVAL, f"init_control: gfn {gfn} is not a guest page")
     base = d.memory.pin(gfn)
     fifo.control_blocks[vcpu] = (gfn, offset)
-    fifo.c.vcpu[vcpu].control_block = ffi.cast("uint32_t *", base + offset)
+    fifo.vcpu(vcpu).control_block = ffi.cast("uint32_t *", base + offset)
 
 
 def init_control(d: Domain, control_gfn: int, offset: int, vcpu: int) -> int:
@@ -70,7 +80,7 @@ def init_control(d: Domain, control_gfn: int, offset: int, vcpu: int) -> int:
     if d.fifo is not None:
         _map_control_block(d, d.fifo, vcpu, control_gfn, offset)
     else:
-        fifo = FifoState()
+        fifo = FifoState(len(d.vcpus))
         _map_control_block(d, fifo, vcpu, control_gfn, offset)  # a failure leaves 2-level
         _switch_to_fifo(d, fifo)
     d.guest._fifo_vcpu_reset(vcpu)
@@ -105,7 +115,7 @@ def restore_state(d: Domain, control_blocks: dict[int, tuple[int, int]], array_g
                   tails: list[list[int]]) -> None:
     """Rebuild a snapshot's FIFO state (port records and guest memory are restored by the
     caller): no ports are set up and no deferred event is raised."""
-    fifo = FifoState()
+    fifo = FifoState(len(d.vcpus))
     for vcpu, (gfn, offset) in sorted(control_blocks.items()):
         _map_control_block(d, fifo, vcpu, gfn, offset)
     _use_fifo(d, fifo)
@@ -115,7 +125,7 @@ def restore_state(d: Domain, control_blocks: dict[int, tuple[int, int]], array_g
         fifo.array_gfns.append(gfn)
     for vcpu, row in enumerate(tails):
         for q, tail in enumerate(row):
-            fifo.c.vcpu[vcpu].queue[q].tail = tail
+            fifo.vcpu(vcpu).queue[q].tail = tail
 
 
 def expand_array(d: Domain, array_gfn: int) -> None:

@@ -17,7 +17,6 @@ from .constants import (
     NR_PIRQS,
     NR_PIRQS_MAX,
     NR_VIRQS,
-    XEN_LEGACY_MAX_VCPUS,
     VirqClass,
     virq_class,
 )
@@ -26,6 +25,7 @@ from .errors import EvtchnError
 from .guest import GUESTS
 from .memory import DEFAULT_FRAMES, GuestMemory
 from .shared_info import SharedInfo
+from .vcpu_info import max_vcpus
 
 Hook = Callable[[Vcpu], Any]
 
@@ -161,10 +161,10 @@ class Hypervisor:
             raise TypeError(f"privileged must be a bool, not {privileged!r}")
         if not isinstance(vcpus, int):
             raise TypeError(f"vcpus must be an int, not {type(vcpus).__name__}")
-        if not 1 <= vcpus <= XEN_LEGACY_MAX_VCPUS:
-            raise ValueError(f"vcpus must be in 1..{XEN_LEGACY_MAX_VCPUS}, not {vcpus}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+        if not 1 <= vcpus <= max_vcpus(layout):
+            raise ValueError(f"vcpus must be in 1..{max_vcpus(layout)}, not {vcpus}")
         if max_evtchn_port is not None:
             if not isinstance(max_evtchn_port, int):
                 raise TypeError("max_evtchn_port must be an int or None")
@@ -460,22 +460,23 @@ class Hypervisor:
         if not kick_fns and not wake_fns:
             return []  # the bits are taken; nobody to call
         if (len(rec) == 3 and rec[1] and not rec[2] and rec[1] & (rec[1] - 1) == 0
-                and len(kick_fns) == 1):
+                and len(kick_fns) == 1 and rec[0] <= 0xFFFF):
             # The usual case: one vCPU of one domain kicked, nobody woken, one hook.
             d = self._domains.get(rec[0])
             return [] if d is None else [kick_fns[0], d.vcpus[rec[1].bit_length() - 1]]
         domains = self._domains
         owed: dict[int, list[Any]] = {}
         for i in range(0, len(rec), 3):
-            d = domains.get(rec[i])
+            d = domains.get(rec[i] & 0xFFFF)
             if d is None:
                 continue
+            shift = 32 * (rec[i] >> 16)  # a record of vCPUs 32g .. 32g + 31
             o = owed.get(d._created)
             if o is None:
-                owed[d._created] = [d, rec[i + 1], rec[i + 2]]
+                owed[d._created] = [d, rec[i + 1] << shift, rec[i + 2] << shift]
             else:  # listed again while an earlier batch was taken: one visit
-                o[1] |= rec[i + 1]
-                o[2] |= rec[i + 2]
+                o[1] |= rec[i + 1] << shift
+                o[2] |= rec[i + 2] << shift
         calls: list[Any] = []
         for key in sorted(owed) if len(owed) > 1 else owed:
             d, kicked, woken = owed[key]

@@ -38,14 +38,18 @@ Rules (the name starts the message):
 - ``virq-handler``: handlers are live domains and handle global VIRQs only.
 - ``hardware-domain``: the hardware domain, if any, is live.
 - ``timers``: armed poll timers belong to vCPUs of live domains.
-- ``vcpu-bits``: the C core's poll, kicked and woken masks name existing vCPUs only.
+- ``vcpu-bits``: the C core's poll, kicked and woken masks name existing vCPUs only (vCPUs
+  32.. in their own arrays, whose count of polling vCPUs adds up).
+- ``vcpu-info``: every vCPU's vcpu_info is where the domain says (a registered area inside
+  its memory, aligned and not crossing a page; else the legacy slot, or none from vCPU 32),
+  both shared_info views use the domain's table, and exactly the registered frames are held.
 - ``abi``: the C core's ABI matches whether the domain has FIFO state.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._native import ffi, lib
 from .constants import (
@@ -55,6 +59,9 @@ from .constants import (
     EVTCHN_FIFO_NR_CHANNELS,
     EVTCHNS_PER_BUCKET,
     NR_VIRQS,
+    PAGE_SIZE,
+    VCPU_INFO_SIZE,
+    XEN_LEGACY_MAX_VCPUS,
     ChannelState,
     VirqClass,
     virq_class,
@@ -217,6 +224,57 @@ def _check_domain(hv: Hypervisor, d: Domain, rows_of: dict[int, list[tuple[int, 
     for pirq, port in d._pirq_to_port.items():
         if not (0 < port < len(rows) and rows[port][0] == PIRQ and rows[port][5] == pirq):
             raise InvariantError("pirq-table", f"d{A}: pirq {pirq} -> port {port}")
+    _check_vcpu_info(d)
+
+
+def _address(cdata: Any) -> int:
+    return int(ffi.cast("uintptr_t", cdata))
+
+
+def _check_vcpu_info(d: Domain) -> None:
+    """Each vCPU's vcpu_info is where its registration (or its legacy slot, or none for
+    vCPUs 32..) says, in both views of shared_info; vCPUs 32..'s poll state adds up."""
+    A, nv, t = d.domid, len(d.vcpus), d._vcpu_info
+    n = max(nv, XEN_LEGACY_MAX_VCPUS)
+    for s in (d.shared_info._s, ffi.addressof(d._c, "si")):
+        if s.vcpu_info != t.c or s.nr_vcpu_info != n:
+            raise InvariantError("vcpu-info", f"d{A}: a shared_info view does not use the domain's table")
+    if len(t.areas) != nv:
+        raise InvariantError("vcpu-info", f"d{A}: {len(t.areas)} registrations for {nv} vCPUs")
+    base, frames = _address(d.shared_info._cdata), set()
+    for v in range(n):
+        area = t.areas[v] if v < nv else None
+        if area is None:
+            want = base + v * VCPU_INFO_SIZE if v < XEN_LEGACY_MAX_VCPUS else 0
+        else:
+            gfn, off = area
+            if not d.memory.valid(gfn) or off + VCPU_INFO_SIZE > PAGE_SIZE or off % 4 or \
+                    (d.layout == "x86_64" and off % 8):
+                raise InvariantError("vcpu-info", f"d{A} vCPU {v}: registered at {gfn}:{off}")
+            want = _address(d.memory.frame(gfn)) + off
+            frames.add(gfn)
+        if _address(t.c[v]) != want:
+            raise InvariantError("vcpu-info", f"d{A} vCPU {v}: the C table points elsewhere")
+    if frames != d.memory.vcpu_info_frames:
+        raise InvariantError("vcpu-info", f"d{A}: vcpu_info frames {sorted(d.memory.vcpu_info_frames)}, "
+                             f"registered {sorted(frames)}")
+    c, hi = d._c, nv - XEN_LEGACY_MAX_VCPUS
+    if hi <= 0:
+        if c.hi_bits != ffi.NULL or c.hi_polling:
+            raise InvariantError("vcpu-bits", f"d{A}: state for vCPUs 32.. with {nv} vCPUs")
+        return
+    words = int(c.hi_words)
+    if words != (hi + 31) // 32 or c.hi_bits == ffi.NULL:
+        raise InvariantError("vcpu-bits", f"d{A}: {words} words for {hi} vCPUs past 31")
+    polling = 0
+    for m in range(3):
+        for w in range(words):
+            bits = int(c.hi_bits[m * words + w])
+            if bits >> min(32, hi - 32 * w):
+                raise InvariantError("vcpu-bits", f"d{A}: a bit names a vCPU that does not exist")
+            polling += bin(bits).count("1") if m == 0 else 0
+    if polling != int(c.hi_polling):
+        raise InvariantError("vcpu-bits", f"d{A}: {polling} vCPUs past 31 poll, counted {int(c.hi_polling)}")
 
 
 def _check_hv(hv: Hypervisor, live: dict[int, Domain], pirq_owners: dict[int, list[Domain]]) -> None:

@@ -20,7 +20,7 @@ DEFAULT_FRAMES = 262144  # 1 GiB of 4 KiB frames
 class GuestMemory:
     """Frames ``0 .. nr_frames-1`` of one domain, allocated lazily."""
 
-    __slots__ = ("nr_frames", "_frames", "_in_use", "_retired")
+    __slots__ = ("nr_frames", "_frames", "_in_use", "_retired", "_vcpu_info")
 
     def __init__(self, nr_frames: int = DEFAULT_FRAMES) -> None:
         if not isinstance(nr_frames, int):
@@ -31,6 +31,7 @@ class GuestMemory:
         self._frames: dict[int, tuple[Any, Any]] = {}  # gfn -> (char * cdata, owner)
         self._in_use: dict[int, int] = {}  # gfn -> how many FIFO structures use it
         self._retired: list[Any] = []  # pages C may still point at: kept alive
+        self._vcpu_info: set[int] = set()  # frames holding a registered vcpu_info, for good
 
     def _gfn(self, gfn: Any) -> int:
         if not isinstance(gfn, int):
@@ -76,13 +77,17 @@ class GuestMemory:
         """Place the caller's own writable page (>= 4096 bytes, 8-byte aligned) at ``gfn``.
 
         Refused (``ValueError``) while the frame is a FIFO control block or event-array
-        page. Only the first 4096 bytes are used; the caller keeps the buffer alive.
+        page, or holds a registered vcpu_info. Only the first 4096 bytes are used; the
+        caller keeps the buffer alive.
         """
         gfn = self._gfn(gfn)
         cdata, _ = _writable_cdata(buffer, PAGE_SIZE, "page")
         if gfn in self._in_use:
             ffi.release(cdata)
             raise ValueError(f"gfn {gfn} is in use as a FIFO control block or event-array page")
+        if gfn in self._vcpu_info:
+            ffi.release(cdata)
+            raise ValueError(f"gfn {gfn} holds a registered vcpu_info")
         old = self._frames.get(gfn)
         if old is not None:
             self._retired.append(old)
@@ -105,6 +110,17 @@ class GuestMemory:
         """Mark ``gfn`` as used by a FIFO structure; returns its ``char *``."""
         self._in_use[gfn] = self._in_use.get(gfn, 0) + 1
         return self.frame(gfn)
+
+    def pin_vcpu_info(self, gfn: int) -> Any:
+        """Mark ``gfn`` as holding a registered vcpu_info (until the domain dies: neither
+        a FIFO teardown nor a reset undoes it); returns its ``char *``."""
+        self._vcpu_info.add(gfn)
+        return self.frame(gfn)
+
+    @property
+    def vcpu_info_frames(self) -> frozenset[int]:
+        """The frames that hold a registered vcpu_info."""
+        return frozenset(self._vcpu_info)
 
     def unpin_all(self) -> None:
         """The FIFO ABI was torn down: every frame may be remapped again."""

@@ -50,7 +50,7 @@ import secrets
 import struct
 from typing import TYPE_CHECKING, Any
 
-from .constants import PAGE_SIZE
+from .constants import PAGE_SIZE, XEN_LEGACY_MAX_VCPUS
 from .shared_info import SharedInfo, layout_code
 
 if TYPE_CHECKING:
@@ -223,6 +223,10 @@ class SharedPage:
                              f"not {kwargs['layout']!r}")
         if self._si is not None:
             raise ValueError("close the page's own shared_info view before creating its domain")
+        vcpus = kwargs.get("vcpus", 1)
+        if isinstance(vcpus, int) and not 1 <= vcpus <= XEN_LEGACY_MAX_VCPUS:
+            # The other process sees shared_info only: every vCPU needs its legacy slot.
+            raise ValueError(f"a SharedPage domain has 1..{XEN_LEGACY_MAX_VCPUS} vCPUs, not {vcpus}")
         # The mmap itself is the buffer (not a memoryview of it: a memoryview with a live
         # export must never be left to the cycle collector).
         d = hv.create_domain(shared_info=self._map, **kwargs)

@@ -65,6 +65,8 @@ from .constants import (
     NR_PIRQS_MAX,
     NR_VIRQS,
     SHARED_INFO_SIZE,
+    MAX_VIRT_CPUS,
+    VCPU_INFO_SIZE,
     XEN_LEGACY_MAX_VCPUS,
     ChannelState,
     VirqClass,
@@ -89,10 +91,10 @@ _CHAN_FIELDS = ("state", "xen_consumer", "notify_vcpu", "remote_dom", "priority"
                 "remote_port", "info", "last_vcpu", "last_priority")
 _CHAN = struct.Struct("=BBHHBBIIBBH4xQ")  # ... then padding (zero) and the user pointer (NULL)
 assert _CHAN.size == ffi.sizeof("struct xe_chan")
-assert [ffi.offsetof("struct xe_chan", f) for f in (*_CHAN_FIELDS, "_pad", "user")] == \
+assert [ffi.offsetof("struct xe_chan", f) for f in (*_CHAN_FIELDS, "last_vcpu_hi", "user")] == \
     [0, 1, 2, 4, 6, 7, 8, 12, 16, 17, 18, 24]
 _CHAN_LIMITS = (0xFF, 0xFF, 0xFFFF, 0xFFFF, EVTCHN_FIFO_MAX_QUEUES - 1, 1, 0xFFFFFFFF, 0xFFFFFFFF,
-                XEN_LEGACY_MAX_VCPUS - 1, EVTCHN_FIFO_MAX_QUEUES - 1)
+                MAX_VIRT_CPUS - 1, EVTCHN_FIFO_MAX_QUEUES - 1)  # last_vcpu: the whole number
 _MAX_PORTS = EVTCHN_FIFO_NR_CHANNELS  # a domain that ever used FIFO may have ports up to here
 _SCAN_FIELDS = ("pending_words", "bits", "vcpu", "cursor_word", "cursor_bit", "start_w", "start_b",
                 "w", "b", "i", "in_word", "end_visit", "commit", "next_word", "next_bit")
@@ -115,12 +117,12 @@ def _capture_fifo(d: Domain) -> dict[str, Any] | None:
     if f is None:
         return None
     for v in range(len(d.vcpus)):
-        if any(f.c.vcpu[v].queue[q].lock for q in range(EVTCHN_FIFO_MAX_QUEUES)):  # pragma: no cover
+        if any(f.vcpu(v).queue[q].lock for q in range(EVTCHN_FIFO_MAX_QUEUES)):  # pragma: no cover
             raise ValueError(f"domain {d.domid}: a FIFO queue is locked (a send is running)")
     return {
         "control_blocks": sorted([v, gfn, off] for v, (gfn, off) in f.control_blocks.items()),
         "array_gfns": list(f.array_gfns),
-        "tails": [[int(f.c.vcpu[v].queue[q].tail) for q in range(EVTCHN_FIFO_MAX_QUEUES)]
+        "tails": [[int(f.vcpu(v).queue[q].tail) for q in range(EVTCHN_FIFO_MAX_QUEUES)]
                   for v in range(len(d.vcpus))],
     }
 
@@ -156,7 +158,70 @@ def _apply_fifo(d: Domain, plan: dict[str, Any]) -> None:
     restore_state(d, plan["control_blocks"], plan["array_gfns"], plan["tails"])
 
 
-SECTIONS: dict[str, Section] = {"fifo": Section(1, _capture_fifo, _check_fifo, _apply_fifo)}
+def _capture_vcpus(d: Domain) -> dict[str, Any] | None:
+    """vcpu_info registrations, and the poll/kick/wake state of vCPUs 32.. (absent for a
+    domain with neither: older snapshots are such domains)."""
+    t, c, nv = d._vcpu_info, d._c, len(d.vcpus)
+    regs = sorted([v, gfn, off] for v, (gfn, off) in t.registered().items())
+    if not regs and nv <= XEN_LEGACY_MAX_VCPUS:
+        return None
+    data: dict[str, Any] = {"registered": regs}
+    if nv > XEN_LEGACY_MAX_VCPUS:
+        words = int(c.hi_words)
+        data["hi"] = {"bits": [int(x) for x in c.hi_bits[0:3 * words]],
+                      "poll_evtchn": [int(x) for x in c.hi_poll_evtchn[0:nv - XEN_LEGACY_MAX_VCPUS]]}
+    return data
+
+
+def _check_vcpus(data: Any, dom: dict[str, Any]) -> dict[str, Any]:
+    where = f"domain {dom['domid']}.sections.vcpus"
+    nv, nframes = dom["vcpus"], dom["memory"]["nr_frames"]
+    hi = nv - XEN_LEGACY_MAX_VCPUS
+    data = _obj(data, where, ("registered", "hi") if hi > 0 else ("registered",))
+    align = 8 if dom["layout"] == "x86_64" else 4
+    regs: dict[int, tuple[int, int]] = {}
+    listed = _list(data["registered"], f"{where}.registered")
+    if len(listed) > nv:
+        raise _fail(f"{where}.registered", f"{len(listed)} registrations for {nv} vCPUs")
+    for i, r in enumerate(listed):
+        v, gfn, off = _list(r, f"{where}.registered[{i}]", 3)
+        v = _int(v, f"{where}.registered[{i}].vcpu", 0, nv - 1)
+        gfn = _int(gfn, f"{where}.registered[{i}].gfn", 0, nframes - 1)
+        off = _int(off, f"{where}.registered[{i}].offset", 0, PAGE_SIZE - VCPU_INFO_SIZE)
+        if off % align or v in regs:
+            raise _fail(f"{where}.registered[{i}]", "misaligned or a repeated vCPU")
+        regs[v] = (gfn, off)
+    plan: dict[str, Any] = {"registered": regs}
+    if hi > 0:
+        h = _obj(data["hi"], f"{where}.hi", ("bits", "poll_evtchn"))
+        words = (hi + 31) // 32
+        bits = [_int(x, f"{where}.hi.bits", 0, 0xFFFFFFFF) for x in _list(h["bits"], f"{where}.hi.bits", 3 * words)]
+        if any(bits[m * words + w] >> min(32, hi - 32 * w) for m in range(3) for w in range(words)):
+            raise _fail(f"{where}.hi.bits", "a bit names a vCPU that does not exist")
+        pe = [_int(x, f"{where}.hi.poll_evtchn", -(2**31), 2**31 - 1)
+              for x in _list(h["poll_evtchn"], f"{where}.hi.poll_evtchn", hi)]
+        plan["hi"] = (bits, pe)
+    return plan
+
+
+def _apply_vcpus(d: Domain, plan: dict[str, Any]) -> None:
+    """The areas' bytes came back with the domain's memory: only the pointers move."""
+    t = d._vcpu_info
+    for v, (gfn, off) in sorted(plan["registered"].items()):
+        t.c[v] = d.memory.pin_vcpu_info(gfn) + off
+        t.areas[v] = (gfn, off)
+    if "hi" in plan:
+        bits, pe = plan["hi"]
+        c = d._c
+        for i, x in enumerate(bits):
+            c.hi_bits[i] = x
+        for i, x in enumerate(pe):
+            c.hi_poll_evtchn[i] = x
+        c.hi_polling = sum(bin(x).count("1") for x in bits[:int(c.hi_words)])
+
+
+SECTIONS: dict[str, Section] = {"fifo": Section(1, _capture_fifo, _check_fifo, _apply_fifo),
+                                "vcpus": Section(1, _capture_vcpus, _check_vcpus, _apply_vcpus)}
 
 
 # ---- capture ------------------------------------------------------------------------------
@@ -200,14 +265,14 @@ def _capture_domain(d: Domain) -> dict[str, Any]:
     for port, rec in enumerate(_CHAN.iter_unpack(raw[:end])):
         if not any(rec):
             continue
-        if rec[10] or rec[11]:
+        if rec[11]:
             raise ValueError(
                 f"domain {d.domid} port {port} is bound through a XenEvtchn handle: its file "
                 "descriptor and queue cannot be captured; close the handle before taking a snapshot"
             )
         if pt.state[port] != rec[0]:  # pragma: no cover - the mirror is kept by PortTable
             raise AssertionError(f"port table mirror out of step at d{d.domid} port {port}")
-        chans.append([port, *rec[:10]])
+        chans.append([port, *rec[:8], rec[8] | rec[10] << 8, rec[9]])  # last_vcpu whole
     sections = {}
     for name, sec in SECTIONS.items():
         data = sec.capture(d)
@@ -335,7 +400,7 @@ def _check_domain(raw: Any, where: str) -> dict[str, Any]:
                           "sections"))
     domid = _int(d["domid"], f"{where}.domid", 0, DOMID_FIRST_RESERVED - 1)
     where = f"domain {domid}"
-    nv = _int(d["vcpus"], f"{where}.vcpus", 1, XEN_LEGACY_MAX_VCPUS)
+    nv = _int(d["vcpus"], f"{where}.vcpus", 1, MAX_VIRT_CPUS)
     _bool(d["privileged"], f"{where}.privileged")
     _bool(d["dying"], f"{where}.dying")
     if d["layout"] not in LAYOUTS:
@@ -508,7 +573,7 @@ def _check(doc: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         t = _list(t, f"hv.timers[{i}]", 4)
         timers.append((_int(t[0], f"hv.timers[{i}].deadline", 0, 2**64 - 1),
                        _int(t[1], f"hv.timers[{i}].domid", 0, DOMID_FIRST_RESERVED - 1),
-                       _int(t[2], f"hv.timers[{i}].vcpu", 0, XEN_LEGACY_MAX_VCPUS - 1),
+                       _int(t[2], f"hv.timers[{i}].vcpu", 0, MAX_VIRT_CPUS - 1),
                        _int(t[3], f"hv.timers[{i}].seq", 0, h["timer_counter"])))
     if any(timers[(i - 1) // 2] > timers[i] for i in range(1, len(timers))):
         raise _fail("hv.timers", "not a heap")
@@ -517,7 +582,7 @@ def _check(doc: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for i, t in enumerate(_list(h["timer_seq"], "hv.timer_seq")):
         t = _list(t, f"hv.timer_seq[{i}]", 3)
         key = (_int(t[0], f"hv.timer_seq[{i}]", 0, DOMID_FIRST_RESERVED - 1),
-               _int(t[1], f"hv.timer_seq[{i}]", 0, XEN_LEGACY_MAX_VCPUS - 1))
+               _int(t[1], f"hv.timer_seq[{i}]", 0, MAX_VIRT_CPUS - 1))
         if key in tseq:
             raise _fail("hv.timer_seq", "repeated vCPU")
         tseq[key] = _int(t[2], f"hv.timer_seq[{i}]", 0, h["timer_counter"])
@@ -603,7 +668,7 @@ def _apply_domain(d: Domain, p: dict[str, Any]) -> None:
         pt.grow(_MAX_PORTS)
     buf = bytearray(pt.chans_len * _CHAN.size)
     for port, vals in p["_recs"].items():
-        _CHAN.pack_into(buf, port * _CHAN.size, *vals, 0, 0)
+        _CHAN.pack_into(buf, port * _CHAN.size, *vals[:8], vals[8] & 0xFF, vals[9], vals[8] >> 8, 0)
         pt.state[port] = vals[0]
         if vals[1]:
             d._xen_channels[port] = None  # the consumer's callable is code: not captured

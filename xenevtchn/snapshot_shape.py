@@ -27,7 +27,7 @@ from .constants import (
     IRQ_MAX_GUESTS_LIMIT,
     NR_PIRQS_MAX,
     NR_VIRQS,
-    XEN_LEGACY_MAX_VCPUS,
+    MAX_VIRT_CPUS,
 )
 
 MAX_TEXT = 256 << 20        # decompressed bytes restore accepts at all
@@ -62,7 +62,7 @@ def _ints(n: int, hi: int | None = None) -> tuple[str, int, int]:
     return ("ints", n, n if hi is None else hi)
 
 
-_NV = XEN_LEGACY_MAX_VCPUS
+_NV = MAX_VIRT_CPUS
 _SCAN_KEYS = ("pending_words", "bits", "vcpu", "cursor_word", "cursor_bit", "start_w", "start_b",
               "w", "b", "i", "in_word", "end_visit", "commit", "next_word", "next_bit")
 DOMAIN = ("obj", {
@@ -86,7 +86,7 @@ DOCUMENT = ("obj", {
     "hv": ("obj", {
         "now": INT, "timer_counter": INT,
         "timers": ("list", _ints(4), MAX_TIMERS),
-        "timer_seq": ("list", _ints(3), DOMID_FIRST_RESERVED * _NV),
+        "timer_seq": ("list", _ints(3), DOMID_FIRST_RESERVED * 32),
         "hardware_domain": ("opt", INT), "hardware_domain_created": BOOL,
         "virq_handlers": ("list", _ints(2), NR_VIRQS),
         "irq_guests": ("list", ("tuple", (INT, _ints(0, IRQ_MAX_GUESTS_LIMIT))), NR_PIRQS_MAX),

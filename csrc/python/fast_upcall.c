@@ -220,7 +220,7 @@ static PyObject *make_fast_upcall(PyObject *module, PyObject *args)
     if (!PyCallable_Check(slow))
         return PyErr_Format(PyExc_TypeError, "slow must be callable");
     if (base % (1ul << XE_KEY_PORT_BITS) || base >> XE_KEY_PORT_BITS >= XE_NR_SLOTS ||
-        nv == 0 || nv > XE_MAX_VCPUS)
+        nv == 0 || nv > XE_MAX_VIRT_CPUS)
         return PyErr_Format(PyExc_ValueError, "bad key base %lu or vCPU count %lu", base, nv);
     struct fast_upcall *st = PyMem_Malloc(sizeof *st);
     if (!st)

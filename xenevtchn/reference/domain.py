@@ -21,7 +21,7 @@ from xenevtchn.constants import (
 )
 from xenevtchn.errors import EvtchnError
 
-from . import commands, event_2l, hypercall, poll
+from . import commands, event_2l, hypercall, poll, vcpu_op
 from .channel import ECS_FREE, ECS_RESERVED, Channel
 from .event_fifo import FifoState
 from .guest import Guest, make_guest
@@ -68,6 +68,11 @@ class Vcpu:
     def pending_sel(self) -> int:
         """``vcpu_info.evtchn_pending_sel``."""
         return self._domain.shared_info.pending_sel(self.id)
+
+    @property
+    def vcpu_info(self) -> memoryview | None:
+        """The live 64-byte vcpu_info wherever it lives; None while it has none."""
+        return self._domain.shared_info.vcpu_info(self.id)
 
     @property
     def polling(self) -> bool:
@@ -134,6 +139,8 @@ class Domain:
         self.destroyed = False
         # Ports bound through a XenEvtchn handle (libxenevtchn), and their handle.
         self.handle_ports: dict[int, XenEvtchn] = {}
+        # VCPUOP_register_vcpu_info: vcpu -> (gfn, offset in the frame), for good.
+        self.registered_vcpu_info: dict[int, tuple[int, int]] = {}
         self._guest: Guest = make_guest(self, guest)
 
     # -- public attributes ----------------------------------------------------------------
@@ -363,6 +370,24 @@ class Domain:
         finally:
             if hv.hooks_queued:
                 hv.run_hooks()
+
+    def vcpu_op(self, cmd: int, vcpu: int, arg: object) -> int:
+        """Raw HYPERVISOR_vcpu_op (register_vcpu_info 10; else -ENOSYS): 0 or ``-errno``."""
+        cmd, vcpu = as_int(cmd, "cmd"), as_int(vcpu, "vcpu")
+        data = writable_bytes(arg, "arg").tobytes()  # copied in
+        if self.destroyed:
+            return -errno.ESRCH
+        hv = self.hypervisor
+        try:
+            return vcpu_op.vcpu_op(self, cmd, vcpu, data)
+        finally:
+            if hv.hooks_queued:
+                hv.run_hooks()
+
+    def register_vcpu_info(self, gfn: int, offset: int, vcpu: int) -> None:
+        """VCPUOP_register_vcpu_info: ``vcpu``'s vcpu_info moves to ``gfn`` + ``offset``."""
+        args = (u64(gfn, "gfn"), u32(offset, "offset"), u32(vcpu, "vcpu"))
+        self._call("register_vcpu_info", vcpu_op.register_vcpu_info, *args)
 
     def sched_poll(self, ports: Sequence[int] | object, timeout: int = 0, vcpu: int = 0) -> bool:
         """SCHEDOP_poll on vCPU ``vcpu``: True if it returns at once, False if now blocked."""

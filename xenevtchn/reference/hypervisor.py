@@ -13,7 +13,7 @@ from xenevtchn.constants import (
     NR_PIRQS,
     NR_PIRQS_MAX,
     NR_VIRQS,
-    XEN_LEGACY_MAX_VCPUS,
+    MAX_VIRT_CPUS,
     VirqClass,
     virq_class,
 )
@@ -117,7 +117,7 @@ class Hypervisor:
         ``"minios"`` (else ``ValueError``). ``memory_frames``: how many 4 KiB frames
         ``d.memory`` has (1 .. 2**40).
         """
-        vcpus = int_in_range(vcpus, "vcpus", 1, XEN_LEGACY_MAX_VCPUS)
+        vcpus = int_in_range(vcpus, "vcpus", 1, MAX_VIRT_CPUS)  # x86 PV (xen-hvm-and-beyond §1.3)
         if domid is not None:
             domid = int_in_range(domid, "domid", 0, DOMID_FIRST_RESERVED - 1)
         if max_evtchn_port is None:

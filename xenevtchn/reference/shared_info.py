@@ -86,6 +86,26 @@ class SharedInfo:
                 f"at least {self.layout.size}"
             )
         self._view = view
+        # vCPUs whose vcpu_info is not their legacy slot: the area they registered, or
+        # None (vCPUs 32.. start with none: Xen's dummy, written to but never read).
+        self._placed: dict[int, memoryview | None] = {}
+
+    # -- where each vcpu_info lives (VCPUOP_register_vcpu_info, xen-hvm-and-beyond §3.1) --
+    def vcpu_info(self, vcpu: int) -> memoryview | None:
+        """The 64 bytes of ``vcpu``'s vcpu_info wherever it lives, or None when it has none."""
+        if vcpu in self._placed:
+            return self._placed[vcpu]
+        if vcpu < XEN_LEGACY_MAX_VCPUS:
+            return self._view[vcpu * VCPU_INFO_SIZE : (vcpu + 1) * VCPU_INFO_SIZE]
+        return None
+
+    def place_vcpu_info(self, vcpu: int, area: memoryview) -> None:
+        """From now on ``vcpu``'s vcpu_info is ``area`` (64 bytes); the old one is left alone."""
+        self._placed[vcpu] = area
+
+    def _vi_byte(self, vcpu: int, offset: int) -> int:
+        vi = self.vcpu_info(vcpu)
+        return 0 if vi is None else vi[offset]
 
     # -- public API ---------------------------------------------------------------------
     @property
@@ -153,36 +173,47 @@ class SharedInfo:
         return True
 
     def test_and_set_sel(self, vcpu: int, word: int) -> bool:
-        """Set bit ``word`` of ``vcpu``'s ``evtchn_pending_sel``; return its old value."""
-        i = vcpu * VCPU_INFO_SIZE + self.layout.sel_offset + (word >> 3)
+        """Set bit ``word`` of ``vcpu``'s ``evtchn_pending_sel``; return its old value.
+        A vCPU with no vcpu_info: its writes go nowhere, reported as "already set" so
+        that nothing follows them (no upcall flag, no kick)."""
+        vi = self.vcpu_info(vcpu)
+        if vi is None:
+            return True
+        i = self.layout.sel_offset + (word >> 3)
         bit = 1 << (word & 7)
-        old = self._view[i]
+        old = vi[i]
         if old & bit:
             return True
-        self._view[i] = old | bit
+        vi[i] = old | bit
         return False
 
     def test_and_set_upcall_pending(self, vcpu: int) -> bool:
-        """Set bit 0 of ``vcpu``'s ``evtchn_upcall_pending``; return its old value."""
-        i = vcpu * VCPU_INFO_SIZE + UPCALL_PENDING_OFFSET
-        old = self._view[i]
+        """Set bit 0 of ``vcpu``'s ``evtchn_upcall_pending``; return its old value (True,
+        i.e. nothing to notify, for a vCPU with no vcpu_info)."""
+        vi = self.vcpu_info(vcpu)
+        if vi is None:
+            return True
+        old = vi[UPCALL_PENDING_OFFSET]
         if old & 1:
             return True
-        self._view[i] = old | 1
+        vi[UPCALL_PENDING_OFFSET] = old | 1
         return False
 
     def upcall_pending(self, vcpu: int) -> int:
-        """``vcpu_info[vcpu].evtchn_upcall_pending`` (a byte)."""
-        return self._view[vcpu * VCPU_INFO_SIZE + UPCALL_PENDING_OFFSET]
+        """``evtchn_upcall_pending`` of ``vcpu``'s vcpu_info (a byte; 0 with none)."""
+        return self._vi_byte(vcpu, UPCALL_PENDING_OFFSET)
 
     def upcall_mask(self, vcpu: int) -> int:
-        """``vcpu_info[vcpu].evtchn_upcall_mask`` (a byte)."""
-        return self._view[vcpu * VCPU_INFO_SIZE + UPCALL_MASK_OFFSET]
+        """``evtchn_upcall_mask`` of ``vcpu``'s vcpu_info (a byte; 0 with none)."""
+        return self._vi_byte(vcpu, UPCALL_MASK_OFFSET)
 
     def pending_sel(self, vcpu: int) -> int:
-        """``vcpu_info[vcpu].evtchn_pending_sel`` (a 64- or 32-bit word)."""
-        start = vcpu * VCPU_INFO_SIZE + self.layout.sel_offset
-        return int.from_bytes(self._view[start : start + self.layout.sel_size], "little")
+        """``evtchn_pending_sel`` of ``vcpu``'s vcpu_info (a 64- or 32-bit word; 0 with none)."""
+        vi = self.vcpu_info(vcpu)
+        if vi is None:
+            return 0
+        start = self.layout.sel_offset
+        return int.from_bytes(vi[start : start + self.layout.sel_size], "little")
 
     # -- guest primitives (the guest kernel's own reads and atomic writes) --------------
     def set_mask(self, port: int) -> None:
@@ -208,13 +239,19 @@ class SharedInfo:
         return self._word(self.layout.mask_offset, word)
 
     def exchange_sel(self, vcpu: int, value: int = 0) -> int:
-        """``xchg(vcpu_info[vcpu].evtchn_pending_sel, value)``: return the old word."""
-        start = vcpu * VCPU_INFO_SIZE + self.layout.sel_offset
+        """``xchg(evtchn_pending_sel, value)`` in ``vcpu``'s vcpu_info: the old word (0
+        and nothing written for a vCPU with none)."""
+        vi = self.vcpu_info(vcpu)
+        if vi is None:
+            return 0
+        start = self.layout.sel_offset
         end = start + self.layout.sel_size
-        old = int.from_bytes(self._view[start:end], "little")
-        self._view[start:end] = value.to_bytes(self.layout.sel_size, "little")
+        old = int.from_bytes(vi[start:end], "little")
+        vi[start:end] = value.to_bytes(self.layout.sel_size, "little")
         return old
 
     def clear_upcall_pending(self, vcpu: int) -> None:
-        """``vcpu_info[vcpu].evtchn_upcall_pending = 0`` (the first thing an upcall does)."""
-        self._view[vcpu * VCPU_INFO_SIZE + UPCALL_PENDING_OFFSET] = 0
+        """``evtchn_upcall_pending = 0`` in ``vcpu``'s vcpu_info (the first thing an upcall does)."""
+        vi = self.vcpu_info(vcpu)
+        if vi is not None:
+            vi[UPCALL_PENDING_OFFSET] = 0
