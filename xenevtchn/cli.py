@@ -15,7 +15,7 @@ import time
 from typing import IO, Any, Callable, NoReturn, Sequence
 
 from .atomic_file import AtomicOutput
-from .scenario import MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario
+from .scenario import GUESTS_LIMIT, MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario
 
 EXIT_USAGE = 2
 
@@ -31,14 +31,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _count(lo: int, hi: int, what: str) -> Callable[[str], int]:
+def _count(lo: int, hi: int, what: str, why: str | None = None) -> Callable[[str], int]:
+    """``why``: whose limit ``hi`` is, said when a value is above it."""
     def parse(text: str) -> int:
         try:
             value = int(text.replace("_", ""), 10)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
         if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, not {value}")
+            because = f" ({why})" if why is not None and value > hi else ""
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, not {value}{because}")
         return value
 
     parse.__name__ = what
@@ -139,7 +141,7 @@ def _sweep_parser(sub: Any) -> None:
 
 def _scenario_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", metavar="FILE.toml", help="a scenario file (see docs; default: built in)")
-    p.add_argument("--guests", type=_count(1, MAX_GUESTS, "--guests"), metavar="N",
+    p.add_argument("--guests", type=_count(1, MAX_GUESTS, "--guests", GUESTS_LIMIT), metavar="N",
                    help="guests in the built-in scenario (default 4)")
     p.add_argument("--vcpus", type=_count(1, 32, "--vcpus"), metavar="N",
                    help="vCPUs per guest in the built-in scenario (default 2)")
