@@ -11,10 +11,10 @@ import json
 import os
 import platform
 import sys
-import time
-from typing import IO, Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from .atomic_file import AtomicOutput
+from .progress import ProgressBar, wanted
 from .scenario import GUESTS_LIMIT, MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario
 
 EXIT_USAGE = 2
@@ -175,37 +175,6 @@ def _commit(out: AtomicOutput, what: str) -> None:
         raise UsageError(f"cannot write {what} '{out.path}': {exc.strerror or exc}") from None
 
 
-# ---- progress bar ---------------------------------------------------------------------
-
-class Progress:
-    """A one-line progress bar on a terminal, redrawn at most ten times a second."""
-
-    def __init__(self, out: IO[str], label: str = "simulating") -> None:
-        self.out = out
-        self.label = label
-        self.last = 0.0
-        self.start = time.perf_counter()
-        self.drawn = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < 0.1 and done < total:
-            return
-        self.last = now
-        frac = done / total if total else 1.0
-        width = 30
-        bar = "#" * int(frac * width)
-        rate = done / (now - self.start) if now > self.start else 0.0
-        self.out.write(f"\r{self.label} [{bar:<{width}}] {frac:4.0%} {done:,}/{total:,} events, {rate:,.0f}/s ")
-        self.out.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        if self.drawn:
-            self.out.write("\r" + " " * 79 + "\r")
-            self.out.flush()
-
-
 # ---- output -----------------------------------------------------------------------------
 
 _COLS = ("sent", "delivered", "coalesced", "masked")
@@ -293,8 +262,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         sim = Simulation(sc, trace=TraceRecorder() if tracing else None,
                          record_timeline=plot_out is not None, engine=engine)
-        show = args.progress if args.progress is not None else sys.stderr.isatty()
-        bar = Progress(sys.stderr) if show and not args.quiet else None
+        bar = ProgressBar(sys.stderr, "events", "simulate") if wanted(sys.stderr, args.progress, args.quiet) else None
         interrupted = False
         try:
             sim.run(progress=bar)
@@ -375,8 +343,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except (GridError, ValueError, sw.EngineUnavailable) as exc:
         raise UsageError(str(exc)) from None
     client = _dask_client(args.scheduler) if args.scheduler is not None else None
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
-    bar = sw.RunsProgress(sys.stderr) if show and not args.quiet else None
+    bar = ProgressBar(sys.stderr, "runs", "sweep") if wanted(sys.stderr, args.progress, args.quiet) else None
     interrupted = False
     try:
         records = sw.run_points(points, engine=args.engine, client=client, workers=args.workers, progress=bar)
