@@ -56,8 +56,10 @@ class ProgressBar:
 
         # One column short of the width: a line that fills the last column wraps on some
         # terminals, and the next redraw would then start on a fresh line.
+        # nrows given: tqdm reads it from the terminal otherwise, and hides its bar on one
+        # that reports no size (a fresh pty, some CI runners' terminals).
         return tqdm(
-            total=total, file=self.out, ncols=max(columns(self.out) - 1, 10),
+            total=total, file=self.out, ncols=max(columns(self.out) - 1, 10), nrows=24,
             mininterval=1 / REDRAWS_PER_S, miniters=1, desc=self.label or None, unit=f" {self.unit}",
             unit_scale=True, leave=False, ascii=" #", dynamic_ncols=False,
             # the ETA before the rate: on a narrow terminal the end of the line goes first
