@@ -75,7 +75,7 @@ def test_sweep_bar_is_the_same_bar(tmp_path):
     rc, _, term = _on_tty(["sweep", "--param", "seed=1..3", "--events", "200", "--workers", "1",
                            "--out", str(tmp_path / "r.csv")], tmp_path, columns=60)
     assert rc == 0
-    bars = [ln for ln in _redraws(term) if b"sweep:" in ln]
+    bars = [ln for ln in _redraws(term) if ln.startswith(b"sweep:") and b"%|" in ln]
     assert any(b"3/3 runs" in ln for ln in bars) and any(b"ETA" in ln for ln in bars)
     assert all(len(ln.decode()) <= 59 for ln in bars)
     assert _redraws(term)[-2].startswith(b"sweep: 3 runs in ")  # the note, after the bar is erased
