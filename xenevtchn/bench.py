@@ -38,6 +38,12 @@ What a row measures
 * ``simulate: C engine vs Python engine``: the default scenario (``ENGINE_EVENTS`` events)
   run from a fresh ``Simulation`` by each engine; the target is the C engine at 40x the
   Python engine's events per second or more.
+* ``simulate scale``: the default scenario at 1,000 guests against 10 guests on one engine
+  (``SCALE_EVENTS`` events, a fresh ``Simulation`` per round, built untimed): per-event
+  cost must stay within 1.5x as the world grows.
+* ``simulate memory``: the peak RSS of a child process that runs 4,000,000 events on the C
+  engine against one that runs 200,000 (a quantity, not a time: ``Case.metric``); within 1.2x.
+* ``progress bar``: a C engine run drawing its tqdm bar (to /dev/null) against one with none.
 * Times are the minimum over rounds of (round time / events in the round); the garbage
   collector is off while timing.
 """
@@ -74,6 +80,8 @@ class Case:
     ops: int
     setup: Callable[[], None] | None = None
     check: Callable[[Any], None] | None = None
+    metric: Callable[[Any], float] | None = None  # a quantity read from run()'s result (then
+    #                                               not its time), e.g. peak bytes; per op
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class Spec:
     kind: str = "max"         # "max": ours/floor <= target; "speedup": floor/ours >= target
     rounds: int = 600
     ci: bool = False          # its target holds with margin on a loaded 2-core machine (--ci)
+    unit: str = "ns"          # what ours and floor are in: "ns" per op, or "B" (Case.metric)
 
     def ratio(self, ours_ns: float, floor_ns: float) -> float:
         return floor_ns / ours_ns if self.kind == "speedup" else ours_ns / floor_ns
@@ -586,6 +595,133 @@ def _engine_row(xe: Any, floors: Any) -> Built:
     return ("simulate, default scenario, engine='c', per event", side("c"), side("python"))
 
 
+SCALE_GUESTS = (10, 1000)
+SCALE_EVENTS = {"c": 300_000, "python": 30_000}
+
+
+def _scale_row(engine: str) -> Callable[[Any, Any], Built]:
+    """The default scenario at 1,000 guests against the same at 10, on one engine (a fresh
+    Simulation per round, built untimed; per sent event): the per-event cost must not
+    grow with the world."""
+    def build(xe: Any, floors: Any) -> Built:
+        from .scenario import default_scenario
+        from .simulate import Simulation
+
+        events = SCALE_EVENTS[engine]
+
+        def side(guests: int) -> Case:
+            sc = default_scenario(guests=guests, events=events)
+            box: dict[str, Any] = {}
+
+            def setup() -> None:
+                box["sim"] = None
+                gc.collect()  # the last round's world goes before this one is built
+                box["sim"] = Simulation(sc, engine=engine)
+
+            def run() -> Any:
+                box["sim"].run()
+                return box["sim"]
+
+            def check(_sim: Any) -> None:
+                sent = box["sim"].sent
+                assert sent == events, sent
+
+            return Case(run, events, setup, check)
+
+        lo, hi = SCALE_GUESTS
+        return (f"simulate engine={engine!r}, default scenario, {hi:,} guests vs {lo:,}, per event",
+                side(hi), side(lo))
+    return build
+
+
+MEMORY_EVENTS = (200_000, 4_000_000)
+_PEAK_CHILD = """
+import resource, sys
+def peak():  # bytes: Linux's VmHWM (reset below), else ru_maxrss
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss if sys.platform == "darwin" else rss * 1024
+try:  # ru_maxrss survives exec: it would be the parent's peak; "5" resets VmHWM (Linux >= 4.0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+from xenevtchn.scenario import default_scenario
+from xenevtchn.simulate import Simulation
+sim = Simulation(default_scenario(events=int(sys.argv[1])), engine="c")
+sim.run()
+print(sim.sent, peak())
+"""
+
+
+def _peak_rss(events: int) -> tuple[int, int]:
+    """(events sent, peak RSS in bytes) of a fresh process that runs the default scenario
+    on the C engine: the whole process, as a user's ``simulate`` run has it (the peak is
+    reset at the child's start: Linux keeps the parent's across fork and exec)."""
+    import subprocess
+    import tempfile
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(events)], capture_output=True,
+                         text=True, check=True, cwd=tempfile.gettempdir(), timeout=600)
+    sent, peak = out.stdout.split()
+    return int(sent), int(peak)
+
+
+def _memory_row(xe: Any, floors: Any) -> Built:
+    """Peak memory of a 4,000,000-event run against a 200,000-event one (latencies go into a
+    fixed histogram, the queue holds what is pending, not what happened)."""
+    lo, hi = MEMORY_EVENTS
+
+    def side(events: int) -> Case:
+        def check(res: Any) -> None:
+            sent, peak = res
+            assert sent == events and peak > 0, res
+
+        return Case(lambda: _peak_rss(events), 1, None, check, metric=lambda res: float(res[1]))
+
+    return (f"simulate --events {hi:,} peak RSS (child process), C engine", side(hi), side(lo))
+
+
+PROGRESS_EVENTS = 1_000_000
+
+
+def _progress_row(xe: Any, floors: Any) -> Built:
+    """A C engine run that draws its progress bar (to a file, so tqdm formats and writes
+    every redraw) against the same run with none: the engine reports between slices."""
+    import os
+
+    from .progress import ProgressBar
+    from .scenario import default_scenario
+    from .simulate import Simulation
+
+    sc = default_scenario(events=PROGRESS_EVENTS)
+    sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the row
+
+    def side(progress: bool) -> Case:
+        box: dict[str, Any] = {}
+
+        def setup() -> None:
+            box["sim"] = Simulation(sc, engine="c")
+            box["bar"] = ProgressBar(sink, "events", "simulate") if progress else None
+
+        def run() -> Any:
+            box["sim"].run(progress=box["bar"])
+            if box["bar"] is not None:
+                box["bar"].close()
+            return box["sim"]
+
+        def check(_sim: Any) -> None:
+            sent = box["sim"].sent
+            assert sent == PROGRESS_EVENTS, sent
+
+        return Case(run, PROGRESS_EVENTS, setup, check)
+
+    return "simulate engine='c' with its progress bar, per event", side(True), side(False)
+
+
 _CFFI = "bare cffi call"
 _FETCH_OR = "C atomic_fetch_or loop"
 # ci=True: the worst of three full runs on the 2-core development machine at load average 6
@@ -631,6 +767,13 @@ _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
     (Spec("(info) pure-Python call", _CFFI, None, rounds=300), _python_call_row),
     (Spec("simulate: C engine vs Python engine", "engine='python'", 40.0, "speedup", rounds=5),
      _engine_row),
+    (Spec("simulate scale: C engine, 1,000 guests vs 10", "10 guests", 1.5, rounds=5), _scale_row("c")),
+    (Spec("simulate scale: Python engine, 1,000 guests vs 10", "10 guests", 1.5, rounds=3),
+     _scale_row("python")),
+    (Spec("simulate memory: 4M events vs 200k, C engine", "200,000 events", 1.2, rounds=3, unit="B"),
+     _memory_row),
+    (Spec("simulate: C engine with progress bar vs without", "no progress bar", 1.1, rounds=5),
+     _progress_row),
 ]
 ROWS: dict[str, Spec] = {spec.name: spec for spec, _ in _SPECS}
 _FACTORIES = {spec.name: factory for spec, factory in _SPECS}
@@ -652,8 +795,10 @@ def _time_round(case: Case) -> float:
     if case.setup is not None:
         case.setup()
     t0 = time.perf_counter_ns()
-    case.run()
+    out = case.run()
     t1 = time.perf_counter_ns()
+    if case.metric is not None:
+        return case.metric(out) / case.ops
     return (t1 - t0) / case.ops
 
 
@@ -686,6 +831,8 @@ def measure(row: Row, rounds: int | None = None, warmup: int = 3) -> Result:
         out = case.run()
         if case.check is not None:
             case.check(out)
+    if row.ours.metric is not None:  # a quantity, not a time: nothing to warm up
+        warmup = 0
     gc_was = gc.isenabled()
     gc.disable()
     try:
@@ -703,7 +850,9 @@ def measure(row: Row, rounds: int | None = None, warmup: int = 3) -> Result:
 
 # ---- the table -----------------------------------------------------------------------------
 
-def _fmt_ns(ns: float) -> str:
+def _fmt_ns(ns: float, unit: str = "ns") -> str:
+    if unit == "B":
+        return f"{ns / 2**20:.1f} MiB"
     return f"{ns:.1f} ns" if ns < 10_000 else f"{ns / 1000:.1f} us"
 
 
@@ -715,7 +864,7 @@ def format_table(results: Sequence[tuple[Spec, float, float]]) -> str:
         ratio = row.ratio(ours, floor)
         ok = row.meets(ratio)
         verdict = "info" if ok is None else ("PASS" if ok else "MISS")
-        lines.append(f"| {row.name} | {_fmt_ns(ours)} | {_fmt_ns(floor)} ({row.floor_name}) | "
+        lines.append(f"| {row.name} | {_fmt_ns(ours, row.unit)} | {_fmt_ns(floor, row.unit)} ({row.floor_name}) | "
                      f"{ratio:.2f}x | {row.target_text()} | {verdict} |")
     return "\n".join(lines)
 
@@ -820,7 +969,8 @@ def _rows_from_json(path: str) -> list[tuple[Spec, float, float]]:
         side = b.get("extra_info", {}).get("side")
         if side is None:
             continue
-        sides.setdefault(b["group"], {})[side] = b["stats"]["min"] * 1e9 / ops
+        value = b.get("extra_info", {}).get("value")  # a metric row's quantity (per op)
+        sides.setdefault(b["group"], {})[side] = value if value is not None else b["stats"]["min"] * 1e9 / ops
     out = []
     for name, spec in ROWS.items():
         got = sides.get(name, {})
