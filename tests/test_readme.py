@@ -75,7 +75,7 @@ def test_readme_cplusplus_section_builds_and_runs(tmp_path):
 
 def _shape(line: str) -> str:
     """A table line with its measured numbers and verdict blanked out."""
-    line = re.sub(r"\| \d+(\.\d+)? (ns|us) ", "| T ", line)   # ours, and floor before its name
+    line = re.sub(r"\| \d+(\.\d+)? (ns|us|MiB) ", "| T ", line)   # ours, and floor before its name
     line = re.sub(r"\| \d+\.\d\dx \|", "| R |", line)          # the ratio
     return re.sub(r"\| (PASS|MISS) \|$", "| V |", line)        # met or not: varies by run
 
