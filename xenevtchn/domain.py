@@ -107,6 +107,12 @@ class _Slot:
         return slot
 
     @classmethod
+    def new_world(cls) -> None:
+        """A new Hypervisor: the next miss collects at once (an old world dropped just
+        before holds its slots until a collection finds its cycles)."""
+        cls._misses = 0
+
+    @classmethod
     def _give_back(cls, n: int, _cdom: Any) -> None:
         """The finalizer: clear the table entry, then make the number free (never blocks)."""
         lib.xe_slot_set(n, ffi.NULL)

@@ -22,7 +22,7 @@ from .constants import (
     VirqClass,
     virq_class,
 )
-from .domain import Domain, Vcpu, _uint
+from .domain import Domain, Vcpu, _Slot, _uint
 from .errors import EvtchnError
 from .guest import GUESTS
 from .memory import DEFAULT_FRAMES, GuestMemory
@@ -58,6 +58,7 @@ class Hypervisor:
         if not 1 <= irq_max_guests <= IRQ_MAX_GUESTS_LIMIT:
             raise ValueError(f"irq_max_guests must be in 1..{IRQ_MAX_GUESTS_LIMIT}, not {irq_max_guests}")
         self.irq_max_guests = int(irq_max_guests)
+        _Slot.new_world()
         self._c = ffi.new("struct xe_hv *")
         self._lock = threading.RLock()
         self._domains: dict[int, Domain] = {}
