@@ -19,8 +19,8 @@ def test_row(benchmark, bench_row, name, side):
     result = benchmark.pedantic(case.run, setup=case.setup, rounds=row.spec.rounds,
                                 warmup_rounds=2, iterations=1)
     case.check(result)   # the last round did all its work (in test runs: the only round)
-    if case.value is not None:   # a row that is not timed (peak memory): its value
-        benchmark.extra_info["value"] = case.value(result)
+    if case.metric is not None:  # a quantity (e.g. peak bytes), read by bench --from-json
+        benchmark.extra_info["value"] = case.metric(result) / case.ops
 
 
 @pytest.mark.parametrize("name", list(bench.ROWS))

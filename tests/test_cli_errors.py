@@ -25,7 +25,10 @@ CASES = [
     (["simulate", "--events", "lots"], "simulate", "argument --events: must be a whole number, not 'lots'"),
     (["simulate", "--events", "0"], "simulate", "argument --events: must be in 1..1000000000, not 0"),
     (["simulate", "--events", "-5"], "simulate", "argument --events"),
-    (["simulate", "--guests", "0"], "simulate", "argument --guests: must be in 1..10000, not 0"),
+    (["simulate", "--guests", "0"], "simulate", "argument --guests: must be in 1..32751, not 0"),
+    (["simulate", "--guests", "40000"], "simulate",
+     "argument --guests: must be in 1..32751, not 40000 (Xen has 32,751 domain ids for guests: domids "
+     "end below DOMID_FIRST_RESERVED (0x7FF0) and dom0 is domid 0)"),
     (["simulate", "--vcpus", "33"], "simulate", "argument --vcpus: must be in 1..32, not 33"),
     (["simulate", "--seed", "x"], "simulate", "argument --seed"),
     (["simulate", "--frobnicate"], "simulate", "unrecognized arguments: --frobnicate"),

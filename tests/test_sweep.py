@@ -96,8 +96,8 @@ def test_builtin_scenario_as_tables_is_the_builtin_scenario():
     (["guests"], "--param wants NAME=VALUES"),
     (["=4"], "--param wants NAME=VALUES"),
     (["guests=4", "guests=8"], "given twice"),
-    (["guests=0"], "guests: must be in 1..10000, not 0"),
-    (["guests=10001"], "must be in 1..10000"),
+    (["guests=0"], "guests: must be in 1..32751, not 0"),
+    (["guests=32752"], "must be in 1..32751, not 32752 (Xen has 32,751 domain ids for guests"),
     (["vcpus=33"], "vcpus: must be in 1..32"),
     (["seed=-1"], "seed: must be in 0.."),
     (["events=0"], "events: must be in 1.."),
@@ -193,7 +193,7 @@ def test_the_c_engine_is_never_silently_python(capsys, tmp_path, monkeypatch):
     ({"seed": [2**63]}, "must be in 0.."),
     ({"simulation.ipi_probability": [float("nan")]}, "must be in 0..1"),
     ({"devices.net.service_us": [object()]}, "must be [low, high]"),
-    ({"guest.count": [10**9]}, "must be in 1..10000"),
+    ({"guest.count": [10**9]}, "must be in 1..32751"),
     ({"seed": range(0)}, "no values"),
 ])
 def test_python_grids_are_checked_too(grid, message):

@@ -43,6 +43,12 @@ What a row measures
   committed (fsync, rename) as the CLI does, against the same run untraced; the target is
   the traced run within 3x. The memory row runs both in a child process each and compares
   their peak resident set (``ru_maxrss``; the value is in bytes, not ns): within 1.5x.
+* ``simulate scale``: the default scenario at 1,000 guests against 10 guests on one engine
+  (``SCALE_EVENTS`` events, a fresh ``Simulation`` per round, built untimed): per-event
+  cost must stay within 1.5x as the world grows.
+* ``simulate memory``: the peak RSS of a child process that runs 4,000,000 events on the C
+  engine against one that runs 200,000 (a quantity, not a time: ``Case.metric``); within 1.2x.
+* ``progress bar``: a C engine run drawing its tqdm bar (to /dev/null) against one with none.
 * Times are the minimum over rounds of (round time / events in the round); the garbage
   collector is off while timing.
 """
@@ -80,8 +86,8 @@ class Case:
     ops: int
     setup: Callable[[], None] | None = None
     check: Callable[[Any], None] | None = None
-    # a row that is not timed: the round's value (e.g. bytes of peak memory) from its result
-    value: Callable[[Any], float] | None = None
+    metric: Callable[[Any], float] | None = None  # a quantity read from run()'s result (then
+    #                                               not its time), e.g. peak bytes; per op
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,7 @@ class Spec:
     kind: str = "max"         # "max": ours/floor <= target; "speedup": floor/ours >= target
     rounds: int = 600
     ci: bool = False          # its target holds with margin on a loaded 2-core machine (--ci)
-    unit: str = "ns"          # what ours and floor are: ns per event, or "B" (bytes)
+    unit: str = "ns"          # what ours and floor are in: "ns" per op, or "B" (Case.metric)
 
     def ratio(self, ours_ns: float, floor_ns: float) -> float:
         return floor_ns / ours_ns if self.kind == "speedup" else ours_ns / floor_ns
@@ -668,6 +674,136 @@ def _engine_row(xe: Any, floors: Any) -> Built:
     return ("simulate, default scenario, engine='c', per event", side("c"), side("python"))
 
 
+SCALE_GUESTS = (10, 1000)
+SCALE_EVENTS = {"c": 300_000, "python": 30_000}
+
+
+def _scale_row(engine: str) -> Callable[[Any, Any], Built]:
+    """The default scenario at 1,000 guests against the same at 10, on one engine (a fresh
+    Simulation per round, built untimed; per sent event): the per-event cost must not
+    grow with the world."""
+    def build(xe: Any, floors: Any) -> Built:
+        from .scenario import default_scenario
+        from .simulate import Simulation
+
+        events = SCALE_EVENTS[engine]
+
+        def side(guests: int) -> Case:
+            sc = default_scenario(guests=guests, events=events)
+            box: dict[str, Any] = {}
+
+            def setup() -> None:
+                box["sim"] = None
+                gc.collect()  # the last round's world goes before this one is built
+                box["sim"] = Simulation(sc, engine=engine)
+
+            def run() -> Any:
+                box["sim"].run()
+                return box["sim"]
+
+            def check(_sim: Any) -> None:
+                sent = box["sim"].sent
+                assert sent == events, sent
+
+            return Case(run, events, setup, check)
+
+        lo, hi = SCALE_GUESTS
+        return (f"simulate engine={engine!r}, default scenario, {hi:,} guests vs {lo:,}, per event",
+                side(hi), side(lo))
+    return build
+
+
+MEMORY_EVENTS = (200_000, 4_000_000)
+# The start of a child that measures its own peak resident memory with peak().
+_PEAK_PRELUDE = """
+import resource, sys
+def peak():  # bytes: Linux's VmHWM (reset below), else ru_maxrss
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss if sys.platform == "darwin" else rss * 1024
+try:  # ru_maxrss survives exec: it would be the parent's peak; "5" resets VmHWM (Linux >= 4.0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+"""
+_PEAK_CHILD = _PEAK_PRELUDE + """
+from xenevtchn.scenario import default_scenario
+from xenevtchn.simulate import Simulation
+sim = Simulation(default_scenario(events=int(sys.argv[1])), engine="c")
+sim.run()
+print(sim.sent, peak())
+"""
+
+
+def _peak_rss(events: int) -> tuple[int, int]:
+    """(events sent, peak RSS in bytes) of a fresh process that runs the default scenario
+    on the C engine: the whole process, as a user's ``simulate`` run has it (the peak is
+    reset at the child's start: Linux keeps the parent's across fork and exec)."""
+    import subprocess
+    import tempfile
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(events)], capture_output=True,
+                         text=True, check=True, cwd=tempfile.gettempdir(), timeout=600)
+    sent, peak = out.stdout.split()
+    return int(sent), int(peak)
+
+
+def _memory_row(xe: Any, floors: Any) -> Built:
+    """Peak memory of a 4,000,000-event run against a 200,000-event one (latencies go into a
+    fixed histogram, the queue holds what is pending, not what happened)."""
+    lo, hi = MEMORY_EVENTS
+
+    def side(events: int) -> Case:
+        def check(res: Any) -> None:
+            sent, peak = res
+            assert sent == events and peak > 0, res
+
+        return Case(lambda: _peak_rss(events), 1, None, check, metric=lambda res: float(res[1]))
+
+    return (f"simulate --events {hi:,} peak RSS (child process), C engine", side(hi), side(lo))
+
+
+PROGRESS_EVENTS = 1_000_000
+
+
+def _progress_row(xe: Any, floors: Any) -> Built:
+    """A C engine run that draws its progress bar (to a file, so tqdm formats and writes
+    every redraw) against the same run with none: the engine reports between slices."""
+    import os
+
+    from .progress import ProgressBar
+    from .scenario import default_scenario
+    from .simulate import Simulation
+
+    sc = default_scenario(events=PROGRESS_EVENTS)
+    sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the row
+
+    def side(progress: bool) -> Case:
+        box: dict[str, Any] = {}
+
+        def setup() -> None:
+            box["sim"] = Simulation(sc, engine="c")
+            box["bar"] = ProgressBar(sink, "events", "simulate") if progress else None
+
+        def run() -> Any:
+            box["sim"].run(progress=box["bar"])
+            if box["bar"] is not None:
+                box["bar"].close()
+            return box["sim"]
+
+        def check(_sim: Any) -> None:
+            sent = box["sim"].sent
+            assert sent == PROGRESS_EVENTS, sent
+
+        return Case(run, PROGRESS_EVENTS, setup, check)
+
+    return "simulate engine='c' with its progress bar, per event", side(True), side(False)
+
+
 TRACE_EVENTS = 100_000
 
 
@@ -740,8 +876,8 @@ def _trace_row(xe: Any, floors: Any, suffix: str | None) -> Built:
 
 
 TRACE_MEMORY_EVENTS = 200_000
-_PEAK_RSS = """
-import os, resource, sys
+_PEAK_RSS = _PEAK_PRELUDE + """
+import os
 from xenevtchn.scenario import default_scenario
 from xenevtchn.simulate import Simulation
 from xenevtchn.trace import TraceFile, TraceRecorder
@@ -754,7 +890,7 @@ if f:
     rec.close()
     f.commit()
 assert sim.sent == events
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, os.path.getsize(path) if path else 0)
+print(peak(), os.path.getsize(path) if path else 0)
 """
 
 
@@ -793,8 +929,8 @@ def _trace_memory_row(xe: Any, floors: Any) -> Built:
         return float(r[0])
 
     return ("simulate --trace F.json, peak RSS of a child process, engine='c'",
-            Case(child(True), 1, None, check(True), value),
-            Case(child(False), 1, None, check(False), value))
+            Case(child(True), 1, None, check(True), metric=value),
+            Case(child(False), 1, None, check(False), metric=value))
 
 
 _CFFI = "bare cffi call"
@@ -857,6 +993,13 @@ _SPECS: list[tuple[Spec, Callable[[Any, Any], Built]]] = [
      lambda xe, f: _trace_row(xe, f, None)),
     (Spec("simulate --trace: peak memory vs untraced", "untraced run", 1.5, rounds=3, unit="B"),
      _trace_memory_row),
+    (Spec("simulate scale: C engine, 1,000 guests vs 10", "10 guests", 1.5, rounds=5), _scale_row("c")),
+    (Spec("simulate scale: Python engine, 1,000 guests vs 10", "10 guests", 1.5, rounds=3),
+     _scale_row("python")),
+    (Spec("simulate memory: 4M events vs 200k, C engine", "200,000 events", 1.2, rounds=3, unit="B"),
+     _memory_row),
+    (Spec("simulate: C engine with progress bar vs without", "no progress bar", 1.1, rounds=5),
+     _progress_row),
 ]
 ROWS: dict[str, Spec] = {spec.name: spec for spec, _ in _SPECS}
 _FACTORIES = {spec.name: factory for spec, factory in _SPECS}
@@ -880,8 +1023,8 @@ def _time_round(case: Case) -> float:
     t0 = time.perf_counter_ns()
     out = case.run()
     t1 = time.perf_counter_ns()
-    if case.value is not None:
-        return case.value(out)
+    if case.metric is not None:
+        return case.metric(out) / case.ops
     return (t1 - t0) / case.ops
 
 
@@ -914,6 +1057,8 @@ def measure(row: Row, rounds: int | None = None, warmup: int = 3) -> Result:
         out = case.run()
         if case.check is not None:
             case.check(out)
+    if row.ours.metric is not None:  # a quantity, not a time: nothing to warm up
+        warmup = 0
     gc_was = gc.isenabled()
     gc.disable()
     try:
@@ -1052,9 +1197,8 @@ def _rows_from_json(path: str) -> list[tuple[Spec, float, float]]:
         side = b.get("extra_info", {}).get("side")
         if side is None:
             continue
-        value = b.get("extra_info", {}).get("value")   # rows that are not timed
-        sides.setdefault(b["group"], {})[side] = float(value) if value is not None else \
-            b["stats"]["min"] * 1e9 / ops
+        value = b.get("extra_info", {}).get("value")  # a metric row's quantity (per op)
+        sides.setdefault(b["group"], {})[side] = value if value is not None else b["stats"]["min"] * 1e9 / ops
     out = []
     for name, spec in ROWS.items():
         got = sides.get(name, {})

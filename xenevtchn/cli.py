@@ -11,11 +11,11 @@ import json
 import os
 import platform
 import sys
-import time
 from typing import IO, TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from .atomic_file import AtomicOutput
-from .scenario import MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario
+from .progress import ProgressBar, wanted
+from .scenario import GUESTS_LIMIT, MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario
 
 if TYPE_CHECKING:
     from .trace import TraceFile
@@ -34,14 +34,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _count(lo: int, hi: int, what: str) -> Callable[[str], int]:
+def _count(lo: int, hi: int, what: str, why: str | None = None) -> Callable[[str], int]:
+    """``why``: whose limit ``hi`` is, said when a value is above it."""
     def parse(text: str) -> int:
         try:
             value = int(text.replace("_", ""), 10)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
         if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, not {value}")
+            because = f" ({why})" if why is not None and value > hi else ""
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, not {value}{because}")
         return value
 
     parse.__name__ = what
@@ -143,7 +145,7 @@ def _sweep_parser(sub: Any) -> None:
 
 def _scenario_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", metavar="FILE.toml", help="a scenario file (see docs; default: built in)")
-    p.add_argument("--guests", type=_count(1, MAX_GUESTS, "--guests"), metavar="N",
+    p.add_argument("--guests", type=_count(1, MAX_GUESTS, "--guests", GUESTS_LIMIT), metavar="N",
                    help="guests in the built-in scenario (default 4)")
     p.add_argument("--vcpus", type=_count(1, 32, "--vcpus"), metavar="N",
                    help="vCPUs per guest in the built-in scenario (default 2)")
@@ -181,37 +183,6 @@ def _commit(out: AtomicOutput | TraceFile, what: str) -> None:
         out.commit()
     except OSError as exc:
         raise UsageError(f"cannot write {what} '{out.path}': {exc.strerror or exc}") from None
-
-
-# ---- progress bar ---------------------------------------------------------------------
-
-class Progress:
-    """A one-line progress bar on a terminal, redrawn at most ten times a second."""
-
-    def __init__(self, out: IO[str], label: str = "simulating") -> None:
-        self.out = out
-        self.label = label
-        self.last = 0.0
-        self.start = time.perf_counter()
-        self.drawn = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < 0.1 and done < total:
-            return
-        self.last = now
-        frac = done / total if total else 1.0
-        width = 30
-        bar = "#" * int(frac * width)
-        rate = done / (now - self.start) if now > self.start else 0.0
-        self.out.write(f"\r{self.label} [{bar:<{width}}] {frac:4.0%} {done:,}/{total:,} events, {rate:,.0f}/s ")
-        self.out.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        if self.drawn:
-            self.out.write("\r" + " " * 79 + "\r")
-            self.out.flush()
 
 
 # ---- output -----------------------------------------------------------------------------
@@ -307,8 +278,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         recorder = TraceRecorder(_TextOut(sys.stdout))
     try:
         sim = Simulation(sc, trace=recorder, record_timeline=plot_out is not None, engine=engine)
-        show = args.progress if args.progress is not None else sys.stderr.isatty()
-        bar = Progress(sys.stderr) if show and not args.quiet else None
+        bar = ProgressBar(sys.stderr, "events", "simulate") if wanted(sys.stderr, args.progress, args.quiet) else None
         interrupted = False
         try:
             sim.run(progress=bar)
@@ -399,8 +369,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except (GridError, ValueError, sw.EngineUnavailable) as exc:
         raise UsageError(str(exc)) from None
     client = _dask_client(args.scheduler) if args.scheduler is not None else None
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
-    bar = sw.RunsProgress(sys.stderr) if show and not args.quiet else None
+    bar = ProgressBar(sys.stderr, "runs", "sweep") if wanted(sys.stderr, args.progress, args.quiet) else None
     interrupted = False
     try:
         records = sw.run_points(points, engine=args.engine, client=client, workers=args.workers, progress=bar)

@@ -68,6 +68,7 @@ class _Slot:
     # thread would then wait on itself). A deque's append and pop are atomic, so neither
     # side needs one.
     _free: deque[int] = deque(range(lib.XE_NR_SLOTS - 1, 0, -1))  # slot 0 is never used
+    _misses = 0  # takes that found no slot since one last did (paces the collections)
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -85,10 +86,19 @@ class _Slot:
         """
         try:
             n = cls._free.pop()
+            cls._misses = 0
         except IndexError:
-            gc.collect()
+            # A full collection costs as much as the heap is large: with every slot held
+            # by live domains, collecting on every creation made set-up quadratic. After
+            # a collection that freed nothing, the next ones come after 1, 2, 4, ... more
+            # misses (and at once again after one that freed a slot).
+            misses = cls._misses
+            cls._misses = misses + 1
+            if misses & (misses - 1) == 0:
+                gc.collect()
             try:
                 n = cls._free.pop()
+                cls._misses = 0
             except IndexError:
                 warnings.warn(f"all {lib.XE_NR_SLOTS - 1} fast-path slots are held by live domains "
                               "(or by closures of their fast paths): this domain uses the checked "
@@ -98,6 +108,12 @@ class _Slot:
         slot = cls(n)
         weakref.finalize(slot, cls._give_back, n, cdom)  # holds cdom until the entry is gone
         return slot
+
+    @classmethod
+    def new_world(cls) -> None:
+        """A new Hypervisor: the next miss collects at once (an old world dropped just
+        before holds its slots until a collection finds its cycles)."""
+        cls._misses = 0
 
     @classmethod
     def _give_back(cls, n: int, _cdom: Any) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import XEN_LEGACY_MAX_VCPUS
-from .scenario import MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario, parse_scenario
+from .scenario import GUESTS_LIMIT, MAX_EVENTS, MAX_GUESTS, Scenario, ScenarioError, default_scenario, load_scenario, parse_scenario
 
 # The limits ``xenevtchn simulate`` puts on the same options.
 INT_KNOBS: dict[str, tuple[int, int]] = {
@@ -228,7 +228,8 @@ def _check_knob_value(name: str, v: Any, knob: str | None = None) -> None:
         if isinstance(v, bool) or not isinstance(v, int):
             raise GridError(f"{name}: must be a whole number, not {v!r}")
         if not lo <= v <= hi:
-            raise GridError(f"{name}: must be in {lo}..{hi}, not {v}")
+            because = f" ({GUESTS_LIMIT})" if knob == "guests" and v > hi else ""
+            raise GridError(f"{name}: must be in {lo}..{hi}, not {v}{because}")
     elif knob == "abi":
         if v not in ABIS:
             raise GridError(f"abi: must be one of {', '.join(ABIS)}, not {v!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import errno
 import heapq
 import threading
@@ -20,7 +21,7 @@ from .constants import (
     VirqClass,
     virq_class,
 )
-from .domain import Domain, Vcpu, _uint
+from .domain import Domain, Vcpu, _Slot, _uint
 from .errors import EvtchnError
 from .guest import GUESTS
 from .memory import DEFAULT_FRAMES, GuestMemory
@@ -57,9 +58,16 @@ class Hypervisor:
         if not 1 <= irq_max_guests <= IRQ_MAX_GUESTS_LIMIT:
             raise ValueError(f"irq_max_guests must be in 1..{IRQ_MAX_GUESTS_LIMIT}, not {irq_max_guests}")
         self.irq_max_guests = int(irq_max_guests)
+        _Slot.new_world()
         self._c = ffi.new("struct xe_hv *")
         self._lock = threading.RLock()
         self._domains: dict[int, Domain] = {}
+        # Lowest-free domid in O(log n): every free domid below ``_domid_high`` is in
+        # ``_free_domids`` (a heap, possibly holding ids taken since: skipped when seen).
+        self._domid_high = 0
+        self._free_domids: list[int] = []
+        # Live domains' shared_info address ranges, sorted: (start, end, domid).
+        self._shinfo_ranges: list[tuple[int, int, int]] = []
         self._graveyard: list[Domain] = []  # destroyed; a running C call may still use them
         self._hardware_domain: Domain | None = None
         self._hardware_domain_created = False  # only the first privileged domain is it
@@ -179,12 +187,14 @@ class Hypervisor:
         with self._lock:
             self._reap()
             lo, hi = si.address_range
-            for other in self._domains.values():
-                olo, ohi = other.shared_info.address_range
-                if lo < ohi and olo < hi:
-                    raise ValueError(f"that shared_info buffer is in use by domain {other.domid}")
+            i = bisect.bisect_left(self._shinfo_ranges, (lo, hi, -1))
+            for j in (i - 1, i):  # the ranges do not overlap: only the neighbours can
+                if 0 <= j < len(self._shinfo_ranges):
+                    olo, ohi, odomid = self._shinfo_ranges[j]
+                    if lo < ohi and olo < hi:
+                        raise ValueError(f"that shared_info buffer is in use by domain {odomid}")
             if domid is None:
-                domid = next(i for i in range(DOMID_FIRST_RESERVED + 1) if i not in self._domains)
+                domid = self._lowest_free_domid()
                 if domid >= DOMID_FIRST_RESERVED:
                     raise EvtchnError(errno.ENOSPC, "no free domid")
             else:
@@ -197,11 +207,31 @@ class Hypervisor:
             self._created += 1
             d._created = self._created
             self._domains[domid] = d
+            self._take_domid(domid)
+            bisect.insort(self._shinfo_ranges, (lo, hi, domid))
             self._c.domains[domid] = d._c
             if privileged and not self._hardware_domain_created:
                 self._hardware_domain = d
                 self._hardware_domain_created = True
             return d
+
+    def _lowest_free_domid(self) -> int:
+        """The lowest domid no live domain has (DOMID_FIRST_RESERVED when none is left)."""
+        free = self._free_domids
+        while free and free[0] in self._domains:
+            heapq.heappop(free)
+        while self._domid_high in self._domains:
+            self._domid_high += 1
+        return min(free[0], self._domid_high) if free else self._domid_high
+
+    def _take_domid(self, domid: int) -> None:
+        """``domid`` is now in use (lock held): keep the free-domid index in step."""
+        if self._free_domids and self._free_domids[0] == domid:
+            heapq.heappop(self._free_domids)
+        elif domid == self._domid_high:
+            self._domid_high += 1
+        # else: an explicit domid, above the mark (skipped when the mark reaches it) or
+        # in the heap (skipped when it surfaces)
 
     def domain(self, domid: int) -> Domain:
         """The live domain ``domid``; ``EvtchnError(ESRCH)`` if there is none."""
@@ -232,6 +262,10 @@ class Hypervisor:
             if self._hardware_domain is d:
                 self._hardware_domain = None
             del self._domains[domid]
+            if domid < self._domid_high:
+                heapq.heappush(self._free_domids, domid)
+            lo, hi = d.shared_info.address_range
+            del self._shinfo_ranges[bisect.bisect_left(self._shinfo_ranges, (lo, hi, domid))]
             self._c.domains[domid] = ffi.NULL
             d._kill()
             self._graveyard.append(d)

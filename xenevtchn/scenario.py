@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import (
+    DOMID_FIRST_RESERVED,
     EVTCHN_2L_NR_CHANNELS,
     EVTCHN_2L_NR_CHANNELS_X86_32,
     EVTCHN_FIFO_NR_CHANNELS,
@@ -60,7 +61,11 @@ from .constants import (
     XEN_LEGACY_MAX_VCPUS,
 )
 
-MAX_GUESTS = 10000
+# Xen's limit, not ours: domids 0..0x7FEF are domains' (DOMID_FIRST_RESERVED = 0x7FF0 is
+# DOMID_SELF), and dom0 has domid 0, so a scenario holds at most 0x7FEF guests.
+MAX_GUESTS = DOMID_FIRST_RESERVED - 1
+GUESTS_LIMIT = (f"Xen has {MAX_GUESTS:,} domain ids for guests: domids end below "
+                f"DOMID_FIRST_RESERVED (0x{DOMID_FIRST_RESERVED:X}) and dom0 is domid 0")
 MAX_EVENTS = 10**9
 FIRST_AUTO_PIRQ = 16
 KERNELS = ("linux", "minios")
@@ -186,11 +191,12 @@ class _Checker:
                 raise ScenarioError(f"{self.where}: unknown key '{full}'{hint}")
         return value
 
-    def int(self, value: Any, key: str, lo: int, hi: int) -> int:
+    def int(self, value: Any, key: str, lo: int, hi: int, why: str | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(key, f"must be an integer, not {_tname(value)}")
         if not lo <= value <= hi:
-            raise self.fail(key, f"must be in {lo}..{hi}, not {value}")
+            because = f" ({why})" if why is not None and value > hi else ""
+            raise self.fail(key, f"must be in {lo}..{hi}, not {value}{because}")
         return value
 
     def prob(self, value: Any, key: str) -> float:
@@ -335,7 +341,7 @@ def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
                 raise c.fail(f"{key}.devices", f"unknown device '{d}'{hint}; define it in [devices.{d}]")
         guests.append(GuestSpec(
             name=name,
-            count=c.int(g.get("count", 1), f"{key}.count", 1, MAX_GUESTS),
+            count=c.int(g.get("count", 1), f"{key}.count", 1, MAX_GUESTS, GUESTS_LIMIT),
             vcpus=c.int(g.get("vcpus", 1), f"{key}.vcpus", 1, XEN_LEGACY_MAX_VCPUS),
             devices=tuple(devs),
             kernel=c.choice(g.get("kernel", "linux"), f"{key}.kernel", KERNELS),
@@ -407,7 +413,7 @@ def check_limits(sc: Scenario, where: str, fix: str = "abi") -> None:
     domain is built. ``fix``: how the user switches ABI (``--abi`` on the command line,
     ``abi`` keys in a file)."""
     if not 1 <= sc.nr_guests <= MAX_GUESTS:
-        raise ScenarioError(f"{where}: {sc.nr_guests} guests in all; the simulator takes 1..{MAX_GUESTS}")
+        raise ScenarioError(f"{where}: {sc.nr_guests:,} guests in all; at most {MAX_GUESTS:,}: {GUESTS_LIMIT}")
     for i, g in enumerate(sc.guests):
         need = len(g.devices) + PORTS_PER_VCPU * g.vcpus
         have = _nr_ports(g.layout, g.abi) - 1

@@ -235,6 +235,8 @@ class Simulation:
         self.request_ns = 0
         self.ports: dict[int, dict[int, _Port]] = {}
         self.vcpus: dict[tuple[int, int], _Vcpu] = {}
+        self.dom_vcpus: dict[int, list[_Vcpu]] = {}  # each domain's, in vCPU order
+        self._guest_spec: dict[int, GuestSpec] = {}  # domid -> the [[guest]] table it came from
         self.doms: list[Domain] = []
         self.names: dict[int, str] = {}
         self.rings: list[_Ring] = []
@@ -266,6 +268,7 @@ class Simulation:
             for i in range(spec.count):
                 d = hv.create_domain(vcpus=spec.vcpus, layout=spec.layout, guest=spec.kernel)
                 suffix = f"-{i}" if spec.count > 1 else ""
+                self._guest_spec[d.domid] = spec
                 self._add_domain(d, f"d{d.domid} {spec.name}{suffix}", timeline)
                 if spec.abi == "fifo":
                     _fifo_boot(d)
@@ -342,19 +345,16 @@ class Simulation:
         self.ports[d.domid] = {}
         self.dom_tally[d.domid] = _Tally()
         self.dom_sent[d.domid] = 0
+        mine = self.dom_vcpus[d.domid] = []
         for v in d.vcpus:
             vs = _Vcpu(self, d, v)
             if timeline:
                 vs.delivered_at = []
             self.vcpus[(d.domid, v.id)] = vs
+            mine.append(vs)
 
     def _spec_of(self, d: Domain) -> GuestSpec:
-        i = d.domid  # guests are created in scenario order after dom0 (domid 0)
-        for spec in self.sc.guests:
-            if i <= spec.count:
-                return spec
-            i -= spec.count
-        raise AssertionError(d)
+        return self._guest_spec[d.domid]
 
     def _register(self, d: Domain, port: int, kind: str, label: str,
                   on_event: Callable[[_Vcpu, _Port], None]) -> _Port:
@@ -671,8 +671,7 @@ class Simulation:
         """The lock ``vs`` wants is held by another vCPU that waits for no lock itself.
 
         False when there is no such vCPU (then the lock is free)."""
-        others = [o for (domid, i), o in self.vcpus.items()
-                  if domid == vs.domid and i != vs.id and o.lock is None]
+        others = [o for o in self.dom_vcpus[vs.domid] if o.id != vs.id and o.lock is None]
         if not others:
             return False
         holder = others[self.rng.randrange(len(others))]
@@ -754,7 +753,7 @@ class Simulation:
         )
         by_domain = []
         for d in self.doms:
-            mine = [v for v in vs_all if v.domid == d.domid]
+            mine = self.dom_vcpus[d.domid]
             row = {"domid": d.domid, "name": self.names[d.domid], "abi": d.abi, "vcpus": len(d.vcpus),
                    "sent_from": self.dom_sent[d.domid]}
             row.update({("received" if m == "sent" else m): v

@@ -23,7 +23,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -394,42 +393,6 @@ def read_csv(path: str) -> list[dict[str, str]]:
     """A sweep's ``.csv`` as rows of text (for tests and quick looks without pandas)."""
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
-
-
-# ---- a progress line for a terminal ---------------------------------------------------------
-
-class RunsProgress:
-    """``sweep [####      ] 12/48 runs, 0:10 elapsed, ETA 0:30`` on one line, redrawn at most 10/s."""
-
-    def __init__(self, out: Any) -> None:
-        self.out = out
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.drawn = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.1 and done < total:
-            return
-        self.last = now
-        frac = done / total if total else 1.0
-        width = 24
-        elapsed = now - self.start
-        eta = f"ETA {_clock(elapsed / done * (total - done))}" if done else "ETA --:--"
-        self.out.write(f"\rsweep [{'#' * int(frac * width):<{width}}] {done:,}/{total:,} runs, "
-                       f"{_clock(elapsed)} elapsed, {eta} ")
-        self.out.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        if self.drawn:
-            self.out.write("\r" + " " * 79 + "\r")
-            self.out.flush()
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds + 0.5)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 __all__ = ["GridError", "SweepInterrupted", "columns", "flatten", "run_points", "sweep", "sweep_frame",
