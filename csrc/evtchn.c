@@ -49,12 +49,14 @@ static int end_poll(struct xe_domain *d, uint32_t v)
     return XE_EV_HOOKS;
 }
 
-/* vcpu_kick(): note the kick; a kick unblocks a vCPU that is polling. */
+/* vcpu_mark_events_pending(): note the kick; a kick unblocks a vCPU that is polling
+ * (not an HVM/PVH vCPU that Xen notifies through the callback line or not at all). */
 static int kick(struct xe_domain *d, uint32_t v)
 {
     atomic_fetch_or(A32(d->kicked), UINT32_C(1) << v);
     owe_hooks(d);
-    end_poll(d, v);
+    if (!((atomic_load_explicit(A32(d->kick_no_wake), memory_order_relaxed) >> v) & 1))
+        end_poll(d, v);
     return XE_EV_HOOKS;
 }
 
