@@ -96,7 +96,7 @@ class Hypervisor:
         self.now = 0
         self._on_kick: Hook | None = None
         self._on_wake: Hook | None = None
-        self._listeners: dict[str, list[Hook]] = {event: [] for event in LISTENER_EVENTS}
+        self._listeners: dict[str, list[Any]] = {event: [] for event in LISTENER_EVENTS}
         self._kick_fns: tuple[Hook, ...] = ()  # on_kick then the listeners: what _after calls
         self._wake_fns: tuple[Hook, ...] = ()
         self._on_interrupt: Callable[[Vcpu, int], Any] | None = None
