@@ -45,6 +45,10 @@ class Hypervisor:
         self.irq_max_guests = int_in_range(irq_max_guests, "irq_max_guests", 1, IRQ_MAX_GUESTS_LIMIT)
         self.on_kick: Hook | None = None
         self.on_wake: Hook | None = None
+        # HVM/PVH: on_interrupt(vcpu, vector) for a vector injection, on_gsi(domain, gsi,
+        # level) for a change of the GSI/PCI-INTx callback line.
+        self.on_interrupt: Callable[[Vcpu, int], object] | None = None
+        self.on_gsi: Callable[[Domain, int, bool], object] | None = None
         self._domains: dict[int, Domain] = {}
         self._now = 0
         self._hardware_domain: Domain | None = None
@@ -110,6 +114,7 @@ class Hypervisor:
         guest: str = "linux",
         memory_frames: int = DEFAULT_FRAMES,
         nr_pirqs: int = NR_PIRQS,
+        type: str | None = None,
     ) -> Domain:
         """Create a domain (see docs/semantics.md "Hypervisor" for every rule).
 
@@ -117,6 +122,13 @@ class Hypervisor:
         ``"minios"`` (else ``ValueError``). ``memory_frames``: how many 4 KiB frames
         ``d.memory`` has (1 .. 2**40).
         """
+        if type is None:
+            type = "pv"
+        if type not in ("pv", "hvm", "pvh"):
+            raise ValueError(f"type must be 'pv', 'hvm', 'pvh' or None, not {type!r}")
+        # Xen: 8192 vCPUs for PV, 128 for HVM/PVH; this model keeps every vCPU in a
+        # legacy vcpu_info slot, so 32 at most.
+        vcpus = int_in_range(vcpus, "vcpus", 1, 8192 if type == "pv" else 128)
         vcpus = int_in_range(vcpus, "vcpus", 1, XEN_LEGACY_MAX_VCPUS)
         if domid is not None:
             domid = int_in_range(domid, "domid", 0, DOMID_FIRST_RESERVED - 1)
@@ -137,7 +149,7 @@ class Hypervisor:
             domid = self._lowest_free_domid()
         elif domid in self._domains:
             raise EvtchnError(errno.EEXIST, "create_domain")
-        info.initialise()
+        info.initialise(mask_upcalls=type == "pv")
         d = Domain(
             self,
             domid,
@@ -147,6 +159,7 @@ class Hypervisor:
             info,
             guest,
             memory_frames,
+            type,
         )
         d.nr_pirqs = nr_pirqs
         self._domains[domid] = d
