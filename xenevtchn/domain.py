@@ -26,6 +26,7 @@ from .constants import (
     EVTCHN_2L_NR_CHANNELS,
     EVTCHN_2L_NR_CHANNELS_X86_32,
     NR_VIRQS,
+    XEN_LEGACY_MAX_VCPUS,
 )
 from .errors import EvtchnError
 from .guest import GUESTS
@@ -167,7 +168,7 @@ class Domain:
         # HVM/PVH upcall state (hvm.py); None for PV, which is kicked.
         self._hvm = None if type == "pv" else hvm.HvmState(vcpus, pvh=type == "pvh")
         if self._hvm is not None:
-            for v in range(vcpus):  # Xen's HVM builder only clears the page (spec §1.2)
+            for v in range(XEN_LEGACY_MAX_VCPUS):  # Xen's HVM builder only clears the page
                 lib.xe_vcpu_set_upcall_mask(self.shared_info._s, v, 0)
         abi_ports = EVTCHN_2L_NR_CHANNELS if layout == "x86_64" else EVTCHN_2L_NR_CHANNELS_X86_32
         self.max_evtchn_port = abi_ports - 1 if max_evtchn_port is None else max_evtchn_port
