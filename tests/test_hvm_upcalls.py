@@ -540,3 +540,28 @@ def test_two_hvm_domains_and_pv_side_by_side(hv, dom0, log):
     log.clear()
     dom0.send_many([adp[0], bdp[1], pdp])
     assert log == [("gsi", a.domid, 5, True), ("int", 1, VEC), ("kick", 0)]
+
+
+# ---- §2.8: PIRQs on HVM ------------------------------------------------------------------
+
+def test_hvm_pirqs_need_no_grant_and_share_nothing(xe, hv, dom0, log):
+    a = hv.create_domain(type="hvm", nr_pirqs=64)
+    b = hv.create_domain(type="pvh")
+    with raises_errno(xe, errno.EINVAL):
+        a.bind_pirq(64)                       # the range check still comes first
+    with raises_errno(xe, errno.EPERM):
+        a.bind_pirq(0)                        # PIRQ 0 is nobody's (API.md)
+    pa = a.bind_pirq(10)                      # no grant needed
+    pb = b.bind_pirq(10)                      # same number, no host IRQ, no EBUSY
+    p0 = dom0.bind_pirq(10)                   # the PV domain's host IRQ is its own
+    with raises_errno(xe, errno.EEXIST):
+        a.bind_pirq(10, xe.BIND_PIRQ__WILL_SHARE)
+    hv.send_pirq(a.domid, 10)
+    assert a.shared_info.is_pending(pa) and not b.shared_info.is_pending(pb)
+    a.close(pa)
+    b.close(pb)
+    dom0.close(p0)
+    assert a.bind_pirq(10)
+    pv = hv.create_domain()
+    with raises_errno(xe, errno.EPERM):
+        pv.bind_pirq(10)                      # PV still needs its grant

@@ -192,9 +192,10 @@ def _check_domain(hv: Hypervisor, d: Domain, rows_of: dict[int, list[tuple[int, 
             if not 0 < info < d.nr_pirqs or rdom or rport or d._pirq_to_port.get(info) != p:
                 raise InvariantError("pirq", f"{where}: pirq {info}, the table says "
                                      f"{d._pirq_to_port.get(info)}")
-            if not d.privileged and info not in d._permitted_pirqs:
-                raise InvariantError("pirq", f"{where}: pirq {info} was never permitted to d{A}")
-            pirq_owners.setdefault(info, []).append(d)
+            if d._hvm is None:   # HVM/PVH bind no host IRQ and need no grant
+                if not d.privileged and info not in d._permitted_pirqs:
+                    raise InvariantError("pirq", f"{where}: pirq {info} was never permitted to d{A}")
+                pirq_owners.setdefault(info, []).append(d)
         elif state == VIRQ:
             v = notify if info in PER_VCPU_VIRQS else 0
             if info >= NR_VIRQS or rdom or rport or d._virq_to_evtchn[v][info] != p or \
