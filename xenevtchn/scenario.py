@@ -31,6 +31,7 @@ A file looks like this (every key optional except at least one ``[[guest]]``)::
     devices = ["net", "blk"]
     kernel = "linux"         # or "minios"
     layout = "x86_64"        # or "x86_32"
+    type = "pv"              # or "hvm" / "pvh": upcalls through per-vCPU vectors (Python engine)
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .constants import EVTCHN_2L_NR_CHANNELS, EVTCHN_2L_NR_CHANNELS_X86_32, NR_PIRQS, XEN_LEGACY_MAX_VCPUS
+from .constants import (
+    DOMAIN_TYPES,
+    EVTCHN_2L_NR_CHANNELS,
+    EVTCHN_2L_NR_CHANNELS_X86_32,
+    NR_PIRQS,
+    XEN_LEGACY_MAX_VCPUS,
+)
 
 MAX_GUESTS = 1000
 MAX_EVENTS = 10**9
@@ -77,6 +84,7 @@ class GuestSpec:
     devices: tuple[str, ...]
     kernel: str = "linux"
     layout: str = "x86_64"
+    type: str = "pv"
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,7 @@ _TOP_KEYS = ("simulation", "dom0", "devices", "guest")
 _SIM_KEYS = ("events", "seed", "timer_hz", "ipi_probability", "lock_probability")
 _DOM0_KEYS = ("vcpus", "layout")
 _DEVICE_KEYS = ("service_us", "think_us", "depth", "pirq", "napi")
-_GUEST_KEYS = ("name", "count", "vcpus", "devices", "kernel", "layout")
+_GUEST_KEYS = ("name", "count", "vcpus", "devices", "kernel", "layout", "type")
 
 
 class _Checker:
@@ -299,6 +307,7 @@ def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
             devices=tuple(devs),
             kernel=c.choice(g.get("kernel", "linux"), f"{key}.kernel", KERNELS),
             layout=c.choice(g.get("layout", "x86_64"), f"{key}.layout", LAYOUTS),
+            type=c.choice(g.get("type", "pv"), f"{key}.type", DOMAIN_TYPES),
         ))
     if not guests:
         raise ScenarioError(f"{where}: no guests: add at least one [[guest]] table")
