@@ -565,3 +565,20 @@ def test_hvm_pirqs_need_no_grant_and_share_nothing(xe, hv, dom0, log):
     pv = hv.create_domain()
     with raises_errno(xe, errno.EPERM):
         pv.bind_pirq(10)                      # PV still needs its grant
+
+
+def test_hvm_pirq_close_leaves_pv_sharers_alone(xe, hv, dom0):
+    """Found by the snapshot differential: an HVM domain's close of a PIRQ must not drop
+    the host IRQ that PV domains share under the same number."""
+    pv = hv.create_domain()
+    hv.permit_pirq(pv.domid, 7)
+    pv.bind_pirq(7, xe.BIND_PIRQ__WILL_SHARE)
+    dom0.bind_pirq(7, xe.BIND_PIRQ__WILL_SHARE)
+    g = hv.create_domain(type="hvm")
+    g.close(g.bind_pirq(7))
+    other = hv.create_domain()
+    hv.permit_pirq(other.domid, 7)
+    with raises_errno(xe, errno.EBUSY):
+        other.bind_pirq(7)            # still shared by two PV domains that said WILL_SHARE
+    if hasattr(hv, "snapshot"):
+        type(hv).restore(hv.snapshot())

@@ -166,12 +166,13 @@ def close_port(d: Domain, port: int, *, by_xen: bool = False) -> None:
         raise _fail(errno.EINVAL)
     if state == S.PIRQ:
         pirq = pt.info(port)
-        guests = d.hv._irq_guests.get(pirq, []) if d._hvm is None else []
-        if d in guests:
-            guests.remove(d)
-        if not guests:
-            d.hv._irq_guests.pop(pirq, None)
-            d.hv._irq_shareable.pop(pirq, None)
+        if d._hvm is None:   # HVM/PVH bound no host IRQ (spec xen-hvm-and-beyond 2.8)
+            guests = d.hv._irq_guests.get(pirq, [])
+            if d in guests:
+                guests.remove(d)
+            if not guests:
+                d.hv._irq_guests.pop(pirq, None)
+                d.hv._irq_shareable.pop(pirq, None)
         d._pirq_to_port.pop(pirq, None)
     elif state == S.VIRQ:
         virq = pt.info(port)
