@@ -80,7 +80,8 @@ static int end_poll(struct xe_domain *d, uint32_t v)
     return XE_EV_HOOKS;
 }
 
-/* vcpu_kick(): note the kick; a kick unblocks a vCPU that is polling. */
+/* vcpu_mark_events_pending(): note the kick; a kick unblocks a vCPU that is polling
+ * (not an HVM/PVH vCPU that Xen notifies through the callback line or not at all). */
 static int kick(struct xe_domain *d, uint32_t v)
 {
     _Atomic uint32_t *kw = v < XE_MAX_VCPUS ? A32(d->kicked) : vcpu_word(d, MAP_KICKED, v);
@@ -88,7 +89,10 @@ static int kick(struct xe_domain *d, uint32_t v)
         return 0;
     atomic_fetch_or(kw, vcpu_bit(v));
     owe_hooks(d);
-    end_poll(d, v);
+    /* kick_no_wake covers vCPUs 0..31: HVM/PVH domains have no more (create_domain). */
+    if (v >= XE_MAX_VCPUS ||
+        !((atomic_load_explicit(A32(d->kick_no_wake), memory_order_relaxed) >> v) & 1))
+        end_poll(d, v);
     return XE_EV_HOOKS;
 }
 

@@ -172,6 +172,11 @@ struct xe_domain {
     int32_t *hi_poll_evtchn;
     uint32_t hi_words;
     uint32_t hi_polling;
+    /* Bit v: a kick of vCPU v does not end its poll. Zero for PV (vcpu_kick unblocks);
+     * an HVM/PVH vCPU whose upcall is the GSI/INTx line of vCPU 0, or reaches nobody, is
+     * not kicked by Xen at all (spec xen-hvm-and-beyond 2.3 cases 3 and 4). Kept by the
+     * control plane. */
+    uint32_t kick_no_wake;
 };
 
 /* The hypervisor: domains by domid, so an interdomain send can reach its peer. */

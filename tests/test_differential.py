@@ -12,8 +12,10 @@ on destroyed domains, and event sources run while the hooks raise.
 After every step it compares:
 
 * the operation's outcome (return value, or exception type and errno);
-* the ``on_kick``/``on_wake`` hook calls as ``(domid, vcpu id, kind)``, in order (only as
-  a multiset for ``send_many``, which docs/semantics.md allows to batch);
+* the ``on_kick``/``on_wake``/``on_interrupt``/``on_gsi`` hook calls as ``(domid, vcpu id,
+  kind)`` (``("gsi", domid, gsi, level)`` for a line), in order (only as a multiset for
+  ``send_many``, which docs/semantics.md allows to batch);
+* every HVM/PVH domain's ``callback_asserted``, upcall vectors and callback param;
 * the raw bytes of every domain's ``struct shared_info``;
 * every vCPU's ``.polling``;
 * ``status()`` of a sample of ports (0..70 plus some high ones) in every domain, as seen by
@@ -68,13 +70,18 @@ class HookBoom(Exception):
 ALLOWED_EXC = (ValueError, TypeError, OverflowError, HookBoom)
 
 # Initial domains: (domid, kwargs). dom0 privileged; a 3-vCPU guest; a 1-vCPU x86_32
-# guest; a guest whose max_evtchn_port = 70 (so -ENOSPC and bucket growth past 64 happen).
+# guest; an HVM guest whose max_evtchn_port = 70 (so -ENOSPC and bucket growth past 64
+# happen, and every domain type's delivery is compared: more HVM/PVH come from create).
 INITIAL = [
     (0, dict(vcpus=2, privileged=True)),
     (1, dict(vcpus=3)),
     (2, dict(vcpus=1, layout="x86_32")),
-    (3, dict(vcpus=2, max_evtchn_port=70, nr_pirqs=4)),
+    (3, dict(vcpus=2, max_evtchn_port=70, nr_pirqs=4, type="hvm")),
 ]
+# HVM_PARAM_CALLBACK_IRQ values: none, GSIs (one only by its low byte, two out of range),
+# PCI INTx, vectors, an unknown type byte.
+CALLBACK_VIAS = [0, 5, 9, 0x105, 48, 0, (1 << 56) | (3 << 11) | 2, (1 << 56) | (1 << 11),
+                 (2 << 56) | 0xF3, (2 << 56) | 0x40, 3 << 56]
 IRQ_MAX_GUESTS = 3  # Hypervisor(irq_max_guests=...): a fourth sharer of a host IRQ gets EBUSY
 
 EXAMPLES = int(os.environ.get("XENEVTCHN_DIFF_EXAMPLES", "50"))
@@ -160,6 +167,14 @@ class Side:
         self.bufs = {}  # domid -> caller-owned shared_info buffer
         self.hv.on_kick = lambda v: self.hook(v, "kick")
         self.hv.on_wake = lambda v: self.hook(v, "wake")
+        self.hv.on_interrupt = lambda v, vec: self.hook(v, ("int", vec))
+        self.hv.on_gsi = self.gsi
+
+    def gsi(self, d, gsi, level):
+        domid = next((i for i, x in self.doms.items() if x is d), ("unknown-domain", repr(d)))
+        self.log.append(("gsi", domid, gsi, level))
+        if self.boom:
+            raise HookBoom("gsi")
 
     def hook(self, v, kind):
         self.log.append((self.domid_of(v), v.id, kind))
@@ -350,6 +365,9 @@ class Differential(RuleBasedStateMachine):
             pn = [bool(v.polling) for v in dn.vcpus]
             pr = [bool(v.polling) for v in dr.vcpus]
             assert pn == pr, f"dom{domid} polling differs: native {pn} reference {pr}"
+            hn = (dn.type, dn.callback_asserted, [v.upcall_vector for v in dn.vcpus])
+            hr = (dr.type, dr.callback_asserted, [v.upcall_vector for v in dr.vcpus])
+            assert hn == hr, f"dom{domid} HVM state differs: native {hn} reference {hr}"
             for s in (self.N, self.R):
                 s.log.clear()
             observed = []
@@ -367,7 +385,10 @@ class Differential(RuleBasedStateMachine):
                     f"native {sn!r} reference {sr!r}"
                 )
                 observed.append(sn)
-            assert not self.N.log and not self.R.log, "status() ran hooks"
+            # status() is a hypercall: for an HVM/PVH caller a VM exit, which may lower its
+            # callback line (once); nothing else may run, and both sides alike.
+            assert self.N.log == self.R.log, f"status() hooks: {self.N.log} vs {self.R.log}"
+            assert all(c[0] == "gsi" and c[3] is False for c in self.N.log), f"status() ran {self.N.log}"
             self.obs[domid] = [
                 (p, st_) for p, st_ in zip(SAMPLE_PORTS, observed)
                 if st_[0] == "status" and st_[1] != 0
@@ -813,6 +834,10 @@ class Differential(RuleBasedStateMachine):
                 st.sampled_from([-1, 65537, 256] if bad else [256, 256, 4, 1, 0, 65536]),
                 label="nr_pirqs",
             ),
+            type=data.draw(
+                st.sampled_from(["HVM", "arm", None] if bad else [None, "pv", "hvm", "hvm", "pvh"]),
+                label="type",
+            ),
         )
         kw["domid"] = self.pick(
             data,
@@ -891,7 +916,8 @@ class Differential(RuleBasedStateMachine):
         which = data.draw(
             st.sampled_from(["send", "inject", "send_virq", "send_pirq", "unmask",
                              "bind_interdomain", "advance", "guest_poke", "sched_poll",
-                             "notify_xen_channel", "raw_sched_op"]),
+                             "notify_xen_channel", "raw_sched_op", "hvm_callback",
+                             "hvm_upcall_vector", "vm_exit"]),
             label="op with raising hooks",
         )
         self.N.boom = self.R.boom = True
@@ -902,6 +928,61 @@ class Differential(RuleBasedStateMachine):
                 getattr(self, which)(data)
         finally:
             self.N.boom = self.R.boom = False
+
+    # ------------------------------------------------------------------ HVM/PVH upcalls
+
+    @rule(data=st.data())
+    def hvm_callback(self, data):
+        """HVMOP_set_param(CALLBACK_IRQ) by the domain itself or by another (dom0: allowed;
+        an unprivileged one: EPERM), through the wrapper or the raw hvm_op."""
+        caller = self.dom(data)
+        target = self.any_domid(data) if data.draw(st.booleans(), label="other") else DOMID_SELF
+        value = data.draw(st.sampled_from(CALLBACK_VIAS), label="via")
+        raw = data.draw(st.booleans(), label="raw")
+        index = data.draw(st.sampled_from([0, 0, 0, 38, 39]), label="index")
+
+        def op(s):
+            d = s.doms[caller]
+            if raw:
+                return d.hvm_op(0, bytearray(struct.pack("<HHIQ", target, 0, index, value)))
+            return d.set_hvm_param(index, value, dom=target)
+
+        self.both(op)
+
+    @rule(data=st.data())
+    def hvm_get_param(self, data):
+        caller = self.dom(data)
+        target = self.any_domid(data) if data.draw(st.booleans(), label="other") else DOMID_SELF
+        index = data.draw(st.sampled_from([0, 38, 39]), label="index")
+
+        def op(s):
+            buf = bytearray(struct.pack("<HHIQ", target, 0, index, 0xAAAA)) + b"\x55" * 4
+            rc = s.doms[caller].hvm_op(1, buf)
+            return rc, bytes(buf)
+
+        self.both(op)
+
+    @rule(data=st.data())
+    def hvm_upcall_vector(self, data):
+        a = self.dom(data)
+        vcpu = data.draw(st.integers(0, 3), label="vcpu")
+        vector = data.draw(st.sampled_from([0, 0x0F, 0x10, 0xF3, 0xF3, 0x40]), label="vector")
+        short = data.draw(st.integers(0, 8), label="bytes") < 1
+        raw = data.draw(st.booleans(), label="raw")
+
+        def op(s):
+            d = s.doms[a]
+            if raw or short:
+                buf = bytearray(struct.pack("<IB3x", vcpu, vector))
+                return d.hvm_op(23, buf[:7] if short else buf)
+            return d.set_upcall_vector(vcpu, vector)
+
+        self.both(op)
+
+    @rule(data=st.data())
+    def vm_exit(self, data):
+        a = self.dom(data)
+        self.both(lambda s: s.doms[a].vm_exit())
 
     # ------------------------------------------------------------------ raw entry points
 

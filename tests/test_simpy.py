@@ -181,3 +181,30 @@ def test_setting_on_kick_after_the_adapter_keeps_it_connected():
     assert out == [3] and mine == [1]
     adapter.close()
     assert hv.on_kick is not None
+
+
+def test_an_hvm_vcpu_wakes_on_its_upcall_vector():
+    """An HVM vCPU's upcall is an interrupt, not a kick: the adapter takes it the same way."""
+    env = simpy.Environment()
+    hv = xe.Hypervisor()
+    adapter = SimPyAdapter(env, hv)
+    d = hv.create_domain(vcpus=2, type="hvm")
+    ipi = d.bind_ipi(vcpu=1)
+    d.set_upcall_vector(1, 0xF3)   # injects at once: no process waits yet
+    seen = []
+
+    def vcpu1():
+        v = yield adapter.upcall(d.vcpus[1])
+        seen.append((env.now, v, d.guest.do_upcall(1)))
+
+    def sender():
+        yield env.timeout(3)
+        adapter.sync()
+        d.send(ipi)
+
+    env.process(vcpu1())
+    env.process(sender())
+    env.run(until=10)
+    assert seen == [(3, d.vcpus[1], [ipi])]
+    adapter.close()
+    assert not any(hv._listeners.values())

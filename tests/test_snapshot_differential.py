@@ -59,6 +59,8 @@ class ForkedCopy(Differential):
         side.bufs = {}
         side.hv.on_kick = lambda v: side.hook(v, "kick")
         side.hv.on_wake = lambda v: side.hook(v, "wake")
+        side.hv.on_interrupt = lambda v, vec: side.hook(v, ("int", vec))
+        side.hv.on_gsi = side.gsi
         return side
 
     @rule()

@@ -50,6 +50,8 @@ def unsupported(sim: Simulation) -> str | None:
     for d in sim.doms:
         if d.guest.mode not in _KERNELS:
             return f"guest kernel {d.guest.mode!r} (domain {d.domid})"
+        if d.type != "pv":
+            return f"{d.type.upper()} guests (domain {d.domid})"
     return None
 
 

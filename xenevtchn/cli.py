@@ -229,6 +229,8 @@ def format_port_tables(tables: list[dict[str, Any]], at: int, now_us: float) -> 
     lines = [f"port tables after {at:,} events ({now_us / 1000:,.3f} ms simulated)"]
     for d in tables:
         kind = "privileged" if d["privileged"] else d["kernel"]
+        if d.get("type", "pv") != "pv":  # PV, the usual kind, is not named
+            kind += f", {d['type'].upper()}"
         abi = "FIFO" if d.get("abi") == "fifo" else "2-level"
         lines += ["", f"{d['name']} (domid {d['domid']}, {kind}, {d['vcpus']} vCPUs, {d['layout']}, "
                       f"{abi}): {len(d['ports'])} ports",
@@ -339,7 +341,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .simulate import Simulation
 
     sc = _scenario(args, None)
-    sim = Simulation(sc)
+    # HVM/PVH guests run on the Python engine only; the tables are the same on both.
+    sim = Simulation(sc, engine="python") if any(g.type != "pv" for g in sc.guests) else Simulation(sc)
     if args.at:
         sim.run(events=args.at)
     tables = sim.port_tables()

@@ -119,12 +119,18 @@ def bind_pirq(caller: Domain, pirq: int, flags: int) -> int:
     hv = caller.hv
     if pirq >= caller.nr_pirqs:
         raise _fail(errno.EINVAL)
-    # Xen's pirq_access_permitted wants a host IRQ above 0: PIRQ 0 is nobody's.
-    if pirq == 0 or (not caller.privileged and pirq not in caller._permitted_pirqs):
+    # Xen's pirq_access_permitted wants a host IRQ above 0: PIRQ 0 is nobody's. HVM/PVH
+    # skip the grant check and the host IRQ (spec xen-hvm-and-beyond 2.8): no sharing.
+    hvm = caller._hvm is not None
+    if pirq == 0 or (not hvm and not caller.privileged and pirq not in caller._permitted_pirqs):
         raise _fail(errno.EPERM)
     if pirq in caller._pirq_to_port:
         raise _fail(errno.EEXIST)
     port = _free_port(caller)
+    if hvm:
+        caller.ports.bind(port, S.PIRQ, notify=0, info=pirq)
+        caller._pirq_to_port[pirq] = port
+        return port
     guests = hv._irq_guests.setdefault(pirq, [])
     share = bool(flags & BIND_PIRQ__WILL_SHARE)
     if guests:
@@ -160,12 +166,13 @@ def close_port(d: Domain, port: int, *, by_xen: bool = False) -> None:
         raise _fail(errno.EINVAL)
     if state == S.PIRQ:
         pirq = pt.info(port)
-        guests = d.hv._irq_guests.get(pirq, [])
-        if d in guests:
-            guests.remove(d)
-        if not guests:
-            d.hv._irq_guests.pop(pirq, None)
-            d.hv._irq_shareable.pop(pirq, None)
+        if d._hvm is None:   # HVM/PVH bound no host IRQ (spec xen-hvm-and-beyond 2.8)
+            guests = d.hv._irq_guests.get(pirq, [])
+            if d in guests:
+                guests.remove(d)
+            if not guests:
+                d.hv._irq_guests.pop(pirq, None)
+                d.hv._irq_shareable.pop(pirq, None)
         d._pirq_to_port.pop(pirq, None)
     elif state == S.VIRQ:
         virq = pt.info(port)

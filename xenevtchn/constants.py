@@ -211,6 +211,49 @@ MAX_VIRT_CPUS = 8192  # x86 PV's vCPU limit (MAX_VIRT_CPUS)
 SHARED_INFO_SIZE = {"x86_64": 3136, "x86_32": 2344}
 LAYOUTS = ("x86_64", "x86_32")
 
+# Domain types (spec xen-hvm-and-beyond §1) and their vCPU limits.
+DOMAIN_TYPES = ("pv", "hvm", "pvh")
+MAX_VIRT_CPUS = 8192  # x86 PV
+HVM_MAX_VCPUS = 128   # x86 HVM and PVH
+
+
+class HvmOp(IntEnum):
+    """``HYPERVISOR_hvm_op`` commands (public/hvm/hvm_op.h) that are modelled."""
+
+    set_param = 0
+    get_param = 1
+    set_evtchn_upcall_vector = 23
+
+
+class HvmParam(IntEnum):
+    """``HVM_PARAM_*`` indices (public/hvm/params.h); only the callback is modelled."""
+
+    CALLBACK_IRQ = 0
+
+
+class HvmCallbackType(IntEnum):
+    """The type byte (bits 63:56) of ``HVM_PARAM_CALLBACK_IRQ``."""
+
+    GSI = 0
+    PCI_INTX = 1
+    VECTOR = 2
+
+
+HVMOP_set_param = HvmOp.set_param
+HVMOP_get_param = HvmOp.get_param
+HVMOP_set_evtchn_upcall_vector = HvmOp.set_evtchn_upcall_vector
+HVM_PARAM_CALLBACK_IRQ = HvmParam.CALLBACK_IRQ
+HVM_NR_PARAMS = 39
+HVM_PARAM_CALLBACK_TYPE_GSI = HvmCallbackType.GSI
+HVM_PARAM_CALLBACK_TYPE_PCI_INTX = HvmCallbackType.PCI_INTX
+HVM_PARAM_CALLBACK_TYPE_VECTOR = HvmCallbackType.VECTOR
+HVM_PARAM_CALLBACK_TYPE_PPI = 2  # Arm's name for type 2
+GUEST_EVTCHN_PPI = 31
+HVM_NR_GSIS = 48          # VIOAPIC_NUM_PINS: GSIs of a domU's emulated IOAPIC
+HVM_MIN_UPCALL_VECTOR = 0x10
+XEN_HVM_PARAM_SIZE = 16   # struct xen_hvm_param
+XEN_HVM_UPCALL_VECTOR_SIZE = 8  # struct xen_hvm_evtchn_upcall_vector
+
 __all__ = [
     "EvtchnOp",
     "EvtchnStat",
@@ -299,4 +342,22 @@ __all__ = [
     "PAGE_SIZE",
     "SHARED_INFO_SIZE",
     "LAYOUTS",
+    "DOMAIN_TYPES",
+    "MAX_VIRT_CPUS",
+    "HVM_MAX_VCPUS",
+    "HvmOp",
+    "HvmParam",
+    "HvmCallbackType",
+    "HVMOP_set_param",
+    "HVMOP_get_param",
+    "HVMOP_set_evtchn_upcall_vector",
+    "HVM_PARAM_CALLBACK_IRQ",
+    "HVM_NR_PARAMS",
+    "HVM_PARAM_CALLBACK_TYPE_GSI",
+    "HVM_PARAM_CALLBACK_TYPE_PCI_INTX",
+    "HVM_PARAM_CALLBACK_TYPE_VECTOR",
+    "HVM_PARAM_CALLBACK_TYPE_PPI",
+    "GUEST_EVTCHN_PPI",
+    "HVM_NR_GSIS",
+    "HVM_MIN_UPCALL_VECTOR",
 ]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterable, ParamSpe
 
 from . import commands as cmds
 from . import fifo as fifo_cmds
+from . import hvm
 from . import hypercalls
 from . import sched
 from . import vcpu_info
@@ -28,6 +29,7 @@ from .constants import (
     EVTCHN_2L_NR_CHANNELS_X86_32,
     NR_VIRQS,
     VCPU_INFO_SIZE,
+    XEN_LEGACY_MAX_VCPUS,
 )
 from .errors import EvtchnError
 from .guest import GUESTS
@@ -168,6 +170,12 @@ class Vcpu:
             return None
         return memoryview(ffi.buffer(ffi.cast("char *", area), VCPU_INFO_SIZE))
 
+    @property
+    def upcall_vector(self) -> int:
+        """The vector ``HVMOP_set_evtchn_upcall_vector`` gave this vCPU; 0: none (PV: 0)."""
+        st = self.domain._hvm
+        return 0 if st is None else st.upcall_vectors[self.id]
+
     def __repr__(self) -> str:
         return f"<Vcpu d{self.domain.domid}v{self.id}>"
 
@@ -177,13 +185,20 @@ class Domain:
 
     def __init__(self, hv: Hypervisor, domid: int, vcpus: int, privileged: bool,
                  max_evtchn_port: int | None, layout: str, shared_info: SharedInfo,
-                 guest: str = "linux", memory: GuestMemory | None = None) -> None:
+                 guest: str = "linux", memory: GuestMemory | None = None,
+                 type: str = "pv") -> None:
         self.hv = hv
         self.domid = domid
         self.privileged = privileged
         self.layout = layout
+        self.type = type
         self.shared_info = shared_info
         self.shared_info.reset()
+        # HVM/PVH upcall state (hvm.py); None for PV, which is kicked.
+        self._hvm = None if type == "pv" else hvm.HvmState(vcpus, pvh=type == "pvh")
+        if self._hvm is not None:
+            for v in range(XEN_LEGACY_MAX_VCPUS):  # Xen's HVM builder only clears the page
+                lib.xe_vcpu_set_upcall_mask(self.shared_info._s, v, 0)
         abi_ports = EVTCHN_2L_NR_CHANNELS if layout == "x86_64" else EVTCHN_2L_NR_CHANNELS_X86_32
         self.max_evtchn_port = abi_ports - 1 if max_evtchn_port is None else max_evtchn_port
         # None: no configured limit (dom0's INT_MAX), so the ABI's own limit applies.
@@ -225,6 +240,8 @@ class Domain:
         self._reset_next = 0
         self._handles: list[Any] = []  # XenEvtchn handles: C may point at their queues
         self.guest = GUESTS[guest](self)
+        if self._hvm is not None:
+            hvm.sync_kick_wake(self)
         self._bind_fast_paths()
 
     def _bind_fast_paths(self) -> None:
@@ -235,9 +252,17 @@ class Domain:
         port table), the refusal raised and the owed hooks run from C. Otherwise ``send`` is
         a closure making a two-argument C call and ``event_channel_op`` the class method.
         Anything a key cannot carry goes to the checked class method.
+        An HVM/PVH domain's hypercalls are VM exits (the line check runs first): its
+        ``send`` and ``event_channel_op`` stay the checked methods, its hooks are planned by
+        ``Hypervisor._plan``; the guest's local paths keep their class methods too.
         """
         c = self._c
         hv = self.hv
+        if self._hvm is not None:
+            self._builtins = False
+            self._slot = _Slot.take(c)
+            self.guest._bind_fast_paths(self._slot)
+            return
         slot = _Slot.take(c)
         self._slot = slot
         slow = Domain.send.__get__(self)
@@ -298,7 +323,79 @@ class Domain:
         with self.hv._lock:
             if self.dead:
                 raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
+            if self._hvm is not None:
+                return self._vm_exit_then(fn, *args, **kw)
             return fn(self, *args, **kw)
+
+    def _vm_exit_then(self, fn: Callable[Concatenate[Domain, _P], _R], *args: _P.args,
+                      **kw: _P.kwargs) -> _R:
+        """A hypercall of an HVM/PVH domain: the VM exit's line check, then ``fn``. A hook
+        the check ran that raised does not stop the call; its error comes after."""
+        err: Exception | None = None
+        try:
+            hvm.vm_exit(self)
+        except Exception as exc:  # noqa: BLE001 - raised once the call ran
+            err = exc
+        result = fn(self, *args, **kw)
+        if err is not None:
+            raise err
+        return result
+
+    def vm_exit(self) -> None:
+        """A VM exit of any vCPU (``hvm_maybe_deassert_evtchn_irq``): the GSI/INTx line
+        drops if it is up and vCPU 0's upcall flag is clear. Nothing for PV domains."""
+        with self.hv._lock:
+            if not self.dead:
+                hvm.vm_exit(self)
+
+    # ---- HVM/PVH (spec xen-hvm-and-beyond §2) --------------------------------------
+
+    def hvm_op(self, cmd: int, arg: Any) -> int:
+        """Raw ``HYPERVISOR_hvm_op(cmd, arg)``: 0 set_param, 1 get_param (``struct
+        xen_hvm_param``, 16 bytes), 23 set_evtchn_upcall_vector (8 bytes); 0 or ``-errno``."""
+        if not isinstance(cmd, int):
+            raise TypeError(f"cmd must be an int, not {type(cmd).__name__}")
+        ptr, nbytes = hypercalls.writable_bytes(arg, "arg")
+        try:
+            with self.hv._lock:
+                if self.dead:
+                    return -errno.ESRCH
+                if self._hvm is not None:
+                    return self._vm_exit_then(hvm.hvm_op, cmd, ptr, nbytes)
+                return hvm.hvm_op(self, cmd, ptr, nbytes)
+        finally:
+            if nbytes:
+                ffi.release(ptr)
+
+    def set_hvm_param(self, index: int, value: int, dom: int = DOMID_SELF) -> None:
+        """``HVMOP_set_param``: only ``HVM_PARAM_CALLBACK_IRQ`` has an effect."""
+        self._call(hvm.set_param, _uint(dom, "dom", U16), _uint(index, "index", U32),
+                   _uint(value, "value", U64))
+
+    def get_hvm_param(self, index: int, dom: int = DOMID_SELF) -> int:
+        """``HVMOP_get_param``: the value last set (0 if never)."""
+        return self._call(hvm.get_param, _uint(dom, "dom", U16), _uint(index, "index", U32))
+
+    def set_callback_via(self, via: int) -> None:
+        """``set_hvm_param(HVM_PARAM_CALLBACK_IRQ, via)``."""
+        self.set_hvm_param(0, via)
+
+    def set_upcall_vector(self, vcpu: int, vector: int) -> None:
+        """``HVMOP_set_evtchn_upcall_vector``: ``vector`` (>= 0x10) for ``vcpu``'s upcalls;
+        injected at once."""
+        vcpu = _uint(vcpu, "vcpu", U32)
+        vector = _uint(vector, "vector", 0xFF)
+        if self._hvm is None:
+            with self.hv._lock:
+                if self.dead:
+                    raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
+            raise EvtchnError(errno.EINVAL, "set_upcall_vector: not an HVM/PVH domain")
+        self._call(hvm.set_upcall_vector, vcpu, vector)
+
+    @property
+    def callback_asserted(self) -> bool:
+        """Xen's ``callback_via_asserted``: the level last driven for vCPU 0 (PV: False)."""
+        return self._hvm is not None and self._hvm.asserted
 
     # ---- raw hypercalls ----------------------------------------------------------
 
@@ -386,6 +483,22 @@ class Domain:
         """
         if self.dead:
             raise EvtchnError(errno.ESRCH, f"domain {self.domid} was destroyed")
+        if self._hvm is not None:
+            # One hypercall per port in Xen; the first exit's check is the one that can
+            # lower the line (sends only raise flags). A hook it ran that raised does not
+            # stop the sends; its error comes after.
+            err: Exception | None = None
+            try:
+                self.vm_exit()
+            except Exception as exc:  # noqa: BLE001
+                err = exc
+            self._send_many(ports)
+            if err is not None:
+                raise err
+        else:
+            self._send_many(ports)
+
+    def _send_many(self, ports: Sequence[int] | Any) -> None:
         arr, n, view = _uint32_array(ports)
         if n == 0:
             return
@@ -449,7 +562,7 @@ class Domain:
 
     def __repr__(self) -> str:
         state = " dead" if self.dead else ""
-        return f"<Domain {self.domid} vcpus={len(self.vcpus)} {self.layout}{state}>"
+        return f"<Domain {self.domid} {self.type} vcpus={len(self.vcpus)} {self.layout}{state}>"
 
 
 _U32_ARRAY = ffi.typeof("uint32_t[]")

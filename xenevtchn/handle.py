@@ -115,6 +115,8 @@ class XenEvtchn:
         self._open()
         if isinstance(port, int) and port in self._ports:
             with self._d.hv._lock:
+                if self._d._hvm is not None:
+                    self._d.vm_exit()   # the driver's unmask hypercall is a VM exit
                 lib.xe_user_unmask(self._d._c, port)
 
     def close(self) -> None:

@@ -146,6 +146,15 @@ def run(d: Domain, cmd: int, ptr: Any, nbytes: int) -> int:
     """Dispatch one command on a buffer already borrowed; returns 0 or -errno."""
     if d.dead:
         return -errno.ESRCH   # a destroyed domain makes no hypercalls
+    if d._hvm is not None:
+        with d.hv._lock:
+            if d.dead:
+                return -errno.ESRCH
+            return d._vm_exit_then(_dispatch, cmd, ptr, nbytes)
+    return _dispatch(d, cmd, ptr, nbytes)
+
+
+def _dispatch(d: Domain, cmd: int, ptr: Any, nbytes: int) -> int:
     entry = COMMANDS.get(cmd)
     if entry is None:
         return -errno.ENOSYS
@@ -178,10 +187,14 @@ def event_channel_op_compat(d: Domain, op: Any) -> int:
     try:
         if d.dead:
             return -errno.ESRCH
+        if d._hvm is not None and nbytes < COMPAT_OP_SIZE:
+            d.vm_exit()   # a hypercall is a VM exit, even one that faults
         if nbytes < COMPAT_OP_SIZE:
             return -errno.EFAULT
         cmd = int(ffi.cast("int32_t *", ptr)[0])
         if not 0 <= cmd <= COMPAT_MAX_CMD:
+            if d._hvm is not None:
+                d.vm_exit()
             return -errno.ENOSYS
         return run(d, cmd, ptr + 4, COMPAT_OP_SIZE - 4)
     finally:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import bisect
+import builtins
 import errno
 import heapq
 import threading
 from typing import Any, Callable, Iterator
 
 from . import commands as cmds
+from . import hvm
 from ._native import ffi, lib, make_hook_runner
 from .constants import (
+    DOMAIN_TYPES,
     DOMID_FIRST_RESERVED,
+    HVM_MAX_VCPUS,
+    MAX_VIRT_CPUS,
     IRQ_MAX_GUESTS,
     IRQ_MAX_GUESTS_LIMIT,
     LAYOUTS,
@@ -31,7 +36,19 @@ from .vcpu_info import max_vcpus
 Hook = Callable[[Vcpu], Any]
 
 
-LISTENER_EVENTS = ("kick", "wake")
+LISTENER_EVENTS = ("kick", "wake", "interrupt", "gsi")
+
+
+def check_vcpus(vcpus: Any, layout: str, dtype: str) -> int:
+    """``vcpus`` for a new domain of this layout and type (``vcpu_info.max_vcpus``)."""
+    if not isinstance(vcpus, int):
+        raise TypeError(f"vcpus must be an int, not {type(vcpus).__name__}")
+    top = max_vcpus(layout, dtype)
+    if not 1 <= vcpus <= top:
+        more = (f" (Xen allows {HVM_MAX_VCPUS}; HVM/PVH domains beyond {top} vCPUs are not "
+                "modelled yet)" if dtype != "pv" and vcpus <= HVM_MAX_VCPUS else "")
+        raise ValueError(f"vcpus must be in 1..{top} for a {dtype} domain, not {vcpus}{more}")
+    return int(vcpus)
 
 
 def _hook(hook: Any, name: str) -> Any:
@@ -80,9 +97,15 @@ class Hypervisor:
         self.now = 0
         self._on_kick: Hook | None = None
         self._on_wake: Hook | None = None
-        self._listeners: dict[str, list[Hook]] = {event: [] for event in LISTENER_EVENTS}
+        self._listeners: dict[str, list[Any]] = {event: [] for event in LISTENER_EVENTS}
         self._kick_fns: tuple[Hook, ...] = ()  # on_kick then the listeners: what _after calls
         self._wake_fns: tuple[Hook, ...] = ()
+        self._on_interrupt: Callable[[Vcpu, int], Any] | None = None
+        self._on_gsi: Callable[[Domain, int, bool], Any] | None = None
+        self._interrupt_fns: tuple[Callable[[Vcpu, int], Any], ...] = ()
+        self._gsi_fns: tuple[Callable[[Domain, int, bool], Any], ...] = ()
+        self._hvm_domains = 0  # live HVM/PVH domains: their kicks are planned by hvm.py
+        self._plan_memo: tuple[Any, list[Any], list[Any]] | None = None
         self._created = 0  # creation order of domains: the order their hooks run in
         self._c_address = int(ffi.cast("uintptr_t", self._c))  # for the hook runner
         # What C calls after a send (csrc/python/run_hooks.c): per hook kind it dispatches
@@ -116,8 +139,30 @@ class Hypervisor:
         self._on_wake = _hook(hook, "on_wake")
         self._rebuild_hooks()
 
-    def add_listener(self, event: str, fn: Hook) -> None:
-        """Call ``fn(vcpu)`` on every ``event`` ("kick" or "wake"), after ``on_kick``/``on_wake``.
+    @property
+    def on_interrupt(self) -> Callable[[Vcpu, int], Any] | None:
+        """Called with ``(vcpu, vector)`` when an HVM/PVH vCPU is sent its upcall vector."""
+        return self._on_interrupt
+
+    @on_interrupt.setter
+    def on_interrupt(self, hook: Callable[[Vcpu, int], Any] | None) -> None:
+        self._on_interrupt = _hook(hook, "on_interrupt")
+        self._rebuild_hooks()
+
+    @property
+    def on_gsi(self) -> Callable[[Domain, int, bool], Any] | None:
+        """Called with ``(domain, gsi, level)`` when an HVM domain's GSI/PCI-INTx callback
+        line changes level."""
+        return self._on_gsi
+
+    @on_gsi.setter
+    def on_gsi(self, hook: Callable[[Domain, int, bool], Any] | None) -> None:
+        self._on_gsi = _hook(hook, "on_gsi")
+        self._rebuild_hooks()
+
+    def add_listener(self, event: str, fn: Any) -> None:
+        """Call ``fn`` on every ``event`` ("kick", "wake", "interrupt" or "gsi") with the
+        arguments of ``on_kick``/``on_wake``/``on_interrupt``/``on_gsi``, after that hook.
 
         Listeners run in the order they were added; one added twice runs twice.
         """
@@ -129,7 +174,7 @@ class Hypervisor:
             self._listeners[event].append(fn)
             self._rebuild_hooks()
 
-    def remove_listener(self, event: str, fn: Hook) -> None:
+    def remove_listener(self, event: str, fn: Any) -> None:
         """Remove the last-added ``fn`` for ``event``; ValueError if it is not listening."""
         if event not in self._listeners:
             raise ValueError(f"event must be one of {', '.join(LISTENER_EVENTS)}, not {event!r}")
@@ -150,36 +195,44 @@ class Hypervisor:
         self._kick_fns = kick + tuple(self._listeners["kick"])
         self._wake_fns = wake + tuple(self._listeners["wake"])
         self._hook_table[:] = [self._kick_fns, self._wake_fns]
+        interrupt = () if self._on_interrupt is None else (self._on_interrupt,)
+        gsi = () if self._on_gsi is None else (self._on_gsi,)
+        self._interrupt_fns = interrupt + tuple(self._listeners["interrupt"])
+        self._gsi_fns = gsi + tuple(self._listeners["gsi"])
 
     # ---- domains ---------------------------------------------------------------------
 
     def create_domain(self, vcpus: int = 1, privileged: bool = False, domid: int | None = None,
                       max_evtchn_port: int | None = None, layout: str = "x86_64",
                       shared_info: Any = None, guest: str = "linux",
-                      memory_frames: int = DEFAULT_FRAMES, nr_pirqs: int = NR_PIRQS) -> Domain:
+                      memory_frames: int = DEFAULT_FRAMES, nr_pirqs: int = NR_PIRQS,
+                      type: str | None = None) -> Domain:
         """Create a domain; see ``docs/semantics.md`` for the argument rules.
 
         ``guest`` picks the guest kernel behind ``d.guest``: ``"linux"`` or ``"minios"``.
         ``memory_frames`` sizes ``d.memory`` (4 KiB frames, allocated lazily; 1 GiB).
         ``nr_pirqs`` is the domain's PIRQ count (0..65536; Xen derives it from the host).
+        ``type``: ``"pv"`` (None), ``"hvm"`` or ``"pvh"``; HVM/PVH start with every
+        ``evtchn_upcall_mask`` 0 and take upcalls through ``hvm_op`` callbacks.
         """
+        if type is None:
+            type = "pv"
+        if not isinstance(type, str) or type not in DOMAIN_TYPES:
+            raise ValueError(f"type must be one of {DOMAIN_TYPES} or None, not {type!r}")
         if guest not in GUESTS:
             raise ValueError(f"guest must be one of {sorted(GUESTS)}, not {guest!r}")
         if not isinstance(privileged, int) or privileged not in (0, 1):
             raise TypeError(f"privileged must be a bool, not {privileged!r}")
-        if not isinstance(vcpus, int):
-            raise TypeError(f"vcpus must be an int, not {type(vcpus).__name__}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
-        if not 1 <= vcpus <= max_vcpus(layout):
-            raise ValueError(f"vcpus must be in 1..{max_vcpus(layout)}, not {vcpus}")
+        vcpus = check_vcpus(vcpus, layout, type)
         if max_evtchn_port is not None:
             if not isinstance(max_evtchn_port, int):
                 raise TypeError("max_evtchn_port must be an int or None")
             if max_evtchn_port < 0:
                 raise ValueError(f"max_evtchn_port must be >= 0, not {max_evtchn_port}")
         if not isinstance(nr_pirqs, int):
-            raise TypeError(f"nr_pirqs must be an int, not {type(nr_pirqs).__name__}")
+            raise TypeError(f"nr_pirqs must be an int, not {builtins.type(nr_pirqs).__name__}")
         if not 0 <= nr_pirqs <= NR_PIRQS_MAX:
             raise ValueError(f"nr_pirqs must be in 0..{NR_PIRQS_MAX}, not {nr_pirqs}")
         memory = GuestMemory(memory_frames)
@@ -202,7 +255,9 @@ class Hypervisor:
                 if domid in self._domains:
                     raise EvtchnError(errno.EEXIST, f"domain {domid} exists")
             d = Domain(self, domid, vcpus, bool(privileged), max_evtchn_port, layout, si, guest,
-                       memory)
+                       memory, type)
+            if d._hvm is not None:
+                self._hvm_domains += 1
             d.nr_pirqs = int(nr_pirqs)
             self._created += 1
             d._created = self._created
@@ -267,6 +322,8 @@ class Hypervisor:
             lo, hi = d.shared_info.address_range
             del self._shinfo_ranges[bisect.bisect_left(self._shinfo_ranges, (lo, hi, domid))]
             self._c.domains[domid] = ffi.NULL
+            if d._hvm is not None:
+                self._hvm_domains -= 1
             d._kill()
             self._graveyard.append(d)
             self._reap()
@@ -488,16 +545,9 @@ class Hypervisor:
         if flags:
             self._run_owed()
 
-    def _plan(self, rec: tuple[int, ...]) -> list[Any]:
-        """The hook calls ``[fn, vcpu, ...]`` owed for records (domid, kicked, woken)."""
-        kick_fns, wake_fns = self._kick_fns, self._wake_fns
-        if not kick_fns and not wake_fns:
-            return []  # the bits are taken; nobody to call
-        if (len(rec) == 3 and rec[1] and not rec[2] and rec[1] & (rec[1] - 1) == 0
-                and len(kick_fns) == 1 and rec[0] <= 0xFFFF):
-            # The usual case: one vCPU of one domain kicked, nobody woken, one hook.
-            d = self._domains.get(rec[0])
-            return [] if d is None else [kick_fns[0], d.vcpus[rec[1].bit_length() - 1]]
+    def _owed_bits(self, rec: tuple[int, ...]) -> dict[int, list[Any]]:
+        """Records (domid | group << 16, kicked bits, woken bits) merged per live domain:
+        creation order -> [domain, kicked, woken], the bits of all its vCPUs."""
         domains = self._domains
         owed: dict[int, list[Any]] = {}
         for i in range(0, len(rec), 3):
@@ -511,6 +561,21 @@ class Hypervisor:
             else:  # listed again while an earlier batch was taken: one visit
                 o[1] |= rec[i + 1] << shift
                 o[2] |= rec[i + 2] << shift
+        return owed
+
+    def _plan(self, rec: tuple[int, ...]) -> list[Any]:
+        """The hook calls ``[fn, vcpu, ...]`` owed for records (domid, kicked, woken)."""
+        if self._hvm_domains:
+            return self._plan_hvm(rec)
+        kick_fns, wake_fns = self._kick_fns, self._wake_fns
+        if not kick_fns and not wake_fns:
+            return []  # the bits are taken; nobody to call
+        if (len(rec) == 3 and rec[1] and not rec[2] and rec[1] & (rec[1] - 1) == 0
+                and len(kick_fns) == 1 and rec[0] <= 0xFFFF):
+            # The usual case: one vCPU of one domain kicked, nobody woken, one hook.
+            d = self._domains.get(rec[0])
+            return [] if d is None else [kick_fns[0], d.vcpus[rec[1].bit_length() - 1]]
+        owed = self._owed_bits(rec)
         calls: list[Any] = []
         for key in sorted(owed) if len(owed) > 1 else owed:
             d, kicked, woken = owed[key]
@@ -528,6 +593,49 @@ class Hypervisor:
                 vcpu = d.vcpus[v]
                 for fn in wake_fns:
                     calls += (fn, vcpu)
+        return calls
+
+
+    def _plan_hvm(self, rec: tuple[int, ...]) -> list[Any]:
+        """``_plan`` while HVM/PVH domains exist: their kicks become Xen's
+        ``hvm_assert_evtchn_irq`` (hvm.py), which may move a domain's callback line. The
+        plan is called again with the same records if it raised: the calls and line
+        changes of a plan that got that far are kept and given again, so a retry neither
+        loses a line change nor makes one twice."""
+        memo = self._plan_memo
+        if memo is not None and memo[0] is rec:
+            for st, level in memo[2]:
+                st.asserted = level
+            return memo[1]
+        owed = self._owed_bits(rec)
+        calls: list[Any] = []
+        changes: list[Any] = []
+        kick_fns, wake_fns = self._kick_fns, self._wake_fns
+        for key in sorted(owed):
+            d, kicked, woken = owed[key]
+            st = d._hvm
+            if st is not None:
+                before = st.asserted
+                hvm.kick_calls(d, kicked, woken, calls)
+                if st.asserted != before:
+                    changes.append((st, st.asserted))
+                    st.asserted = before   # applied below, once the memo holds it
+                continue
+            for v in _bits(kicked):
+                vcpu = d.vcpus[v]
+                for fn in kick_fns:
+                    calls += (fn, vcpu)
+                if woken >> v & 1:
+                    for fn in wake_fns:
+                        calls += (fn, vcpu)
+                    woken &= ~(1 << v)
+            for v in _bits(woken):
+                vcpu = d.vcpus[v]
+                for fn in wake_fns:
+                    calls += (fn, vcpu)
+        self._plan_memo = (rec, calls, changes)
+        for st, level in changes:
+            st.asserted = level
         return calls
 
 

@@ -44,6 +44,9 @@ Rules (the name starts the message):
   its memory, aligned and not crossing a page; else the legacy slot, or none from vCPU 32),
   both shared_info views use the domain's table, and exactly the registered frames are held.
 - ``abi``: the C core's ABI matches whether the domain has FIFO state.
+- ``hvm``: a PV domain has no HVM state; an HVM/PVH one has a vector (0 or >= 0x10) per
+  vCPU, a GSI callback names a GSI in 1..47, a PVH domain has no GSI/INTx callback, and
+  the C core's kick_no_wake bits are those the callback state implies.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ from .constants import (
     EVTCHN_2L_NR_CHANNELS_X86_32,
     EVTCHN_FIFO_NR_CHANNELS,
     EVTCHNS_PER_BUCKET,
+    HVM_MIN_UPCALL_VECTOR,
+    HVM_NR_GSIS,
     NR_VIRQS,
     PAGE_SIZE,
     VCPU_INFO_SIZE,
@@ -137,9 +142,28 @@ def check_world(hv: Hypervisor, rows_of: dict[int, list[tuple[int, ...]]] | None
     _check_hv(hv, live, pirq_owners)
 
 
+def _check_hvm(d: Domain) -> None:
+    st, A, nv = d._hvm, d.domid, len(d.vcpus)
+    if st is None:
+        if d.type != "pv" or d._c.kick_no_wake:
+            raise InvariantError("hvm", f"d{A}: type {d.type!r} without HVM state")
+        return
+    if d.type not in ("hvm", "pvh") or st.pvh != (d.type == "pvh"):
+        raise InvariantError("hvm", f"d{A}: type {d.type!r} with HVM state")
+    if len(st.upcall_vectors) != nv or any(0 < x < HVM_MIN_UPCALL_VECTOR or x > 0xFF
+                                           for x in st.upcall_vectors):
+        raise InvariantError("hvm", f"d{A}: upcall vectors {st.upcall_vectors[:8]}")
+    if not 0 <= st.via_type <= 3 or (st.via_type == 1 and not 0 < st.gsi < HVM_NR_GSIS) or \
+            (st.pvh and st.via_type in (1, 2)):
+        raise InvariantError("hvm", f"d{A}: callback type {st.via_type} gsi {st.gsi}")
+    if int(d._c.kick_no_wake) != st.kick_no_wake(nv):
+        raise InvariantError("hvm", f"d{A}: kick_no_wake {int(d._c.kick_no_wake):#x}")
+
+
 def _check_domain(hv: Hypervisor, d: Domain, rows_of: dict[int, list[tuple[int, ...]]],
                   pirq_owners: dict[int, list[Domain]], live: dict[int, Domain]) -> None:
     A, pt, nv = d.domid, d.ports, len(d.vcpus)
+    _check_hvm(d)
     rows = rows_of[A]
     fifo = is_fifo(d)
     if fifo != (d.fifo is not None):
@@ -199,9 +223,10 @@ def _check_domain(hv: Hypervisor, d: Domain, rows_of: dict[int, list[tuple[int, 
             if not 0 < info < d.nr_pirqs or rdom or rport or d._pirq_to_port.get(info) != p:
                 raise InvariantError("pirq", f"{where}: pirq {info}, the table says "
                                      f"{d._pirq_to_port.get(info)}")
-            if not d.privileged and info not in d._permitted_pirqs:
-                raise InvariantError("pirq", f"{where}: pirq {info} was never permitted to d{A}")
-            pirq_owners.setdefault(info, []).append(d)
+            if d._hvm is None:   # HVM/PVH bind no host IRQ and need no grant
+                if not d.privileged and info not in d._permitted_pirqs:
+                    raise InvariantError("pirq", f"{where}: pirq {info} was never permitted to d{A}")
+                pirq_owners.setdefault(info, []).append(d)
         elif state == VIRQ:
             v = notify if info in PER_VCPU_VIRQS else 0
             if info >= NR_VIRQS or rdom or rport or d._virq_to_evtchn[v][info] != p or \

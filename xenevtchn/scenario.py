@@ -35,6 +35,7 @@ A file looks like this (every key optional except at least one ``[[guest]]``)::
     kernel = "linux"         # or "minios"
     layout = "x86_64"        # or "x86_32"
     abi = "2l"               # or "fifo" (Linux only: Mini-OS has no FIFO ABI)
+    type = "pv"              # or "hvm" / "pvh": upcalls through per-vCPU vectors (Python engine)
 
 A FIFO domain boots as Linux does (``events_fifo.c``): a control block per vCPU
 (``EVTCHNOP_init_control``) and event-array pages (``EVTCHNOP_expand_array``) as its
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import (
+    DOMAIN_TYPES,
     DOMID_FIRST_RESERVED,
     EVTCHN_2L_NR_CHANNELS,
     EVTCHN_2L_NR_CHANNELS_X86_32,
@@ -103,6 +105,7 @@ class GuestSpec:
     kernel: str = "linux"
     layout: str = "x86_64"
     abi: str = "2l"
+    type: str = "pv"
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ _TOP_KEYS = ("simulation", "dom0", "devices", "guest")
 _SIM_KEYS = ("events", "seed", "timer_hz", "ipi_probability", "lock_probability")
 _DOM0_KEYS = ("vcpus", "layout", "abi")
 _DEVICE_KEYS = ("service_us", "think_us", "depth", "pirq", "napi", "priority")
-_GUEST_KEYS = ("name", "count", "vcpus", "devices", "kernel", "layout", "abi")
+_GUEST_KEYS = ("name", "count", "vcpus", "devices", "kernel", "layout", "abi", "type")
 
 
 class _Checker:
@@ -347,6 +350,7 @@ def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
             kernel=c.choice(g.get("kernel", "linux"), f"{key}.kernel", KERNELS),
             layout=c.choice(g.get("layout", "x86_64"), f"{key}.layout", LAYOUTS),
             abi=c.choice(g.get("abi", "2l"), f"{key}.abi", ABIS),
+            type=c.choice(g.get("type", "pv"), f"{key}.type", DOMAIN_TYPES),
         ))
     if not guests:
         raise ScenarioError(f"{where}: no guests: add at least one [[guest]] table")

@@ -28,8 +28,8 @@ assert all(_SCHED_POLL[k].size == v for k, v in SCHED_POLL_SIZE.items())
 def translated(d: Domain) -> bool:
     """Whether guest handles are translated (HVM, PVH, Arm): ``guest_handle_okay``
     always passes for them and faults surface only when an entry is read. Every domain
-    is PV today; domain types (issue 19 item 1) plug in here through ``d.type``."""
-    return getattr(d, "type", "pv") in ("hvm", "pvh")
+    is PV, HVM or PVH (``d.type``)."""
+    return d.type in ("hvm", "pvh")
 
 
 def sched_op(d: Domain, cmd: Any, arg: Any, vcpu: Any) -> int:
@@ -46,21 +46,27 @@ def sched_op(d: Domain, cmd: Any, arg: Any, vcpu: Any) -> int:
     with d.hv._lock:
         if d.dead:
             return -errno.ESRCH
-        if not 0 <= vcpu < len(d.vcpus):
-            return -errno.ENOENT   # no such vCPU to make the call
-        if cmd == SchedOp.yield_:
-            return 0
-        if cmd != SchedOp.poll:
-            return -errno.ENOSYS   # [sim] not modelled
-        layout = _SCHED_POLL[d.layout]
-        if nbytes < layout.size:
-            return -errno.EFAULT
-        addr, nr_ports, timeout = layout.unpack_from(raw)
-        try:
-            poll(d, vcpu, nr_ports, _reader(d, addr, nr_ports), timeout)
-            return 0   # returning at once and blocking both answer 0
-        except EvtchnError as exc:
-            return -exc.errno
+        if d._hvm is not None:
+            return d._vm_exit_then(_sched_op, cmd, raw, nbytes, vcpu)
+        return _sched_op(d, cmd, raw, nbytes, vcpu)
+
+
+def _sched_op(d: Domain, cmd: int, raw: bytes, nbytes: int, vcpu: int) -> int:
+    if not 0 <= vcpu < len(d.vcpus):
+        return -errno.ENOENT   # no such vCPU to make the call
+    if cmd == SchedOp.yield_:
+        return 0
+    if cmd != SchedOp.poll:
+        return -errno.ENOSYS   # [sim] not modelled
+    layout = _SCHED_POLL[d.layout]
+    if nbytes < layout.size:
+        return -errno.EFAULT
+    addr, nr_ports, timeout = layout.unpack_from(raw)
+    try:
+        poll(d, vcpu, nr_ports, _reader(d, addr, nr_ports), timeout)
+        return 0   # returning at once and blocking both answer 0
+    except EvtchnError as exc:
+        return -exc.errno
 
 
 def _reader(d: Domain, addr: int, nr_ports: int) -> Callable[[int], int] | None:
@@ -77,6 +83,16 @@ def _reader(d: Domain, addr: int, nr_ports: int) -> Callable[[int], int] | None:
         return int.from_bytes(b, "little")
 
     return read
+
+
+def _needs_delivery(d: Domain, si: Any, vcpu: int) -> bool:
+    """Local events need delivery: PV when the upcall flag is set and not masked; HVM/PVH
+    (spec xen-hvm-and-beyond 2.6) when the flag is set and the vCPU's upcall is a vector,
+    mask ignored; a GSI/INTx/no callback never counts."""
+    st = d._hvm
+    if st is None:
+        return bool(lib.xe_vcpu_upcall_pending(si, vcpu)) and not lib.xe_vcpu_upcall_mask(si, vcpu)
+    return st.has_vector_delivery(vcpu) and bool(lib.xe_vcpu_upcall_pending(si, vcpu))
 
 
 def poll(d: Domain, vcpu: int, nr_ports: int, read: Callable[[int], int] | None,
@@ -99,7 +115,7 @@ def poll(d: Domain, vcpu: int, nr_ports: int, read: Callable[[int], int] | None,
     # serialized (Domain._call), so the cancel can only undo this call's own begin.
     try:
         lib.xe_poll_begin(c, vcpu)
-        if lib.xe_vcpu_upcall_pending(si, vcpu) and not lib.xe_vcpu_upcall_mask(si, vcpu):
+        if _needs_delivery(d, si, vcpu):
             lib.xe_poll_cancel(c, vcpu)
             return True
         first = 0

@@ -64,6 +64,7 @@ class SimPyAdapter:
         self._booted: set[tuple[int, int]] = set()
         hv.add_listener("kick", self._on_kick)
         hv.add_listener("wake", self._on_wake)
+        hv.add_listener("interrupt", self._on_interrupt)   # an HVM/PVH vCPU's upcall
         self.kicks = 0
         self.wakes = 0
 
@@ -90,6 +91,9 @@ class SimPyAdapter:
         ev = self._upcall.pop(self._key(vcpu), None)
         if ev is not None:
             ev.succeed(vcpu)
+
+    def _on_interrupt(self, vcpu: Vcpu, vector: int) -> None:
+        self._on_kick(vcpu)
 
     def _on_wake(self, vcpu: Vcpu) -> None:
         self.wakes += 1
@@ -158,3 +162,4 @@ class SimPyAdapter:
         """Disconnect from ``hv`` (its own hooks and other listeners stay)."""
         self.hv.remove_listener("kick", self._on_kick)
         self.hv.remove_listener("wake", self._on_wake)
+        self.hv.remove_listener("interrupt", self._on_interrupt)

@@ -62,6 +62,7 @@ METRICS = ("sent", "delivered", "coalesced", "masked")
 SEND_NS = 100                  # one EVTCHNOP_send / raise
 HANDLER_NS = 400               # one handler run inside an upcall
 UPCALL_LATENCY_NS = (500, 3000)  # kick -> the vCPU enters its upcall
+HYPERVISOR_CALLBACK_VECTOR = 0xF3  # the vector Linux gives every vCPU of an HVM/PVH guest
 WAKE_LATENCY_NS = 1000         # woken from poll -> running again
 NAPI_DELAY_NS = (2000, 6000)   # netfront: handler -> NAPI poll of the ring
 LOCK_HOLD_MEAN_NS = 10_000     # a contended lock is held this long on average
@@ -266,7 +267,8 @@ class Simulation:
             _fifo_boot(dom0)
         for spec in sc.guests:
             for i in range(spec.count):
-                d = hv.create_domain(vcpus=spec.vcpus, layout=spec.layout, guest=spec.kernel)
+                d = hv.create_domain(vcpus=spec.vcpus, layout=spec.layout, guest=spec.kernel,
+                                     type=spec.type)
                 suffix = f"-{i}" if spec.count > 1 else ""
                 self._guest_spec[d.domid] = spec
                 self._add_domain(d, f"d{d.domid} {spec.name}{suffix}", timeline)
@@ -320,11 +322,18 @@ class Simulation:
         # Boot: each guest enables event delivery and takes the events set-up left pending
         # (a fresh interdomain port starts pending); none of them counts.
         for d in self.doms:
+            if d.type != "pv":
+                # Linux >= 6.0 on HVM/PVH: the upcall vector on every vCPU, then a GSI-1
+                # callback on CPU 0 only to tell the toolstack (never driven: vectors win).
+                for v in d.vcpus:
+                    d.set_upcall_vector(v.id, HYPERVISOR_CALLBACK_VECTOR)
+                d.set_callback_via(1)
             for v in d.vcpus:
                 d.shared_info.set_upcall_mask(v.id, 0)
                 d.guest.do_upcall(v.id)
         hv.on_kick = self._on_kick
         hv.on_wake = self._on_wake
+        hv.on_interrupt = self._on_interrupt
         for i, vs in enumerate(self.vcpus.values()):
             vs.timer_tid = 100 + i
         if self.engine == "python":
@@ -494,6 +503,10 @@ class Simulation:
             self.trace.instant("kick", "kick", vs.domid, vs.id, self.vt)
         if not vs.in_upcall:  # a running upcall sees the flag again and goes round once more
             self._schedule_upcall(vs, self.vt + self.rng.randint(*UPCALL_LATENCY_NS))
+
+    def _on_interrupt(self, vcpu: Vcpu, vector: int) -> None:
+        """An HVM/PVH vCPU's upcall vector: the guest's callback runs as for a PV kick."""
+        self._on_kick(vcpu)
 
     def _on_wake(self, vcpu: Vcpu) -> None:
         if self._engine is not None:
@@ -871,6 +884,6 @@ def port_tables(hv: Hypervisor, labels: dict[int, dict[int, str]] | None = None,
                 })
             port += 1
         out.append({"domid": d.domid, "name": (names or {}).get(d.domid, f"d{d.domid}"),
-                    "privileged": d.privileged, "vcpus": len(d.vcpus), "layout": d.layout, "abi": d.abi,
+                    "privileged": d.privileged, "type": d.type, "vcpus": len(d.vcpus), "layout": d.layout, "abi": d.abi,
                     "kernel": d.guest.mode, "ports": rows})
     return out

@@ -5,12 +5,15 @@ and forked: every domain (id, vCPUs, privilege, layout, ``max_evtchn_port``, pau
 PIRQ grants and bindings, VIRQ tables, reset progress, guest kind), every port's record
 (state, notify vCPU, remote end, VIRQ/PIRQ number, FIFO priority), the shared_info bytes,
 the guest's per-vCPU scan state (Linux's fairness cursor), poll state (polling vCPUs,
-the port each polls, kicked/woken bits, armed poll timers) and ``hv.now``; the global
+the port each polls, kicked/woken bits, armed poll timers) and ``hv.now``; an HVM/PVH
+domain's type, callback via, HVM params, per-vCPU upcall vectors and callback line
+state (the ``hvm`` section; a domain without it is PV); the global
 VIRQ handlers, host-IRQ sharing and which domain is the hardware domain.
 
 Not captured, by design:
 
-* the hooks ``on_kick`` / ``on_wake`` (code, not state): a restored hypervisor has none;
+* the hooks ``on_kick`` / ``on_wake`` / ``on_interrupt`` / ``on_gsi`` and listeners (code,
+  not state): a restored hypervisor has none;
 * the ``notify`` callables of Xen-attached channels (``hv.alloc_xen_channel``): the
   channels themselves are captured (owner, port, state, peer, notify vCPU), and a
   restored one has ``notify=None``, Xen's default consumer, so a peer's send on it is
@@ -57,6 +60,7 @@ from .constants import (
     EVTCHN_FIFO_MAX_QUEUES,
     EVTCHN_FIFO_NR_CHANNELS,
     EVTCHNS_PER_BUCKET,
+    HVM_NR_PARAMS,
     PAGE_SIZE,
     IRQ_MAX_GUESTS,
     IRQ_MAX_GUESTS_LIMIT,
@@ -220,8 +224,59 @@ def _apply_vcpus(d: Domain, plan: dict[str, Any]) -> None:
         c.hi_polling = sum(bin(x).count("1") for x in bits[:int(c.hi_words)])
 
 
+
+
+def _capture_hvm(d: Domain) -> dict[str, Any] | None:
+    st = d._hvm
+    if st is None:
+        return None
+    return {"type": d.type, "via": st.via_type, "gsi": st.gsi, "pci_dev": st.pci_dev,
+            "pci_intx": st.pci_intx, "vector": st.vector, "asserted": st.asserted,
+            "params": sorted([i, v] for i, v in st.params.items()),
+            "upcall_vectors": list(st.upcall_vectors)}
+
+
+def _check_hvm(data: Any, dom: dict[str, Any]) -> dict[str, Any]:
+    """An HVM/PVH domain's callback state (spec xen-hvm-and-beyond 2.1); the consistency
+    of the whole (a GSI in range, PVH without a line) is the invariants' ``hvm`` rule."""
+    where = f"domain {dom['domid']}.sections.hvm"
+    data = _obj(data, where, ("type", "via", "gsi", "pci_dev", "pci_intx", "vector", "asserted",
+                              "params", "upcall_vectors"))
+    if data["type"] not in ("hvm", "pvh"):
+        raise _fail(f"{where}.type", f"unknown type {data['type']!r:.20}")
+    plan = {"type": data["type"], "via": _int(data["via"], f"{where}.via", 0, 3),
+            "gsi": _int(data["gsi"], f"{where}.gsi", 0, 0xFF),
+            "pci_dev": _int(data["pci_dev"], f"{where}.pci_dev", 0, 31),
+            "pci_intx": _int(data["pci_intx"], f"{where}.pci_intx", 0, 3),
+            "vector": _int(data["vector"], f"{where}.vector", 0, 0xFF),
+            "asserted": _bool(data["asserted"], f"{where}.asserted")}
+    params = {}
+    for i, (index, value) in enumerate(_pairs(data["params"], f"{where}.params")):
+        index = _int(index, f"{where}.params[{i}]", 0, HVM_NR_PARAMS - 1)
+        if index in params:
+            raise _fail(f"{where}.params", "repeated index")
+        params[index] = _int(value, f"{where}.params[{i}]", 0, 2**64 - 1)
+    plan["params"] = params
+    plan["upcall_vectors"] = [_int(x, f"{where}.upcall_vectors", 0, 0xFF)
+                              for x in _list(data["upcall_vectors"], f"{where}.upcall_vectors", dom["vcpus"])]
+    return plan
+
+
+def _apply_hvm(d: Domain, plan: dict[str, Any]) -> None:
+    from .hvm import sync_kick_wake
+
+    st = d._hvm
+    assert st is not None and d.type == plan["type"]
+    st.via_type, st.gsi, st.vector, st.asserted = plan["via"], plan["gsi"], plan["vector"], plan["asserted"]
+    st.pci_dev, st.pci_intx = plan["pci_dev"], plan["pci_intx"]
+    st.params = dict(plan["params"])
+    st.upcall_vectors[:] = plan["upcall_vectors"]
+    sync_kick_wake(d)
+
+
 SECTIONS: dict[str, Section] = {"fifo": Section(1, _capture_fifo, _check_fifo, _apply_fifo),
-                                "vcpus": Section(1, _capture_vcpus, _check_vcpus, _apply_vcpus)}
+                                "vcpus": Section(1, _capture_vcpus, _check_vcpus, _apply_vcpus),
+                                "hvm": Section(1, _capture_hvm, _check_hvm, _apply_hvm)}
 
 
 # ---- capture ------------------------------------------------------------------------------
@@ -639,7 +694,8 @@ def restore(data: bytes, cls: type[Hypervisor] | None = None) -> Hypervisor:
     for p in doms:
         d = hv.create_domain(vcpus=p["vcpus"], privileged=p["privileged"], domid=p["domid"],
                              max_evtchn_port=p["max_evtchn_port"], layout=p["layout"], guest=p["guest"],
-                             memory_frames=p["memory"]["nr_frames"], nr_pirqs=p["nr_pirqs"])
+                             memory_frames=p["memory"]["nr_frames"], nr_pirqs=p["nr_pirqs"],
+                             type=p["sections"]["hvm"]["type"] if "hvm" in p["sections"] else "pv")
         _apply_domain(d, p)
     hv.now = h["now"]
     hv._seq = h["timer_counter"]

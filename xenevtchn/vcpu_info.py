@@ -37,12 +37,14 @@ assert _REGISTER.size == VCPU_REGISTER_VCPU_INFO_SIZE
 _ALIGN = {"x86_64": 8, "x86_32": 4}
 
 
-def max_vcpus(layout: str) -> int:
-    """The most vCPUs a domain of this layout may have (x86 PV: ``MAX_VIRT_CPUS``).
+def max_vcpus(layout: str, dtype: str = "pv") -> int:
+    """The most vCPUs a domain of this layout and type may have: x86 PV
+    ``MAX_VIRT_CPUS`` (8192); HVM/PVH ``HVM_MAX_VCPUS`` (128) in Xen, 32 here for now
+    (their callback state, ``kick_no_wake`` in the C core, covers the legacy slots only).
 
-    The one place the limit is decided; domain types (HVM/PVH: 128) plug in here."""
+    The one place the limit is decided."""
     del layout  # both x86 layouts: MAX_VIRT_CPUS
-    return MAX_VIRT_CPUS
+    return MAX_VIRT_CPUS if dtype == "pv" else XEN_LEGACY_MAX_VCPUS
 
 
 class VcpuInfoTable:

@@ -250,16 +250,17 @@ static int run_owed(PyObject *st)
             any |= PyTuple_Size(fns[k]) != 0;
         }
     }
-    if (!general && !any) {
-        rc = 0;                            /* the bits are taken; nobody to call */
-        goto out;
-    }
     if (!general) {
         key = PyLong_FromUnsignedLong(rec[0]);
         if (!key)
             goto out;
         vcpus = PyDict_GetItemWithError(map, key);   /* borrowed */
         if (vcpus && PyTuple_Check(vcpus)) {
+            if (!any) {
+                vcpus = NULL;
+                rc = 0;                    /* the bits are taken; nobody to call */
+                goto out;
+            }
             Py_INCREF(vcpus);
             rc = dispatch_domain(vcpus, fns, bits);
             goto out;

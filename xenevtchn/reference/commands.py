@@ -120,13 +120,15 @@ def bind_pirq(caller: Domain, pirq: int, flags: int) -> int:
         raise _fail(errno.EINVAL)
     if pirq == 0:  # pirq_access_permitted: IRQ 0 is never a guest's
         raise _fail(errno.EPERM)
-    if not caller.privileged and pirq not in caller.permitted_pirqs:
+    hvm = caller.type != "pv"  # HVM/PVH: no grant check, no host IRQ (xen-hvm-and-beyond §2.8)
+    if not hvm and not caller.privileged and pirq not in caller.permitted_pirqs:
         raise _fail(errno.EPERM)
     if pirq in caller.pirq_to_port:
         raise _fail(errno.EEXIST)
     port = caller.get_free_port()
     # PIRQ p is host IRQ p; sharing rules may refuse with EBUSY (the port stays FREE).
-    caller.hypervisor.bind_host_irq(caller, pirq, bool(flags & BIND_PIRQ__WILL_SHARE))
+    if not hvm:
+        caller.hypervisor.bind_host_irq(caller, pirq, bool(flags & BIND_PIRQ__WILL_SHARE))
     channel = caller.claim_port(port, ECS_PIRQ)
     channel.pirq = pirq
     caller.pirq_to_port[pirq] = port
@@ -153,7 +155,8 @@ def close_port(d: Domain, port: int, by_xen: bool = False) -> None:
     if state in (ECS_FREE, ECS_RESERVED):
         raise _fail(errno.EINVAL)
     if state == ECS_PIRQ:
-        d.hypervisor.unbind_host_irq(d, channel.pirq)
+        if d.type == "pv":
+            d.hypervisor.unbind_host_irq(d, channel.pirq)
         del d.pirq_to_port[channel.pirq]
     elif state == ECS_VIRQ:
         for v in d.vcpus:

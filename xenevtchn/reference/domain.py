@@ -21,14 +21,14 @@ from xenevtchn.constants import (
 )
 from xenevtchn.errors import EvtchnError
 
-from . import commands, event_2l, hypercall, poll, vcpu_op
+from . import commands, event_2l, hvm, hypercall, poll, vcpu_op
 from .channel import ECS_FREE, ECS_RESERVED, Channel
 from .event_fifo import FifoState
 from .guest import Guest, make_guest
 from .memory import DEFAULT_FRAMES, GuestMemory
 from .shared_info import SharedInfo, writable_bytes
 from .status import EvtchnStatus
-from .validate import port_list, u16, u32, u64, as_int
+from .validate import int_in_range, port_list, u16, u32, u64, as_int
 
 if TYPE_CHECKING:
     from .hypervisor import Hypervisor
@@ -79,6 +79,12 @@ class Vcpu:
         """Blocked in SCHEDOP_poll (its bit in the domain's ``poll_mask``)."""
         return bool(self._domain.poll_mask >> self.id & 1)
 
+    @property
+    def upcall_vector(self) -> int:
+        """The vCPU's HVMOP_set_evtchn_upcall_vector vector; 0 when none (always for PV)."""
+        irq = self._domain.hvm
+        return 0 if irq is None else irq.vcpu_vectors[self.id]
+
     def unblock(self) -> None:
         """End a poll, if any: clear the poll state and queue ``on_wake``."""
         d = self._domain
@@ -106,8 +112,12 @@ class Domain:
         shared_info: SharedInfo,
         guest: str = "linux",
         memory_frames: int = DEFAULT_FRAMES,
+        type: str = "pv",
     ) -> None:
         self.hypervisor = hypervisor
+        self.type = type
+        # HVM/PVH callback state; None for a PV domain.
+        self.hvm: hvm.HvmIrq | None = None if type == "pv" else hvm.HvmIrq(vcpus, type == "hvm")
         self._domid = domid
         self._privileged = privileged
         self._shared_info = shared_info
@@ -274,12 +284,63 @@ class Domain:
             raise EvtchnError(errno.ESRCH, what)
         hv = self.hypervisor
         try:
+            hvm.vm_exit(self)  # every hypercall is a VM exit (HVM/PVH)
             return command(self, *args)
         except EvtchnError as exc:
             raise EvtchnError(exc.errno, what) from None
         finally:
             if hv.hooks_queued:
                 hv.run_hooks()
+
+    # -- HVM/PVH (xen-hvm-and-beyond §2) ------------------------------------------------------
+    def vm_exit(self) -> None:
+        """A VM exit: lower the callback line if it is up and vCPU 0's flag is clear."""
+        if self.destroyed:
+            return
+        hv = self.hypervisor
+        try:
+            hvm.vm_exit(self)
+        finally:
+            if hv.hooks_queued:
+                hv.run_hooks()
+
+    def hvm_op(self, cmd: int, arg: object) -> int:
+        """Raw HYPERVISOR_hvm_op (0 set_param, 1 get_param, 23 set upcall vector)."""
+        cmd = as_int(cmd, "cmd")
+        view = writable_bytes(arg, "arg")
+        if self.destroyed:
+            return -errno.ESRCH
+        hv = self.hypervisor
+        try:
+            hvm.vm_exit(self)
+            return hvm.hvm_op(self, cmd, view)
+        finally:
+            if hv.hooks_queued:
+                hv.run_hooks()
+
+    def set_hvm_param(self, index: int, value: int, dom: int = DOMID_SELF) -> None:
+        """HVMOP_set_param."""
+        args = (u16(dom, "dom"), u32(index, "index"), u64(value, "value"))
+        self._call("set_hvm_param", hvm.set_param, *args)
+
+    def get_hvm_param(self, index: int, dom: int = DOMID_SELF) -> int:
+        """HVMOP_get_param."""
+        return self._call("get_hvm_param", hvm.get_param, u16(dom, "dom"), u32(index, "index"))
+
+    def set_callback_via(self, via: int) -> None:
+        """HVMOP_set_param(HVM_PARAM_CALLBACK_IRQ, via)."""
+        self.set_hvm_param(hvm.PARAM_CALLBACK_IRQ, via)
+
+    def set_upcall_vector(self, vcpu: int, vector: int) -> None:
+        """HVMOP_set_evtchn_upcall_vector."""
+        vcpu = u32(vcpu, "vcpu")
+        vector = int_in_range(vector, "vector", 0, 0xFF)
+        self._call("set_upcall_vector", hvm.set_upcall_vector, vcpu, vector)
+
+    @property
+    def callback_asserted(self) -> bool:
+        """Xen's ``callback_via_asserted`` (False for PV)."""
+        return self.hvm is not None and self.hvm.asserted
 
     # -- raw hypercalls --------------------------------------------------------------------
     def event_channel_op(self, cmd: int, arg: object) -> int:
@@ -366,6 +427,7 @@ class Domain:
             return -errno.ESRCH
         hv = self.hypervisor
         try:
+            hvm.vm_exit(self)
             return poll.sched_op(self, cmd, data, vcpu)
         finally:
             if hv.hooks_queued:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import hvm
+
 if TYPE_CHECKING:
     from .domain import Domain, Vcpu
 
@@ -26,6 +28,9 @@ def mark_events_pending(v: Vcpu) -> None:
     """``vcpu_mark_events_pending`` (§7.1): set upcall_pending; on 0->1 kick the vCPU."""
     d = v.domain
     if d.shared_info.test_and_set_upcall_pending(v.id):
+        return
+    if d.hvm is not None:  # HVM/PVH: the callback, not a kick (xen-hvm-and-beyond §2.3)
+        hvm.assert_evtchn_irq(v)
         return
     hv = d.hypervisor
     hv.queue_hook(hv.on_kick, v)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from xenevtchn.constants import EvtchnOp, EvtchnStat
 from xenevtchn.errors import EvtchnError
 
-from . import commands, structs
+from . import commands, hvm, structs
 from .shared_info import writable_bytes
 
 if TYPE_CHECKING:
@@ -176,7 +176,13 @@ def event_channel_op(caller: Domain, cmd: int, arg: object) -> int:
     view = writable_bytes(arg, "arg")
     if caller.destroyed:
         return -errno.ESRCH
-    return _dispatch(caller, cmd, view)
+    hv = caller.hypervisor
+    try:
+        hvm.vm_exit(caller)  # a hypercall is a VM exit: the HVM line check runs first
+        return _dispatch(caller, cmd, view)
+    finally:
+        if hv.hooks_queued:
+            hv.run_hooks()
 
 
 def event_channel_op_compat(caller: Domain, op: object) -> int:
@@ -184,6 +190,16 @@ def event_channel_op_compat(caller: Domain, op: object) -> int:
     view = writable_bytes(op, "op")
     if caller.destroyed:
         return -errno.ESRCH
+    hv = caller.hypervisor
+    try:
+        hvm.vm_exit(caller)
+        return _compat(caller, view)
+    finally:
+        if hv.hooks_queued:
+            hv.run_hooks()
+
+
+def _compat(caller: Domain, view: memoryview) -> int:
     if view.nbytes < structs.EVTCHN_OP_SIZE:
         return -errno.EFAULT
     (cmd,) = structs.EVTCHN_OP_CMD.unpack_from(view, 0)

@@ -14,6 +14,7 @@ from xenevtchn.constants import (
     NR_PIRQS_MAX,
     NR_VIRQS,
     MAX_VIRT_CPUS,
+    XEN_LEGACY_MAX_VCPUS,
     VirqClass,
     virq_class,
 )
@@ -45,6 +46,10 @@ class Hypervisor:
         self.irq_max_guests = int_in_range(irq_max_guests, "irq_max_guests", 1, IRQ_MAX_GUESTS_LIMIT)
         self.on_kick: Hook | None = None
         self.on_wake: Hook | None = None
+        # HVM/PVH: on_interrupt(vcpu, vector) for a vector injection, on_gsi(domain, gsi,
+        # level) for a change of the GSI/PCI-INTx callback line.
+        self.on_interrupt: Callable[[Vcpu, int], object] | None = None
+        self.on_gsi: Callable[[Domain, int, bool], object] | None = None
         self._domains: dict[int, Domain] = {}
         self._now = 0
         self._hardware_domain: Domain | None = None
@@ -110,6 +115,7 @@ class Hypervisor:
         guest: str = "linux",
         memory_frames: int = DEFAULT_FRAMES,
         nr_pirqs: int = NR_PIRQS,
+        type: str | None = None,
     ) -> Domain:
         """Create a domain (see docs/semantics.md "Hypervisor" for every rule).
 
@@ -117,7 +123,13 @@ class Hypervisor:
         ``"minios"`` (else ``ValueError``). ``memory_frames``: how many 4 KiB frames
         ``d.memory`` has (1 .. 2**40).
         """
-        vcpus = int_in_range(vcpus, "vcpus", 1, MAX_VIRT_CPUS)  # x86 PV (xen-hvm-and-beyond §1.3)
+        if type is None:
+            type = "pv"
+        if type not in ("pv", "hvm", "pvh"):
+            raise ValueError(f"type must be 'pv', 'hvm', 'pvh' or None, not {type!r}")
+        # Xen: 8192 vCPUs for PV (xen-hvm-and-beyond 1.3), 128 for HVM/PVH; HVM/PVH
+        # delivery beyond the 32 legacy slots is not modelled yet, so 32 for them here.
+        vcpus = int_in_range(vcpus, "vcpus", 1, MAX_VIRT_CPUS if type == "pv" else XEN_LEGACY_MAX_VCPUS)
         if domid is not None:
             domid = int_in_range(domid, "domid", 0, DOMID_FIRST_RESERVED - 1)
         if max_evtchn_port is None:
@@ -137,7 +149,7 @@ class Hypervisor:
             domid = self._lowest_free_domid()
         elif domid in self._domains:
             raise EvtchnError(errno.EEXIST, "create_domain")
-        info.initialise()
+        info.initialise(mask_upcalls=type == "pv")
         d = Domain(
             self,
             domid,
@@ -147,6 +159,7 @@ class Hypervisor:
             info,
             guest,
             memory_frames,
+            type,
         )
         d.nr_pirqs = nr_pirqs
         self._domains[domid] = d

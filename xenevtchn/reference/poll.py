@@ -13,6 +13,18 @@ if TYPE_CHECKING:
     from .domain import Domain, Vcpu
 
 
+def needs_delivery(d: Domain, v: Vcpu) -> bool:
+    """PV: the upcall flag is set and not masked. HVM/PVH (xen-hvm-and-beyond §2.6): the
+    flag is set and the vCPU's upcall is an interrupt vector (its own, or a vector
+    callback), mask ignored; a GSI/INTx/no callback never needs delivery here."""
+    si = d.shared_info
+    irq = d.hvm
+    if irq is None:
+        return bool(si.upcall_pending(v.id)) and not si.upcall_mask(v.id)
+    vector = irq.vcpu_vectors[v.id] != 0 or irq.via == "vector"
+    return vector and bool(si.upcall_pending(v.id))
+
+
 def sched_poll(d: Domain, ports: list[int], timeout: int, vcpu_id: int) -> bool:
     """Poll ``ports`` on vCPU ``vcpu_id`` of ``d``.
 
@@ -25,8 +37,7 @@ def sched_poll(d: Domain, ports: list[int], timeout: int, vcpu_id: int) -> bool:
         raise EvtchnError(errno.EINVAL)
     if v.polling:  # a blocked vCPU cannot make hypercalls
         raise EvtchnError(errno.EBUSY)
-    si = d.shared_info
-    if si.upcall_pending(v.id) and not si.upcall_mask(v.id):  # local events need delivery
+    if needs_delivery(d, v):  # local events need delivery
         return True
     for port in ports:
         if not d.port_is_valid(port) or not d.channels[port].usable:
@@ -69,8 +80,8 @@ def sched_op(d: Domain, cmd: int, arg: bytes, vcpu_id: int) -> int:
         if v.polling:
             raise EvtchnError(errno.EBUSY)
         # guest_handle_okay: PV checks the whole array up front; translated guests
-        # (HVM/PVH; none exist yet) would skip this and fault only per entry read.
-        translated = getattr(d, "type", "pv") != "pv"
+        # (HVM/PVH) skip this and fault only per entry read.
+        translated = d.type != "pv"
         if nr_ports and not translated and d.memory.read_guest(address, 4 * nr_ports) is None:
             raise EvtchnError(errno.EFAULT)
 
@@ -88,8 +99,7 @@ def sched_op(d: Domain, cmd: int, arg: bytes, vcpu_id: int) -> int:
 
 def _poll(d: Domain, v: Vcpu, nr_ports: int, entry: Callable[[int], int], timeout: int) -> bool:
     """The blocking part of do_poll, reading port ``i`` with ``entry(i)`` when needed."""
-    si = d.shared_info
-    if si.upcall_pending(v.id) and not si.upcall_mask(v.id):  # local events need delivery
+    if needs_delivery(d, v):  # local events need delivery
         return True
     first = -1
     for i in range(nr_ports):

@@ -131,11 +131,12 @@ class SharedInfo:
         return f"SharedInfo(layout={self.layout.name!r}, nbytes={self._view.nbytes})"
 
     # -- domain builder -----------------------------------------------------------------
-    def initialise(self) -> None:
-        """Zero the struct and set ``evtchn_upcall_mask = 1`` in all 32 ``vcpu_info``."""
+    def initialise(self, mask_upcalls: bool = True) -> None:
+        """Zero the struct; for PV set ``evtchn_upcall_mask = 1`` in all 32 ``vcpu_info``
+        (HVM/PVH stay all zero)."""
         view = self._view
         view[: self.layout.size] = bytes(self.layout.size)
-        for vcpu in range(XEN_LEGACY_MAX_VCPUS):
+        for vcpu in range(XEN_LEGACY_MAX_VCPUS if mask_upcalls else 0):
             view[vcpu * VCPU_INFO_SIZE + UPCALL_MASK_OFFSET] = 1
 
     # -- hypervisor primitives (ports are known to be < nr_ports) -----------------------
