@@ -213,7 +213,6 @@ LAYOUTS = ("x86_64", "x86_32")
 
 # Domain types (spec xen-hvm-and-beyond §1) and their vCPU limits.
 DOMAIN_TYPES = ("pv", "hvm", "pvh")
-MAX_VIRT_CPUS = 8192  # x86 PV
 HVM_MAX_VCPUS = 128   # x86 HVM and PVH
 
 
@@ -343,7 +342,6 @@ __all__ = [
     "SHARED_INFO_SIZE",
     "LAYOUTS",
     "DOMAIN_TYPES",
-    "MAX_VIRT_CPUS",
     "HVM_MAX_VCPUS",
     "HvmOp",
     "HvmParam",

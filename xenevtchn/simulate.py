@@ -39,6 +39,8 @@ else *masked* if it was masked. *delivered* is a handler call from ``do_upcall``
 from __future__ import annotations
 
 import heapq
+import signal
+import threading
 import time
 from collections import deque
 from typing import Any, Callable
@@ -415,23 +417,40 @@ class Simulation:
         hv, q, pop = self.hv, self.queue, heapq.heappop
         start = time.perf_counter()
         n = 0
-        while q and self.sent < self.limit:
-            if until_ns is not None and q[0][0] > until_ns:
-                if until_ns <= hv.now:
-                    break
-                self.vt = until_ns
-                hv.advance(until_ns - hv.now)
-                continue  # the clock's timers may have queued earlier actions
-            t, _, fn, args = pop(q)
-            if t > hv.now:
+        # Ctrl-C stops the run between two actions, never inside one, so the counters of
+        # an interrupted run add up (as the C engine's do): SIGINT is noted while the loop
+        # runs and raised as KeyboardInterrupt at the next action boundary. Only where
+        # Python's own handler is in place (main thread; a handler of the caller's stays).
+        stop: list[int] = []
+        old = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            old = signal.signal(signal.SIGINT, lambda signum, _frame: stop.append(signum))
+        try:
+            while q and self.sent < self.limit:
+                if stop:
+                    raise KeyboardInterrupt
+                if until_ns is not None and q[0][0] > until_ns:
+                    if until_ns <= hv.now:
+                        break
+                    self.vt = until_ns
+                    hv.advance(until_ns - hv.now)
+                    continue  # the clock's timers may have queued earlier actions
+                t, _, fn, args = pop(q)
+                if t > hv.now:
+                    self.vt = t
+                    hv.advance(t - hv.now)
                 self.vt = t
-                hv.advance(t - hv.now)
-            self.vt = t
-            fn(*args)
-            n += 1
-            if progress is not None and not n & 1023:
-                progress(self.sent, self.limit)
-        self.wall += time.perf_counter() - start
+                fn(*args)
+                n += 1
+                if progress is not None and not n & 1023:
+                    progress(self.sent, self.limit)
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+            self.wall += time.perf_counter() - start
+        if stop:
+            raise KeyboardInterrupt   # it came as the last action ran
         if progress is not None:
             progress(self.sent, self.limit)
 
