@@ -80,6 +80,17 @@ static int end_poll(struct xe_domain *d, uint32_t v)
     return XE_EV_HOOKS;
 }
 
+/* Whether a kick leaves vCPU v in poll: kick_no_wake for vCPUs 0..31, hi_kick_no_wake
+ * (HVM/PVH only; NULL for PV) for the others (kw non-NULL: v exists). */
+static inline int no_wake(struct xe_domain *d, uint32_t v)
+{
+    if (v < XE_MAX_VCPUS)
+        return (atomic_load_explicit(A32(d->kick_no_wake), memory_order_relaxed) >> v) & 1;
+    uint32_t *nw = d->hi_kick_no_wake;
+    return nw && (atomic_load_explicit((_Atomic uint32_t *)&nw[(v - XE_MAX_VCPUS) / 32],
+                                       memory_order_relaxed) & vcpu_bit(v));
+}
+
 /* vcpu_mark_events_pending(): note the kick; a kick unblocks a vCPU that is polling
  * (not an HVM/PVH vCPU that Xen notifies through the callback line or not at all). */
 static int kick(struct xe_domain *d, uint32_t v)
@@ -89,9 +100,7 @@ static int kick(struct xe_domain *d, uint32_t v)
         return 0;
     atomic_fetch_or(kw, vcpu_bit(v));
     owe_hooks(d);
-    /* kick_no_wake covers vCPUs 0..31: HVM/PVH domains have no more (create_domain). */
-    if (v >= XE_MAX_VCPUS ||
-        !((atomic_load_explicit(A32(d->kick_no_wake), memory_order_relaxed) >> v) & 1))
+    if (!no_wake(d, v))
         end_poll(d, v);
     return XE_EV_HOOKS;
 }

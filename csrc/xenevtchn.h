@@ -177,6 +177,7 @@ struct xe_domain {
      * not kicked by Xen at all (spec xen-hvm-and-beyond 2.3 cases 3 and 4). Kept by the
      * control plane. */
     uint32_t kick_no_wake;
+    uint32_t *hi_kick_no_wake; /* the same for vCPUs 32.. (hi_words words; NULL: none, PV) */
 };
 
 /* The hypervisor: domains by domid, so an interdomain send can reach its peer. */

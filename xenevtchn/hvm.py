@@ -26,6 +26,7 @@ from .constants import (
     HVM_NR_PARAMS,
     XEN_HVM_PARAM_SIZE,
     XEN_HVM_UPCALL_VECTOR_SIZE,
+    XEN_LEGACY_MAX_VCPUS,
     HvmOp,
     HvmParam,
 )
@@ -53,7 +54,7 @@ class HvmState:
     """One HVM/PVH domain's upcall state (Xen's ``struct hvm_irq`` callback fields)."""
 
     __slots__ = ("pvh", "via_type", "gsi", "pci_dev", "pci_intx", "vector", "asserted",
-                 "params", "upcall_vectors")
+                 "params", "upcall_vectors", "no_wake_hi")
 
     def __init__(self, nr_vcpus: int, pvh: bool) -> None:
         self.pvh = pvh                 # no vIOAPIC/vPIC: GSI/INTx callbacks are ignored
@@ -65,6 +66,9 @@ class HvmState:
         self.asserted = False          # callback_via_asserted, tracked even for none/vector
         self.params: dict[int, int] = {}   # index -> the raw value last set
         self.upcall_vectors = [0] * nr_vcpus
+        # kick_no_wake's words for vCPUs 32.. (the C core's hi_kick_no_wake), or NULL
+        hi = nr_vcpus - XEN_LEGACY_MAX_VCPUS
+        self.no_wake_hi: Any = ffi.new("uint32_t[]", (hi + 31) // 32) if hi > 0 else ffi.NULL
 
     def pv_evtchn(self) -> bool:
         """Xen's ``is_hvm_pv_evtchn_domain``."""
@@ -97,7 +101,13 @@ def sync_kick_wake(d: Domain) -> None:
     """Tell the C core which of d's vCPUs a kick must not take out of poll."""
     st = d._hvm
     if st is not None:
-        d._c.kick_no_wake = st.kick_no_wake(len(d.vcpus))
+        bits = st.kick_no_wake(len(d.vcpus))
+        d._c.kick_no_wake = bits & 0xFFFFFFFF
+        hi = st.no_wake_hi
+        if hi != ffi.NULL:
+            for w in range(len(hi)):
+                hi[w] = bits >> (32 * w + 32) & 0xFFFFFFFF
+            d._c.hi_kick_no_wake = hi
 
 
 # ---- hvm_assert_evtchn_irq and the line --------------------------------------------------

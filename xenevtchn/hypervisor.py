@@ -15,7 +15,6 @@ from ._native import ffi, lib, make_hook_runner
 from .constants import (
     DOMAIN_TYPES,
     DOMID_FIRST_RESERVED,
-    HVM_MAX_VCPUS,
     MAX_VIRT_CPUS,
     IRQ_MAX_GUESTS,
     IRQ_MAX_GUESTS_LIMIT,
@@ -45,9 +44,7 @@ def check_vcpus(vcpus: Any, layout: str, dtype: str) -> int:
         raise TypeError(f"vcpus must be an int, not {type(vcpus).__name__}")
     top = max_vcpus(layout, dtype)
     if not 1 <= vcpus <= top:
-        more = (f" (Xen allows {HVM_MAX_VCPUS}; HVM/PVH domains beyond {top} vCPUs are not "
-                "modelled yet)" if dtype != "pv" and vcpus <= HVM_MAX_VCPUS else "")
-        raise ValueError(f"vcpus must be in 1..{top} for a {dtype} domain, not {vcpus}{more}")
+        raise ValueError(f"vcpus must be in 1..{top} for a {dtype} domain, not {vcpus}")
     return int(vcpus)
 
 

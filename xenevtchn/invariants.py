@@ -46,7 +46,8 @@ Rules (the name starts the message):
 - ``abi``: the C core's ABI matches whether the domain has FIFO state.
 - ``hvm``: a PV domain has no HVM state; an HVM/PVH one has a vector (0 or >= 0x10) per
   vCPU, a GSI callback names a GSI in 1..47, a PVH domain has no GSI/INTx callback, and
-  the C core's kick_no_wake bits are those the callback state implies.
+  the C core's kick_no_wake bits (vCPUs 32.. in hi_kick_no_wake) are those the
+  callback state implies.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def check_world(hv: Hypervisor, rows_of: dict[int, list[tuple[int, ...]]] | None
 def _check_hvm(d: Domain) -> None:
     st, A, nv = d._hvm, d.domid, len(d.vcpus)
     if st is None:
-        if d.type != "pv" or d._c.kick_no_wake:
+        if d.type != "pv" or d._c.kick_no_wake or d._c.hi_kick_no_wake != ffi.NULL:
             raise InvariantError("hvm", f"d{A}: type {d.type!r} without HVM state")
         return
     if d.type not in ("hvm", "pvh") or st.pvh != (d.type == "pvh"):
@@ -156,8 +157,14 @@ def _check_hvm(d: Domain) -> None:
     if not 0 <= st.via_type <= 3 or (st.via_type == 1 and not 0 < st.gsi < HVM_NR_GSIS) or \
             (st.pvh and st.via_type in (1, 2)):
         raise InvariantError("hvm", f"d{A}: callback type {st.via_type} gsi {st.gsi}")
-    if int(d._c.kick_no_wake) != st.kick_no_wake(nv):
-        raise InvariantError("hvm", f"d{A}: kick_no_wake {int(d._c.kick_no_wake):#x}")
+    want, c = st.kick_no_wake(nv), d._c
+    if int(c.kick_no_wake) != want & 0xFFFFFFFF:
+        raise InvariantError("hvm", f"d{A}: kick_no_wake {int(c.kick_no_wake):#x}")
+    # vCPUs 32..: one word per 32 in the C core's hi_kick_no_wake (NULL up to 32 vCPUs)
+    words = (nv - XEN_LEGACY_MAX_VCPUS + 31) // 32 if nv > XEN_LEGACY_MAX_VCPUS else 0
+    if (c.hi_kick_no_wake == ffi.NULL) != (words == 0) or \
+            sum(int(c.hi_kick_no_wake[w]) << 32 * w for w in range(words)) != want >> 32:
+        raise InvariantError("hvm", f"d{A}: kick_no_wake of vCPUs 32.. {want >> 32:#x} not in C")
 
 
 def _check_domain(hv: Hypervisor, d: Domain, rows_of: dict[int, list[tuple[int, ...]]],

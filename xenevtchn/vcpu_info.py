@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._native import ffi, lib
 from .constants import (
+    HVM_MAX_VCPUS,
     MAX_VIRT_CPUS,
     PAGE_SIZE,
     VCPU_INFO_SIZE,
@@ -38,13 +39,12 @@ _ALIGN = {"x86_64": 8, "x86_32": 4}
 
 
 def max_vcpus(layout: str, dtype: str = "pv") -> int:
-    """The most vCPUs a domain of this layout and type may have: x86 PV
-    ``MAX_VIRT_CPUS`` (8192); HVM/PVH ``HVM_MAX_VCPUS`` (128) in Xen, 32 here for now
-    (their callback state, ``kick_no_wake`` in the C core, covers the legacy slots only).
+    """The most vCPUs a domain of this layout and type may have (spec
+    xen-hvm-and-beyond 1.3): x86 PV ``MAX_VIRT_CPUS`` (8192); HVM/PVH ``HVM_MAX_VCPUS`` (128).
 
     The one place the limit is decided."""
     del layout  # both x86 layouts: MAX_VIRT_CPUS
-    return MAX_VIRT_CPUS if dtype == "pv" else XEN_LEGACY_MAX_VCPUS
+    return MAX_VIRT_CPUS if dtype == "pv" else HVM_MAX_VCPUS
 
 
 class VcpuInfoTable:

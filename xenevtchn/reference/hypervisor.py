@@ -7,6 +7,7 @@ from typing import Callable
 
 from xenevtchn.constants import (
     DOMID_FIRST_RESERVED,
+    HVM_MAX_VCPUS,
     IRQ_MAX_GUESTS,
     IRQ_MAX_GUESTS_LIMIT,
     LAYOUTS,
@@ -14,7 +15,6 @@ from xenevtchn.constants import (
     NR_PIRQS_MAX,
     NR_VIRQS,
     MAX_VIRT_CPUS,
-    XEN_LEGACY_MAX_VCPUS,
     VirqClass,
     virq_class,
 )
@@ -127,9 +127,8 @@ class Hypervisor:
             type = "pv"
         if type not in ("pv", "hvm", "pvh"):
             raise ValueError(f"type must be 'pv', 'hvm', 'pvh' or None, not {type!r}")
-        # Xen: 8192 vCPUs for PV (xen-hvm-and-beyond 1.3), 128 for HVM/PVH; HVM/PVH
-        # delivery beyond the 32 legacy slots is not modelled yet, so 32 for them here.
-        vcpus = int_in_range(vcpus, "vcpus", 1, MAX_VIRT_CPUS if type == "pv" else XEN_LEGACY_MAX_VCPUS)
+        # Xen: 8192 vCPUs for PV, 128 for HVM/PVH (xen-hvm-and-beyond 1.3).
+        vcpus = int_in_range(vcpus, "vcpus", 1, MAX_VIRT_CPUS if type == "pv" else HVM_MAX_VCPUS)
         if domid is not None:
             domid = int_in_range(domid, "domid", 0, DOMID_FIRST_RESERVED - 1)
         if max_evtchn_port is None:
