@@ -195,6 +195,30 @@ def test_vector_callback_step5_asserts_all_128_in_order(hv, dom0, log):
     assert log == [("int", v, VEC) if v in (40, 100) else ("kick", v) for v in range(128)]
 
 
+def test_step5_wakes_each_poller_right_after_its_own_kick(hv, dom0, log):
+    """§2.3: a kick or injection ends the vCPU's poll where Xen's vcpu_kick runs, so its
+    on_wake follows its own on_kick / on_interrupt, before the next vCPU is asserted."""
+    g, gp, dp = guest128(hv, dom0)
+    register(g, 100)
+    other = g.alloc_unbound(dom0.domid)
+    for v in (1, 40, 100, 127):
+        assert g.sched_poll([other], vcpu=v) is False
+    log.clear()
+    g.set_callback_via(via(VECTOR_TYPE, VEC))
+    want = []
+    for v in range(128):
+        want.append(("int", v, VEC) if v == 100 else ("kick", v))
+        if v in (1, 40, 100, 127):
+            want.append(("wake", v))
+    assert log == want
+    assert not any(g.vcpus[v].polling for v in range(128))
+    for v in (0, 33):
+        assert g.sched_poll([other], vcpu=v) is False
+    log.clear()
+    g.set_upcall_vector(33, 0x44)          # one vCPU: its interrupt, then its wake
+    assert log == [("int", 33, 0x44), ("wake", 33)] and g.vcpus[0].polling
+
+
 def test_gsi_line_still_follows_vcpu0_with_128_vcpus(hv, dom0, log):
     g, gp, dp = guest128(hv, dom0)
     register(g, 127)

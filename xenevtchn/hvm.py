@@ -192,16 +192,16 @@ def run_calls(calls: list[Any]) -> None:
 
 
 def _deliver(d: Domain, vcpus: list[int], calls: list[Any]) -> None:
-    """Assert on each vCPU in order, ending the poll of every kicked vCPU (its wake hooks
-    run after the calls, as on_wake follows on_kick); run everything owed."""
-    flags = 0
+    """Assert on each vCPU in order, ending the poll of every kicked vCPU; run everything
+    owed. A woken vCPU's wake hooks follow its own interrupt or kick, before the next
+    vCPU's (Xen's vcpu_kick unblocks it there), so the state changes all happen first and
+    the hooks then run in that order."""
+    wake_fns = d.hv._wake_fns
     for v in vcpus:
-        if assert_irq(d, v, calls):
-            flags |= lib.xe_poll_wake(d._c, v)
-    try:
-        run_calls(calls)
-    finally:
-        d.hv._after(flags)
+        if assert_irq(d, v, calls) and lib.xe_poll_cancel(d._c, v):
+            for fn in wake_fns:
+                calls += (fn, d.vcpus[v])
+    run_calls(calls)
 
 
 def vm_exit(d: Domain) -> None:
