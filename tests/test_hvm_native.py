@@ -150,3 +150,24 @@ def test_kicks_of_high_pv_vcpus_while_hvm_domains_exist():
     for p in ports:
         dom0.send(p)
     assert kicked == [(pv.domid, 35), (pv.domid, 69), (pv.domid, 1)]
+
+
+def test_every_injected_interrupt_runs_when_a_hook_raises_keyboardinterrupt():
+    """Setting a vector callback asserts every vCPU at once (each has an event waiting): a
+    hook that raises KeyboardInterrupt (a Ctrl-C landing in it) does not cost the other
+    vCPUs theirs."""
+    hv = xe.Hypervisor()
+    g = hv.create_domain(type="hvm", vcpus=3)
+    for v in range(3):
+        g.send(g.bind_ipi(v))          # no callback yet: the events wait, flags set
+    seen: list[int] = []
+
+    def hook(v: xe.Vcpu, vector: int) -> None:
+        seen.append(v.id)
+        if v.id == 0:
+            raise KeyboardInterrupt
+
+    hv.on_interrupt = hook
+    with pytest.raises(KeyboardInterrupt):
+        g.set_callback_via(2 << 56 | 0xF3)     # HVM_PARAM_CALLBACK_TYPE_VECTOR, vector 0xF3
+    assert seen == [0, 1, 2]

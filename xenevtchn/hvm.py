@@ -179,12 +179,13 @@ def kick_calls(d: Domain, kicked: int, woken: int, calls: list[Any]) -> None:
 
 
 def run_calls(calls: list[Any]) -> None:
-    """Call every ``fn(arg)`` of ``calls``; the first exception is raised after all ran."""
+    """Call every ``fn(arg)`` of ``calls``; the first exception (of any kind: a
+    KeyboardInterrupt too, as the C hook runner does) is raised after all ran."""
     first: BaseException | None = None
     for i in range(0, len(calls) - 1, 2):
         try:
             calls[i](calls[i + 1])
-        except Exception as exc:  # noqa: BLE001 - raised once every owed hook ran
+        except BaseException as exc:  # noqa: BLE001 - raised once every owed hook ran
             if first is None:
                 first = exc
     if first is not None:
