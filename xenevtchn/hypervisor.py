@@ -48,6 +48,25 @@ def check_vcpus(vcpus: Any, layout: str, dtype: str) -> int:
     return int(vcpus)
 
 
+def _pv_calls(d: Domain, kicked: int, woken: int, kick_fns: tuple[Any, ...],
+              wake_fns: tuple[Any, ...], calls: list[Any]) -> None:
+    """Append a PV domain's owed hook calls ``fn, vcpu`` for its kicked and woken bits.
+    A kick ends that vCPU's poll (spec 10.2) before other pollers are checked (8.1 step
+    3): its wake follows its kick, then the other wakes."""
+    for v in _bits(kicked):
+        vcpu = d.vcpus[v]
+        for fn in kick_fns:
+            calls += (fn, vcpu)
+        if woken >> v & 1:
+            for fn in wake_fns:
+                calls += (fn, vcpu)
+            woken &= ~(1 << v)
+    for v in _bits(woken):
+        vcpu = d.vcpus[v]
+        for fn in wake_fns:
+            calls += (fn, vcpu)
+
+
 def _hook(hook: Any, name: str) -> Any:
     """A hook must be callable or None: refused when set, not when an event fires."""
     if hook is not None and not callable(hook):
@@ -576,22 +595,8 @@ class Hypervisor:
         calls: list[Any] = []
         for key in sorted(owed) if len(owed) > 1 else owed:
             d, kicked, woken = owed[key]
-            # A kick ends that vCPU's poll (spec 10.2) before other pollers are checked
-            # (8.1 step 3): its wake follows its kick, then the other wakes.
-            for v in _bits(kicked):
-                vcpu = d.vcpus[v]
-                for fn in kick_fns:
-                    calls += (fn, vcpu)
-                if woken >> v & 1:
-                    for fn in wake_fns:
-                        calls += (fn, vcpu)
-                    woken &= ~(1 << v)
-            for v in _bits(woken):
-                vcpu = d.vcpus[v]
-                for fn in wake_fns:
-                    calls += (fn, vcpu)
+            _pv_calls(d, kicked, woken, kick_fns, wake_fns, calls)
         return calls
-
 
     def _plan_hvm(self, rec: tuple[int, ...]) -> list[Any]:
         """``_plan`` while HVM/PVH domains exist: their kicks become Xen's
@@ -618,18 +623,7 @@ class Hypervisor:
                     changes.append((st, st.asserted))
                     st.asserted = before   # applied below, once the memo holds it
                 continue
-            for v in _bits(kicked):
-                vcpu = d.vcpus[v]
-                for fn in kick_fns:
-                    calls += (fn, vcpu)
-                if woken >> v & 1:
-                    for fn in wake_fns:
-                        calls += (fn, vcpu)
-                    woken &= ~(1 << v)
-            for v in _bits(woken):
-                vcpu = d.vcpus[v]
-                for fn in wake_fns:
-                    calls += (fn, vcpu)
+            _pv_calls(d, kicked, woken, kick_fns, wake_fns, calls)
         self._plan_memo = (rec, calls, changes)
         for st, level in changes:
             st.asserted = level
